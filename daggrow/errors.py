@@ -1,0 +1,50 @@
+"""Exceptions raised by daggrow. Every message says what is wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class DaggrowError(Exception):
+    """Base class of every error daggrow raises on purpose."""
+
+
+class GraphError(DaggrowError):
+    """An operation on a :class:`daggrow.Graph` was refused; the graph is unchanged."""
+
+
+class UnknownNameError(GraphError, KeyError):
+    """A node or edge name that the graph does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateNameError(GraphError):
+    """A node or edge name that is already taken."""
+
+
+class CycleError(GraphError):
+    """The change would create a cycle."""
+
+
+class WidthMismatchError(GraphError):
+    """The widths at the two ends of an edge do not agree."""
+
+
+class IncompleteGraphError(GraphError):
+    """Inputs/outputs are missing, or a node is unreachable from the inputs or unused by the outputs."""
+
+
+class TraceError(DaggrowError):
+    """A model could not be traced into the graph IR; the message names the op and the fix."""
+
+
+class PersistenceError(DaggrowError):
+    """A saved graph could not be read: corrupt, truncated, mismatched or of an unknown version."""
+
+
+class StatisticsError(DaggrowError):
+    """Statistics could not be collected (bad data such as NaN, shape mismatch, wrong loss)."""
+
+
+class RenderError(DaggrowError):
+    """Graphviz rendering failed, usually because the `dot` program is not installed."""
