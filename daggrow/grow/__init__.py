@@ -1,0 +1,1 @@
+"""Growth: candidates, rewrites, amplitude line search, strategies and the Grower loop."""

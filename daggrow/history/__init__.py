@@ -1,0 +1,1 @@
+"""Growth history: events (pydantic), JSON, Graphviz per step and the HTML report."""

@@ -1,0 +1,1 @@
+"""torch.fx tracing of plain ``nn.Module`` models into the graph IR (see docs/ir.md)."""
