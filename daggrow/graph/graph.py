@@ -227,6 +227,11 @@ class Graph:
         self._require_node(a), self._require_node(b)
         return a == b or nx.has_path(self._nx, a, b)
 
+    def descendants(self, node: str) -> set[str]:
+        """Nodes reachable from ``node`` (not including it)."""
+        self._require_node(node)
+        return set(nx.descendants(self._nx, node))
+
     def topological_order(self) -> list[str]:
         """Node names, sources before targets; ties broken by insertion order (deterministic)."""
         rank = {n: i for i, n in enumerate(self._nodes)}

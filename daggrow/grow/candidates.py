@@ -1,0 +1,108 @@
+"""Where a graph can grow: every valid expansion, as plain data.
+
+- ``expand_node`` w: new neurons in w, fan-in from the sources of w's in-edges, fan-out into
+  the targets of w's out-edges (all of them linear blocks).
+- ``new_node`` u→new→v: a new hidden node between two nodes (v not an ancestor of u).
+- ``new_edge`` u→v: a direct linear block between two nodes not already joined by one.
+
+>>> [c.where for c in enumerate_candidates(g)]          # doctest: +SKIP
+['expand h', 'new node x->y', 'new edge x->y', ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Literal
+
+from ..graph.spec import GROWABLE_KINDS
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+Kind = Literal["expand_node", "new_node", "new_edge"]
+KINDS: tuple[Kind, ...] = ("expand_node", "new_node", "new_edge")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One place to grow. ``sources``/``targets`` are node names, one per fan-in/fan-out edge."""
+
+    kind: Kind
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    node: str | None = None            # expand_node: the node that widens
+    in_edges: tuple[str, ...] = ()     # expand_node: the edges carrying the fan-in, aligned with sources
+    out_edges: tuple[str, ...] = ()    # expand_node: the edges carrying the fan-out, aligned with targets
+
+    @property
+    def where(self) -> str:
+        if self.kind == "expand_node":
+            return f"expand {self.node}"
+        return f"{self.kind.replace('_', ' ')} {self.sources[0]}->{self.targets[0]}"
+
+    @property
+    def touches(self) -> tuple[str, ...]:
+        """Existing nodes this candidate changes or connects."""
+        return ((self.node,) if self.node else ()) + tuple(dict.fromkeys(self.sources + self.targets))
+
+
+def expandable(graph: "Graph", node: str) -> bool:
+    """A hidden node whose in- and out-edges are all growable, that a new neuron can't break.
+
+    LayerNorm nodes are excluded: a new feature would change the mean and variance that the
+    existing features are normalised by, so even amplitude 0 would change the function.
+    """
+    spec = graph.node(node)
+    if node in graph.inputs or node in graph.outputs:
+        return False
+    if spec.norm is not None and spec.norm.kind == "layernorm":
+        return False
+    ins, outs = graph.in_edges(node), graph.out_edges(node)
+    if not ins or not outs:
+        return False
+    if any(e.block.kind not in GROWABLE_KINDS for e in ins + outs):
+        return False
+    return len({e.target for e in outs}) == len(outs)
+
+
+def enumerate_candidates(
+    graph: "Graph",
+    kinds: Iterable[Kind] = KINDS,
+    *,
+    max_width: int | None = None,
+    max_nodes: int | None = None,
+    max_fan_in: int | None = None,
+) -> list[Candidate]:
+    """All valid candidates of the given kinds, in a deterministic order.
+
+    ``max_width`` caps node widths, ``max_nodes`` the node count, ``max_fan_in`` the number of
+    in-edges a target may have.
+    """
+    kinds = tuple(kinds)
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown candidate kinds {sorted(unknown)}; use {KINDS}")
+    order = graph.topological_order()
+    out: list[Candidate] = []
+    if "expand_node" in kinds:
+        for w in order:
+            if expandable(graph, w) and (max_width is None or graph.node(w).width < max_width):
+                ins, outs = graph.in_edges(w), graph.out_edges(w)
+                out.append(Candidate("expand_node", tuple(e.source for e in ins), tuple(e.target for e in outs),
+                                     node=w, in_edges=tuple(e.name for e in ins),
+                                     out_edges=tuple(e.name for e in outs)))
+    pair_kinds = [k for k in ("new_node", "new_edge") if k in kinds]
+    if not pair_kinds:
+        return out
+    for u in order:
+        for v in order:
+            if u == v or v in graph.inputs or graph.is_ancestor(v, u):
+                continue
+            if max_fan_in is not None and len(graph.in_edges(v)) >= max_fan_in:
+                continue
+            if "new_node" in pair_kinds and (max_nodes is None or len(graph) < max_nodes):
+                out.append(Candidate("new_node", (u,), (v,)))
+            if "new_edge" in pair_kinds and not any(
+                    e.target == v and e.block.kind in GROWABLE_KINDS for e in graph.out_edges(u)):
+                out.append(Candidate("new_edge", (u,), (v,)))
+    return out

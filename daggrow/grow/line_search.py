@@ -1,0 +1,122 @@
+"""The amplitude factor γ* = argmin_{γ∈[0,u]} L(θ ⊕ γ·change) on a held-out batch (MATH §6).
+
+A coarse geometric grid over (0, u] plus γ = 0, then golden-section refinement around the
+best grid point: a bounded number of evaluations, and γ = 0 always competes, so an accepted
+change never raises the held-out loss. Each evaluation recomputes only the nodes downstream
+of the change, from cached values of the unchanged graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..compile import eval_mode, node_values
+from ..stats import LossLike, per_sample_loss, split_batch
+from ..stats.collect import graph_device
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+    from .propose import Proposal
+
+
+@dataclass(frozen=True)
+class LineSearchResult:
+    amplitude: float
+    loss_before: float
+    loss_after: float
+    evaluations: int
+
+    @property
+    def loss_drop(self) -> float:
+        """L(0) − L(γ*) ≥ 0."""
+        return self.loss_before - self.loss_after
+
+
+class BatchEvaluator:
+    """Loss of changed graphs on one batch, reusing the base graph's node values."""
+
+    def __init__(self, graph: "Graph", batch: Any, loss: LossLike) -> None:
+        xs, y = split_batch(batch)
+        device = graph_device(graph)
+        self.graph, self.loss = graph, loss
+        self.xs, self.y = tuple(x.to(device) for x in xs), y.to(device)
+        with torch.no_grad(), eval_mode(graph):
+            self.cache = node_values(graph, self.xs)
+        self.base_loss = self._loss_of(graph, self.cache)
+
+    def _loss_of(self, graph: "Graph", values: dict[str, torch.Tensor]) -> float:
+        out = values[graph.outputs[0]]
+        return float(per_sample_loss(self.loss, out, self.y).mean())
+
+    def loss(self, new: "Graph", changed: set[str]) -> float:
+        """Loss of ``new``, where only ``changed`` nodes (and their descendants) differ from the base."""
+        dirty = set(changed)
+        for n in changed:
+            if n in new.nodes:
+                dirty |= new.descendants(n)
+        reuse = [n for n in new.nodes if n not in dirty and n in self.cache]
+        with torch.no_grad(), eval_mode(new):
+            return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse))
+
+
+def changed_nodes(proposal: "Proposal") -> set[str]:
+    """Nodes whose value a proposal can change (before adding descendants)."""
+    c = proposal.candidate
+    nodes = set(c.targets)
+    if c.node:
+        nodes.add(c.node)
+    if proposal.node_name:
+        nodes.add(proposal.node_name)
+    return nodes
+
+
+def golden_section(f: Callable[[float], float], upper: float = 2.0, grid: int = 8, refine: int = 8) -> tuple[float, float, int]:
+    """Minimise f over [0, upper]: f(0), a geometric grid upper·2^-j (j < grid), then golden
+    section around the best point. Returns (argmin, min, number of evaluations)."""
+    points = [0.0] + [upper * 2.0 ** -j for j in reversed(range(grid))]
+    values = [f(p) for p in points]
+    evaluations = len(points)
+    i = min(range(len(points)), key=values.__getitem__)
+    best_x, best_f = points[i], values[i]
+    if refine and 0 < i:
+        lo, hi = points[i - 1], points[min(i + 1, len(points) - 1)]
+        ratio = (math.sqrt(5) - 1) / 2
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        fa, fb = f(a), f(b)
+        evaluations += 2
+        for _ in range(refine - 2):
+            if fa < fb:
+                hi, b, fb = b, a, fa
+                a = hi - ratio * (hi - lo)
+                fa = f(a)
+            else:
+                lo, a, fa = a, b, fb
+                b = lo + ratio * (hi - lo)
+                fb = f(b)
+            evaluations += 1
+        for x, fx in ((a, fa), (b, fb)):
+            if fx < best_f:
+                best_x, best_f = x, fx
+    return best_x, best_f, evaluations
+
+
+def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike = "mse", *,
+                upper: float = 2.0, grid: int = 8, refine: int = 8, update_amplitude: float = 0.0,
+                evaluator: BatchEvaluator | None = None) -> LineSearchResult:
+    """γ* for ``proposal`` on a held-out ``batch``: the loss drop the strategy "amplitude" ranks by."""
+    from .propose import apply
+
+    ev = evaluator if evaluator is not None else BatchEvaluator(graph, batch, loss)
+    changed = changed_nodes(proposal)
+
+    def f(gamma: float) -> float:
+        if gamma == 0.0 and update_amplitude == 0.0:
+            return ev.base_loss
+        return ev.loss(apply(graph, proposal, gamma, update_amplitude=update_amplitude), changed)
+
+    gamma, value, evaluations = golden_section(f, upper, grid, refine)
+    return LineSearchResult(gamma, ev.base_loss, value, evaluations)

@@ -1,0 +1,296 @@
+"""From statistics to proposals: assemble the moment blocks of each candidate, call the solver.
+
+For a candidate with fan-in sources U and targets T (MATH §5):
+
+    S = S_U,   M = M_{U,T},   N = M_{U,T} − [P_{U,in(v)} δW_v*ᵀ]_{v∈T}
+
+where δW_v* is the best update at each target (MATH §4). The solver turns (S, N, M) into
+neurons; this module only reads blocks and splits results back onto edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Literal
+
+import torch
+
+from ..errors import GraphError
+from ..graph.spec import GROWABLE_KINDS
+from ..solve import BestUpdate, activation_layout, best_update, solve_neurons
+from ..solve import new_edge as solve_new_edge
+from ..stats import Statistics, update_sources
+from .candidates import KINDS, Candidate, Kind, enumerate_candidates
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+Init = Literal["tiny", "gradmax", "north", "random", "zero"]
+
+
+@dataclass
+class NodeUpdate:
+    """The best update δW* at one node, split per in-edge: ``edges[name] = (δW, δb or None)``."""
+
+    node: str
+    solution: BestUpdate
+    edges: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+
+    @property
+    def first_order_gain(self) -> float:
+        """L(η) ≈ L(0) − η·gain when η·δW* is applied (MATH §4)."""
+        return float(self.solution.gain)
+
+
+@dataclass
+class Proposal:
+    """New neurons (or a new edge) at one candidate, ready for :func:`daggrow.apply`.
+
+    ``fan_in`` is (Σd_U [+1]) × K with column k = α_k (constant row last when ``bias``);
+    ``fan_out`` is (Σd_T) × K with column k = ω_k. ``first_order_gain`` is exact to first order:
+    L(γ) ≈ L(0) − γ·first_order_gain for the new parts at amplitude γ.
+    """
+
+    candidate: Candidate
+    init: str
+    eigenvalues: list[float]
+    first_order_gain: float
+    bottleneck_decrease: float
+    fan_in: torch.Tensor
+    fan_out: torch.Tensor
+    bias: bool
+    activation: str = "identity"
+    activation_params: dict[str, float] = field(default_factory=dict)
+    node_name: str | None = None          # new_node: the name the new node will get
+    weight: torch.Tensor | None = None     # new_edge: (d_v × (d_u + 1)), bias column last
+    updates: dict[str, NodeUpdate] = field(default_factory=dict)  # δW* at the targets
+
+    @property
+    def kind(self) -> Kind:
+        return self.candidate.kind
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.candidate.sources
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.candidate.targets
+
+    @property
+    def where(self) -> str:
+        return self.candidate.where
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.fan_in.shape[1]) if self.kind != "new_edge" else 0
+
+    @property
+    def num_neurons(self) -> int:
+        """Neurons :func:`apply` adds: directions × (2 for paired activations such as ReLU)."""
+        if self.kind == "new_edge":
+            return 0
+        return self.num_directions * len(activation_layout(self.activation, self.activation_params).signs)
+
+    @property
+    def num_new_parameters(self) -> int:
+        if self.kind == "new_edge":
+            return int(self.weight.numel())
+        return self.num_neurons * (self.fan_in.shape[0] + self.fan_out.shape[0])
+
+    def __repr__(self) -> str:
+        lam = ", ".join(f"{x:.3g}" for x in self.eigenvalues[:4])
+        return (f"Proposal({self.where}, init={self.init}, neurons={self.num_neurons}, λ=[{lam}], "
+                f"first_order_gain={self.first_order_gain:.4g})")
+
+
+def _has_bias(graph: "Graph", node: str) -> bool:
+    return any(e.block.kind in GROWABLE_KINDS and e.block.bias for e in graph.in_edges(node))
+
+
+def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10) -> NodeUpdate:
+    """δW* at ``node``, jointly over its linear in-edges (MATH §4)."""
+    edges = [e for e in graph.in_edges(node) if e.block.kind in GROWABLE_KINDS]
+    sources = [e.source for e in edges]
+    bias = _has_bias(graph, node)
+    g = stats.grad_energy(node)
+    if not sources and not bias:
+        empty = torch.zeros(graph.node(node).width, 0, dtype=torch.float64)
+        return NodeUpdate(node, best_update(empty.new_zeros(0, 0), empty.T, g, rel_tol=rel_tol), {})
+    S = stats.moment(sources, sources, bias, bias)
+    M = stats.grad_moment(sources, [node], bias)
+    sol = best_update(S, M, g, rel_tol=rel_tol)
+    split: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    offset, bias_given = 0, False
+    for e in edges:
+        d = graph.node(e.source).width
+        db = None
+        if e.block.bias and not bias_given:
+            db, bias_given = sol.delta[:, -1], True
+        elif e.block.bias:
+            db = torch.zeros_like(sol.delta[:, -1])
+        split[e.name] = (sol.delta[:, offset: offset + d], db)
+        offset += d
+    return NodeUpdate(node, sol, split)
+
+
+def bottleneck(graph: "Graph", stats: Statistics, rel_tol: float = 1e-10) -> dict[str, float]:
+    """Ψ_v = g_v − tr(M_inᵀ S_in⁺ M_in) for every node whose desired move was collected."""
+    return {v: float(node_update(graph, stats, v, rel_tol).solution.bottleneck)
+            for v in graph.topological_order() if v in stats.v}
+
+
+def propose(
+    graph: "Graph",
+    stats: Statistics,
+    max_neurons: int = 4,
+    *,
+    init: Init = "tiny",
+    candidates: Iterable[Candidate] | None = None,
+    kinds: Iterable[Kind] = KINDS,
+    new_node_activation: str = "relu",
+    rel_threshold: float = 1e-3,
+    rel_tol: float = 1e-10,
+    generator: torch.Generator | None = None,
+) -> list["Proposal"]:
+    """Solve every candidate; returns proposals, best first (by first-order gain, then Σλ²).
+
+    Candidates whose statistics were not collected are an error (collect with a plan that
+    includes them); candidates with nothing to gain (K = 0) are dropped.
+    """
+    candidates = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
+    updates: dict[str, NodeUpdate] = {}
+
+    def update(v: str) -> NodeUpdate:
+        if v not in updates:
+            updates[v] = node_update(graph, stats, v, rel_tol)
+        return updates[v]
+
+    proposals = []
+    for cand in candidates:
+        p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
+                         rel_threshold, rel_tol, generator)
+        if p is not None:
+            proposals.append(p)
+    proposals.sort(key=lambda p: (-p.first_order_gain, -p.bottleneck_decrease))
+    return proposals
+
+
+def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_node_activation,
+                 rel_threshold, rel_tol, generator) -> Proposal | None:
+    sources, targets = list(cand.sources), list(cand.targets)
+    bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
+    S = stats.moment(sources, sources, bias, bias)
+    M = stats.grad_moment(sources, targets, bias)
+    blocks = []
+    for v in targets:
+        upd = update(v)
+        in_sources = update_sources(graph, v)
+        if upd.solution.delta.shape[1] == 0:
+            blocks.append(stats.grad_moment(sources, [v], bias))
+            continue
+        P = stats.moment(sources, in_sources, bias, _has_bias(graph, v))
+        blocks.append(stats.grad_moment(sources, [v], bias) - P @ upd.solution.delta.T.to(P.dtype))
+    N = torch.cat(blocks, 1)
+    target_updates = {v: update(v) for v in dict.fromkeys(targets)}
+    if cand.kind == "new_edge":
+        sol = solve_new_edge(S, N, M, rel_tol=rel_tol)
+        if sol.gain <= 0:
+            return None
+        return Proposal(cand, "least_squares", [], float(sol.first_order_gain), float(sol.gain),
+                        fan_in=S.new_zeros(S.shape[0], 0), fan_out=S.new_zeros(N.shape[1], 0), bias=True,
+                        weight=sol.weight, updates=target_updates)
+    if cand.kind == "expand_node":
+        spec = graph.node(cand.node)
+        activation, params = spec.activation, dict(spec.activation_params)
+        existing = _stacked_fan_in(graph, cand, bias)
+        name = None
+    else:
+        activation, params, existing = new_node_activation, {}, None
+        name = _fresh_node_name(graph, f"{cand.sources[0]}_{cand.targets[0]}")
+    sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
+                        rel_threshold=rel_threshold, rel_tol=rel_tol, generator=generator)
+    if sol.fan_in.shape[1] == 0:
+        return None
+    return Proposal(cand, init, [float(x) for x in sol.eigenvalues], float(sol.first_order_gain),
+                    float(sol.bottleneck_decrease), fan_in=sol.fan_in, fan_out=sol.fan_out, bias=bias,
+                    activation=activation, activation_params=params, node_name=name, updates=target_updates)
+
+
+def _stacked_fan_in(graph: "Graph", cand: Candidate, bias: bool) -> torch.Tensor:
+    """The existing neurons' fan-in as (Σd_U [+1]) × d_w, rows aligned with the candidate's B_U."""
+    blocks, bias_col = [], None
+    for e in cand.in_edges:
+        m = graph.module(e)
+        blocks.append(m.weight.detach().double().T)
+        if m.bias is not None:
+            bias_col = m.bias.detach().double()[None, :] if bias_col is None else bias_col + m.bias.detach().double()
+    if bias:
+        blocks.append(bias_col)
+    return torch.cat(blocks, 0).cpu()
+
+
+def _fresh_node_name(graph: "Graph", base: str) -> str:
+    name, i = f"{base}_n{graph.step + 1}", 2
+    while name in graph.nodes:
+        name, i = f"{base}_n{graph.step + 1}_{i}", i + 1
+    return name
+
+
+def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
+          update_amplitude: float = 0.0, step: int | None = None) -> "Graph":
+    """A new graph with the proposal's neurons (or edge) at amplitude γ (pure; ``graph`` unchanged).
+
+    Each neuron's fan-in and fan-out are scaled by √(γ/c) (c from the activation's layout, MATH
+    §5), so the new parts add γ·Ω Aᵀ b to the targets at first order; ``amplitude=0`` keeps the
+    function. ``update_amplitude`` η also applies η·δW* at the targets.
+    """
+    if amplitude < 0:
+        raise GraphError(f"amplitude must be ≥ 0, got {amplitude}")
+    from . import rewrite
+
+    step = graph.step + 1 if step is None else step
+    cand = proposal.candidate
+    if cand.kind == "new_edge":
+        w = proposal.weight * amplitude
+        d_u = graph.node(cand.sources[0]).width
+        new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step)
+    else:
+        layout = activation_layout(proposal.activation, proposal.activation_params)
+        factor = (amplitude / layout.scale) ** 0.5
+        fan_in = torch.cat([s * factor * proposal.fan_in.T for s in layout.signs], 0)      # K' × D_U
+        fan_out = torch.cat([s * factor * proposal.fan_out for s in layout.signs], 1)      # D_T × K'
+        if cand.kind == "expand_node":
+            new = rewrite.add_neurons(graph, cand.node, *_split_expansion(graph, cand, fan_in, fan_out,
+                                                                          proposal.bias), step=step)
+        else:
+            d_u = graph.node(cand.sources[0]).width
+            new = rewrite.new_node(graph, cand.sources[0], cand.targets[0], proposal.node_name,
+                                   fan_in[:, :d_u], fan_out, fan_in[:, d_u], activation=proposal.activation,
+                                   activation_params=proposal.activation_params, step=step)
+    if update_amplitude:
+        deltas = {}
+        for upd in proposal.updates.values():
+            for e, (dw, db) in upd.edges.items():
+                missing = new.module(e).weight.shape[1] - dw.shape[1]  # columns of neurons just added
+                dw = torch.cat([dw, dw.new_zeros(dw.shape[0], missing)], 1) if missing else dw
+                deltas[e] = (update_amplitude * dw, None if db is None else update_amplitude * db)
+        new = rewrite.update_weights(new, deltas, step=step, record=False)  # one step, one record
+    return new
+
+
+def _split_expansion(graph: "Graph", cand: Candidate, fan_in: torch.Tensor, fan_out: torch.Tensor, bias: bool):
+    fan_in_by_edge, bias_by_edge, offset = {}, {}, 0
+    for e in cand.in_edges:
+        d = graph.node(graph.edge(e).source).width
+        fan_in_by_edge[e] = fan_in[:, offset: offset + d]
+        offset += d
+    if bias:
+        first = next(e for e in cand.in_edges if graph.edge(e).block.bias)
+        bias_by_edge[first] = fan_in[:, offset]
+    fan_out_by_edge, offset = {}, 0
+    for e in cand.out_edges:
+        d = graph.node(graph.edge(e).target).width
+        fan_out_by_edge[e] = fan_out[offset: offset + d]
+        offset += d
+    return fan_in_by_edge, fan_out_by_edge, bias_by_edge

@@ -1,0 +1,236 @@
+"""Graph rewrites: pure and atomic. Each takes a graph and tensors, returns a new validated graph.
+
+The input graph is never modified: every rewrite works on ``graph.copy()`` and validates it
+before returning, so an error leaves the caller with exactly what it had. No linear algebra
+here: the tensors to write come from the solver; rewrites only place them.
+
+One rewrite widens a node (``add_neurons``), whatever the node: an MLP layer or a DAG node.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import GraphError
+from ..graph.spec import GrowthRecord, LinearBlock
+from .candidates import expandable
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(device=ref.device, dtype=ref.dtype)
+
+
+def _finish(new: "Graph", record: GrowthRecord) -> "Graph":
+    new.growth_log.append(record)
+    new.validate(complete=True)
+    return new
+
+
+def add_neurons(
+    graph: "Graph",
+    node: str,
+    fan_in: dict[str, torch.Tensor],
+    fan_out: dict[str, torch.Tensor],
+    bias: dict[str, torch.Tensor] | None = None,
+    *,
+    step: int | None = None,
+    action: str = "expand_node",
+) -> "Graph":
+    """Append K neurons to ``node``: rows ``fan_in[e]`` (K × d_u) on every in-edge e, columns
+    ``fan_out[e]`` (d_v × K) on every out-edge e, and new bias entries ``bias[e]`` (K,) (zero
+    where not given). Edges left out of ``fan_in``/``fan_out`` get zeros. A BatchNorm at the
+    node gains identity entries (weight 1, bias 0, running mean 0, running variance 1).
+    """
+    if not expandable(graph, node):
+        raise GraphError(f"node {node!r} cannot gain neurons: it must be a hidden node whose in- and out-edges "
+                         "are all linear, without LayerNorm, and with at most one out-edge per target")
+    ins, outs = graph.in_edges(node), graph.out_edges(node)
+    names_in, names_out = {e.name for e in ins}, {e.name for e in outs}
+    stray = (set(fan_in) - names_in) | (set(fan_out) - names_out) | (set(bias or {}) - names_in)
+    if stray:
+        raise GraphError(f"edges {sorted(stray)} are not in-/out-edges of {node!r}")
+    sizes = {t.shape[0] for t in fan_in.values()} | {t.shape[1] for t in fan_out.values()}
+    if len(sizes) != 1:
+        raise GraphError(f"fan-in and fan-out disagree on the number of new neurons: {sorted(sizes)}")
+    k = sizes.pop()
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    width = graph.node(node).width
+    for e in ins:
+        old = graph.module(e.name)
+        rows = _like(fan_in[e.name], old.weight) if e.name in fan_in else old.weight.new_zeros(k, old.weight.shape[1])
+        b = None
+        if old.bias is not None:
+            extra = _like(bias[e.name], old.bias) if bias and e.name in bias else old.bias.new_zeros(k)
+            b = torch.cat([old.bias.detach(), extra])
+        elif bias and e.name in bias:
+            raise GraphError(f"edge {e.name!r} has no bias; cannot give the new neurons a bias through it")
+        new._replace_edge_module(e.name, _linear(torch.cat([old.weight.detach(), rows]), b))
+    for e in outs:
+        old = graph.module(e.name)
+        cols = _like(fan_out[e.name], old.weight) if e.name in fan_out else old.weight.new_zeros(old.weight.shape[0], k)
+        new._replace_edge_module(e.name, _linear(torch.cat([old.weight.detach(), cols], 1),
+                                                 None if old.bias is None else old.bias.detach().clone()))
+    spec = graph.node(node)
+    new._replace_node(spec.model_copy(update={"width": width + k}), _widen_norm(graph.norm_module(node), k))
+    return _finish(new, GrowthRecord(step=new.step, action=action, nodes=[node], neurons={node: (width, width + k)}))
+
+
+def _widen_norm(norm: nn.Module | None, k: int) -> nn.Module | None:
+    if norm is None:
+        return None
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        raise GraphError(f"cannot widen a {type(norm).__name__}")
+    new = type(norm)(norm.num_features + k, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+                     track_running_stats=norm.track_running_stats)
+    new = new.to(next(iter(norm.buffers()), torch.zeros(())).device)
+    state = norm.state_dict()
+    with torch.no_grad():
+        for key, value in new.state_dict().items():
+            if key == "num_batches_tracked":
+                value.copy_(state[key])
+            elif value.ndim == 1:
+                value[: norm.num_features].copy_(state[key])
+    new.train(norm.training)
+    return new
+
+
+def new_node(
+    graph: "Graph",
+    source: str,
+    target: str,
+    name: str,
+    fan_in: torch.Tensor,
+    fan_out: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str = "relu",
+    activation_params: dict[str, float] | None = None,
+    step: int | None = None,
+) -> "Graph":
+    """Insert ``source → name → target``: a node of width K with fan-in (K × d_source) plus an
+    optional bias (K,), and a bias-free fan-out (d_target × K)."""
+    if graph.is_ancestor(target, source):
+        raise GraphError(f"a node from {source!r} to {target!r} would create a cycle")
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    k = fan_in.shape[0]
+    if fan_out.shape[1] != k:
+        raise GraphError(f"fan-in has {k} neurons but fan-out has {fan_out.shape[1]}")
+    new.add_node(name, width=k, activation=activation, activation_params=activation_params)
+    ref = _reference_tensor(graph)
+    e_in = new.add_edge(source, name, module=_linear(_like(fan_in, ref), None if bias is None else _like(bias, ref)),
+                        bias=bias is not None)
+    e_out = new.add_edge(name, target, module=_linear(_like(fan_out, ref), None), bias=False)
+    return _finish(new, GrowthRecord(step=new.step, action="new_node", nodes=[name], edges=[e_in, e_out],
+                                     neurons={name: (0, k)}))
+
+
+def new_edge(graph: "Graph", source: str, target: str, weight: torch.Tensor, bias: torch.Tensor | None = None,
+             *, step: int | None = None) -> "Graph":
+    """Add a linear block ``source → target`` with the given weight (d_target × d_source)."""
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    ref = _reference_tensor(graph)
+    name = new.add_edge(source, target, module=_linear(_like(weight, ref), None if bias is None else _like(bias, ref)),
+                        bias=bias is not None)
+    return _finish(new, GrowthRecord(step=new.step, action="new_edge", edges=[name]))
+
+
+def update_weights(graph: "Graph", deltas: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+                   *, step: int | None = None, record: bool = True) -> "Graph":
+    """Add ``(δW, δb)`` to the weights of linear edges (the best update of MATH §4).
+
+    ``record=False`` when the update is part of a growth step that already has its record."""
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    for name, (dw, db) in deltas.items():
+        if not isinstance(graph.edge(name).block, LinearBlock):
+            raise GraphError(f"edge {name!r} is not linear; only linear edges take a best update")
+        old = graph.module(name)
+        if tuple(dw.shape) != tuple(old.weight.shape):
+            raise GraphError(f"update of edge {name!r} has shape {tuple(dw.shape)}, weight is {tuple(old.weight.shape)}")
+        if db is not None and old.bias is None:
+            raise GraphError(f"edge {name!r} has no bias to update")
+        b = None if old.bias is None else old.bias.detach() + (_like(db, old.bias) if db is not None else 0)
+        new._replace_edge_module(name, _linear(old.weight.detach() + _like(dw, old.weight), b))
+    if not record:
+        new.validate(complete=True)
+        return new
+    return _finish(new, GrowthRecord(step=new.step, action="best_update", edges=sorted(deltas)))
+
+
+def remove_neurons(graph: "Graph", node: str, indices: Sequence[int], *, step: int | None = None) -> "Graph":
+    """Prune neurons of a node: their rows in every in-edge and columns in every out-edge go."""
+    if not expandable(graph, node):
+        raise GraphError(f"node {node!r} cannot lose neurons (same conditions as gaining them)")
+    width = graph.node(node).width
+    drop = sorted(set(int(i) for i in indices))
+    if not drop or drop[0] < 0 or drop[-1] >= width:
+        raise GraphError(f"neuron indices must be in [0, {width}); got {list(indices)}")
+    if len(drop) == width:
+        raise GraphError(f"cannot remove all {width} neurons of {node!r}; remove the node instead")
+    keep = torch.tensor([i for i in range(width) if i not in set(drop)])
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    for e in graph.in_edges(node):
+        old = graph.module(e.name)
+        k = keep.to(old.weight.device)
+        new._replace_edge_module(e.name, _linear(old.weight.detach()[k], None if old.bias is None else old.bias.detach()[k]))
+    for e in graph.out_edges(node):
+        old = graph.module(e.name)
+        k = keep.to(old.weight.device)
+        new._replace_edge_module(e.name, _linear(old.weight.detach()[:, k], None if old.bias is None else old.bias.detach().clone()))
+    norm = graph.norm_module(node)
+    if norm is not None:
+        norm = _select_norm(norm, keep)
+    new._replace_node(graph.node(node).model_copy(update={"width": len(keep)}), norm)
+    return _finish(new, GrowthRecord(step=new.step, action="prune", nodes=[node]))
+
+
+def _select_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
+    new = type(norm)(len(keep), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+                     track_running_stats=norm.track_running_stats)
+    state = norm.state_dict()
+    new.load_state_dict({k: (v if v.ndim == 0 else v[keep.to(v.device)]) for k, v in state.items()})
+    new.train(norm.training)
+    return new
+
+
+def remove_edge(graph: "Graph", name: str, *, step: int | None = None) -> "Graph":
+    """Remove one edge; refused if the graph would become incomplete (an unreachable node)."""
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    new.remove_edge(name)
+    return _finish(new, GrowthRecord(step=new.step, action="prune", edges=[name]))
+
+
+def remove_node(graph: "Graph", name: str, *, step: int | None = None) -> "Graph":
+    """Remove a hidden node and its edges; refused if the graph would become incomplete."""
+    if name in graph.inputs or name in graph.outputs:
+        raise GraphError(f"cannot remove {name!r}: it is an input or output")
+    new = graph.copy()
+    new.step = graph.step if step is None else step
+    new.remove_node(name)
+    return _finish(new, GrowthRecord(step=new.step, action="prune", nodes=[name]))
+
+
+def _reference_tensor(graph: "Graph") -> torch.Tensor:
+    for p in graph.parameters():
+        return p
+    return torch.zeros(())

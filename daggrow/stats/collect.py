@@ -1,0 +1,157 @@
+"""One streaming pass: compile with taps, hook values and desired moves, accumulate sums.
+
+Per batch: forward through the compiled module (eval mode by default), per-sample losses ℓ_i,
+then ``torch.autograd.grad(Σ ℓ_i, [z_v …])`` gives ∂ℓ_i/∂z_v for every sample at once (no
+weight gradients are computed). v_goal = −∂ℓ_i/∂z_v (MATH §2). Products are batched GEMMs in
+the model's dtype, added into float64 sums; nothing of a batch outlives its iteration.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from ..errors import StatisticsError
+from .losses import LossLike, per_sample_loss
+from .plan import StatisticsPlan, plan_for
+from .statistics import Statistics, empty_statistics
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+
+def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """``(x, y)`` or ``((x1, x2), y)`` → (inputs tuple, targets)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise StatisticsError("each batch must be a pair (x, y), with x a tensor or a tuple of tensors")
+    x, y = batch
+    return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), y
+
+
+def graph_device(graph: "Graph") -> torch.device:
+    for p in graph.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def collect_statistics(
+    graph: "Graph",
+    loader: Iterable,
+    loss: LossLike = "mse",
+    *,
+    plan: StatisticsPlan | None = None,
+    device: torch.device | str | None = None,
+    compute_dtype: torch.dtype | None = None,
+    max_batches: int | None = None,
+    train_mode: bool = False,
+    progress: bool = False,
+) -> Statistics:
+    """Accumulate the statistics of ``plan`` (default: Ψ of every node) over ``loader``.
+
+    ``compute_dtype`` is the dtype of the per-batch products (default: the model's); sums are
+    float64 whatever it is. The graph's modules are left exactly as they were (train/eval flags
+    restored, no parameter or buffer changed in the default eval mode).
+    """
+    plan = plan if plan is not None else plan_for(graph)
+    device = torch.device(device) if device is not None else graph_device(graph)
+    module = graph.compile(taps=True)
+    flags = [(m, m.training) for m in module.modules()]
+    widths = {n: s.width for n, s in graph.nodes.items()}
+    stats = empty_statistics(widths, plan.values, plan.value_pairs, plan.grads, plan.grad_pairs, device=device)
+    grads_order = sorted(plan.grads)
+    pairs_by_source: dict[str, list[str]] = defaultdict(list)
+    for u, w in sorted(plan.value_pairs):
+        pairs_by_source[u].append(w)
+    grads_by_source: dict[str, list[str]] = defaultdict(list)
+    for u, t in sorted(plan.grad_pairs):
+        grads_by_source[u].append(t)
+
+    values: dict[str, torch.Tensor] = {}
+    pre: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def value_hook(node: str):
+        def hook(_m, _inp, out):
+            values[node] = out.detach()
+        return hook
+
+    def pre_hook(node: str):
+        def hook(_m, _inp, out):
+            if not out.requires_grad:  # nothing upstream is trainable: make z a leaf
+                out = out.detach().requires_grad_()
+            pre[node] = out
+            return out
+        return hook
+
+    taps = module.daggrow_tap_attrs
+    for node in plan.values:
+        handles.append(module.get_submodule(taps[(node, "value")]).register_forward_hook(value_hook(node)))
+    for node in plan.grads:
+        handles.append(module.get_submodule(taps[(node, "pre")]).register_forward_hook(pre_hook(node)))
+
+    batches = loader
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(loader, desc="statistics", unit="batch", leave=False)
+    module.train(train_mode)
+    try:
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            xs, y = split_batch(batch)
+            xs = tuple(x.to(device) for x in xs)
+            y = y.to(device)
+            for x in xs:
+                if x.is_floating_point() and not torch.isfinite(x).all():
+                    raise StatisticsError(f"batch {index}: the inputs contain NaN or infinite values")
+            if y.is_floating_point() and not torch.isfinite(y).all():
+                raise StatisticsError(f"batch {index}: the targets contain NaN or infinite values")
+            values.clear(), pre.clear()
+            with torch.enable_grad():
+                out = module(*xs)
+                losses = per_sample_loss(loss, out, y)
+                if not torch.isfinite(losses).all():
+                    raise StatisticsError(f"batch {index}: the loss is NaN or infinite")
+                zs = [pre[t] for t in grads_order]
+                grads = torch.autograd.grad(losses.sum(), zs, allow_unused=True) if zs else []
+            moves = {t: (-g if g is not None else torch.zeros_like(z)).flatten(1)
+                     for t, z, g in zip(grads_order, zs, grads)}
+            _accumulate(stats, {k: v.flatten(1) for k, v in values.items()}, moves,
+                        pairs_by_source, grads_by_source, compute_dtype)
+            stats.n += xs[0].shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    if stats.n == 0:
+        raise StatisticsError("the loader yielded no batch")
+    return stats
+
+
+def _accumulate(stats: Statistics, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
+                pairs_by_source: dict[str, list[str]], grads_by_source: dict[str, list[str]],
+                compute_dtype: torch.dtype | None) -> None:
+    cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)  # noqa: E731
+    values = {k: cast(v) for k, v in values.items()}
+    moves = {k: cast(v) for k, v in moves.items()}
+    for u in stats.h:
+        stats.h[u] += values[u].sum(0, dtype=torch.float64)
+    for t in stats.v:
+        stats.v[t] += moves[t].sum(0, dtype=torch.float64)
+        stats.vv[t] += moves[t].double().pow(2).sum()
+    for u, ws in pairs_by_source.items():
+        _add_products(values[u], [values[w] for w in ws], [stats.hh[(u, w)] for w in ws])
+    for u, ts in grads_by_source.items():
+        _add_products(values[u], [moves[t] for t in ts], [stats.hv[(u, t)] for t in ts])
+
+
+def _add_products(left: torch.Tensor, rights: list[torch.Tensor], sums: list[torch.Tensor]) -> None:
+    """sums[k] += leftᵀ rights[k], as one GEMM over the concatenated right-hand sides."""
+    product = left.T @ (rights[0] if len(rights) == 1 else torch.cat(rights, 1))
+    offset = 0
+    for s in sums:
+        s += product[:, offset: offset + s.shape[1]]
+        offset += s.shape[1]

@@ -1,0 +1,39 @@
+"""Per-sample losses (MATH §1): the statistics, the line search and training all use these.
+
+``mse``: ℓ_i = ‖f(x_i) − y_i‖² summed over output features (integer labels become one-hot);
+``cross_entropy``: the usual per-sample cross-entropy; or any callable ``(output, y) -> (n,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import StatisticsError
+
+LossLike = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+LOSSES = ("mse", "cross_entropy")
+
+
+def per_sample_loss(loss: LossLike, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The vector (ℓ_1, …, ℓ_n) of per-sample losses."""
+    if callable(loss):
+        values = loss(output, target)
+    elif loss == "mse":
+        if not target.is_floating_point():
+            target = F.one_hot(target.long(), output.shape[-1]).to(output.dtype)
+        values = (output - target.reshape(output.shape)).pow(2).reshape(output.shape[0], -1).sum(1)
+    elif loss == "cross_entropy":
+        values = F.cross_entropy(output, target, reduction="none")
+    else:
+        raise StatisticsError(f"unknown loss {loss!r}: use one of {LOSSES} or a callable returning per-sample losses")
+    if values.ndim != 1 or values.shape[0] != output.shape[0]:
+        raise StatisticsError(f"the loss must return one value per sample, shape ({output.shape[0]},); "
+                              f"got shape {tuple(values.shape)}")
+    return values
+
+
+def loss_name(loss: LossLike) -> str:
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)

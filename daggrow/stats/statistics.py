@@ -1,0 +1,161 @@
+"""Running sums behind the moments of MATH.md §3, and their assembly into solver inputs.
+
+With ``h_u`` a node's value (n × d_u), ``v_v = −∂ℓ_i/∂z_v`` its desired move (n × d_v) and
+``b_u = [h_u, 1]``, the accumulators are sums over samples (float64):
+
+    hh[u, w] = Σ h_u h_wᵀ    h[u] = Σ h_u    hv[u, v] = Σ h_u v_vᵀ    v[v] = Σ v_v    vv[v] = Σ ‖v_v‖²
+
+so that, e.g., ``S_u = (1/n) B_u B_uᵀ`` and ``M_{u,v} = (1/n) B_u V_vᵀ`` are read off blocks:
+
+>>> stats.moment(["x"], ["x"])          # S_x, with the constant row and column last  # doctest: +SKIP
+
+Sums add across batches and processes: ``a + b`` merges, :meth:`all_reduce` sums over
+``torch.distributed``; both are exact, which is what makes data-parallel growth exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from ..errors import StatisticsError
+
+Pair = tuple[str, str]
+
+
+@dataclass
+class Statistics:
+    """Sums of per-sample products for the nodes and pairs of a :class:`StatisticsPlan`."""
+
+    widths: dict[str, int]
+    n: int = 0
+    h: dict[str, torch.Tensor] = field(default_factory=dict)
+    hh: dict[Pair, torch.Tensor] = field(default_factory=dict)
+    v: dict[str, torch.Tensor] = field(default_factory=dict)
+    vv: dict[str, torch.Tensor] = field(default_factory=dict)
+    hv: dict[Pair, torch.Tensor] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- combining
+    def __add__(self, other: "Statistics") -> "Statistics":
+        if not isinstance(other, Statistics):
+            return NotImplemented
+        if self._layout() != other._layout():
+            raise StatisticsError("cannot merge statistics collected with different plans or widths")
+        out = Statistics(widths=dict(self.widths), n=self.n + other.n)
+        for name in ("h", "hh", "v", "vv", "hv"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(out, name, {k: mine[k] + theirs[k] for k in mine})
+        return out
+
+    def all_reduce(self, group: object | None = None) -> "Statistics":
+        """Sum these statistics over every process of ``group`` (in place; returns self)."""
+        import torch.distributed as dist
+
+        tensors = [t for name in ("h", "hh", "v", "vv", "hv") for t in getattr(self, name).values()]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        flat = torch.cat([t.reshape(-1) for t in tensors] + [torch.tensor([float(self.n)], dtype=torch.float64, device=device)])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
+        self.n = int(round(flat[-1].item()))
+        return self
+
+    def _layout(self) -> tuple:
+        return (tuple(sorted(self.widths.items())),
+                *(tuple(sorted(getattr(self, k))) for k in ("h", "hh", "v", "vv", "hv")))
+
+    # ----------------------------------------------------------------- reading
+    def _check_n(self) -> None:
+        if self.n == 0:
+            raise StatisticsError("no sample was accumulated: the loader yielded no batch")
+
+    def value_block(self, u: str, w: str) -> torch.Tensor:
+        """Σ h_u h_wᵀ (d_u × d_w) from whichever orientation was accumulated."""
+        if (u, w) in self.hh:
+            return self.hh[(u, w)]
+        if (w, u) in self.hh:
+            return self.hh[(w, u)].T
+        raise StatisticsError(f"the moment between {u!r} and {w!r} was not collected; "
+                              "add the candidate that needs it to the statistics plan")
+
+    def _value_sum(self, u: str) -> torch.Tensor:
+        if u not in self.h:
+            raise StatisticsError(f"the values of node {u!r} were not collected")
+        return self.h[u]
+
+    def moment(self, U: Sequence[str], W: Sequence[str], bias_u: bool = True, bias_w: bool = True) -> torch.Tensor:
+        """(1/n) B_U B_Wᵀ with B_U = [h_{u1}; …; h_{up}; 1] (constant row last, when ``bias_u``).
+
+        With ``U == W`` this is S_U; with different lists, the cross-moment P_{U,W}.
+        """
+        self._check_n()
+        rows = [torch.cat([self.value_block(u, w) for w in W] + ([self._value_sum(u)[:, None]] if bias_w else []), 1)
+                for u in U]
+        if bias_u:
+            last = [self._value_sum(w)[None, :] for w in W]
+            if bias_w:
+                last.append(torch.full((1, 1), float(self.n), dtype=torch.float64, device=self._device()))
+            rows.append(torch.cat(last, 1))
+        return torch.cat(rows, 0) / self.n
+
+    def grad_moment(self, U: Sequence[str], T: Sequence[str], bias: bool = True) -> torch.Tensor:
+        """M_{U,T} = (1/n) B_U V_Tᵀ, with V_T the stacked desired moves of the targets."""
+        self._check_n()
+        rows = []
+        for u in U:
+            blocks = []
+            for t in T:
+                if (u, t) not in self.hv:
+                    raise StatisticsError(f"the moment between node {u!r} and the desired move of {t!r} was not "
+                                          "collected; add the candidate that needs it to the statistics plan")
+                blocks.append(self.hv[(u, t)])
+            rows.append(torch.cat(blocks, 1))
+        if bias:
+            rows.append(torch.cat([self._grad_sum(t)[None, :] for t in T], 1))
+        return torch.cat(rows, 0) / self.n
+
+    def _grad_sum(self, t: str) -> torch.Tensor:
+        if t not in self.v:
+            raise StatisticsError(f"the desired move of node {t!r} was not collected")
+        return self.v[t]
+
+    def grad_energy(self, t: str) -> float:
+        """g_t = (1/n) ‖V_t‖²_F."""
+        self._check_n()
+        if t not in self.vv:
+            raise StatisticsError(f"the desired move of node {t!r} was not collected")
+        return float(self.vv[t]) / self.n
+
+    def _device(self) -> torch.device:
+        for d in (self.h, self.v):
+            for t in d.values():
+                return t.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "Statistics":
+        out = Statistics(widths=dict(self.widths), n=self.n)
+        for name in ("h", "hh", "v", "vv", "hv"):
+            setattr(out, name, {k: t.to(device) for k, t in getattr(self, name).items()})
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Statistics(n={self.n}, nodes={len(self.h)}, value pairs={len(self.hh)}, "
+                f"desired moves={len(self.v)}, gradient pairs={len(self.hv)})")
+
+
+def empty_statistics(widths: dict[str, int], values: Iterable[str], value_pairs: Iterable[Pair],
+                     grads: Iterable[str], grad_pairs: Iterable[Pair],
+                     device: torch.device | str | None = None) -> Statistics:
+    """Zero accumulators for a plan (float64)."""
+    z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+    s = Statistics(widths=dict(widths))
+    s.h = {u: z(widths[u]) for u in values}
+    s.hh = {(u, w): z(widths[u], widths[w]) for u, w in value_pairs}
+    s.v = {t: z(widths[t]) for t in grads}
+    s.vv = {t: z(()) for t in grads}
+    s.hv = {(u, t): z(widths[u], widths[t]) for u, t in grad_pairs}
+    return s
