@@ -53,7 +53,8 @@ class Statistics:
         """Sum these statistics over every process of ``group`` (in place; returns self)."""
         import torch.distributed as dist
 
-        tensors = [t for name in ("h", "hh", "v", "vv", "hv") for t in getattr(self, name).values()]
+        # sorted keys: every process must flatten in the same order (set order depends on hash seeds)
+        tensors = [getattr(self, name)[k] for name in ("h", "hh", "v", "vv", "hv") for k in sorted(getattr(self, name))]
         device = tensors[0].device if tensors else torch.device("cpu")
         flat = torch.cat([t.reshape(-1) for t in tensors] + [torch.tensor([float(self.n)], dtype=torch.float64, device=device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -153,9 +154,9 @@ def empty_statistics(widths: dict[str, int], values: Iterable[str], value_pairs:
     """Zero accumulators for a plan (float64)."""
     z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
     s = Statistics(widths=dict(widths))
-    s.h = {u: z(widths[u]) for u in values}
-    s.hh = {(u, w): z(widths[u], widths[w]) for u, w in value_pairs}
-    s.v = {t: z(widths[t]) for t in grads}
-    s.vv = {t: z(()) for t in grads}
-    s.hv = {(u, t): z(widths[u], widths[t]) for u, t in grad_pairs}
+    s.h = {u: z(widths[u]) for u in sorted(values)}
+    s.hh = {(u, w): z(widths[u], widths[w]) for u, w in sorted(value_pairs)}
+    s.v = {t: z(widths[t]) for t in sorted(grads)}
+    s.vv = {t: z(()) for t in sorted(grads)}
+    s.hv = {(u, t): z(widths[u], widths[t]) for u, t in sorted(grad_pairs)}
     return s
