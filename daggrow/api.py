@@ -1,0 +1,39 @@
+"""The top-level functions of API.md §4, wiring the stats, solve and grow rooms together."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+from .grow.candidates import KINDS, Candidate, Kind, enumerate_candidates
+from .stats import LossLike, Statistics, StatisticsPlan, plan_for
+from .stats import collect_statistics as _collect
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+
+def collect_statistics(
+    graph: "Graph",
+    loader: Iterable,
+    loss: LossLike = "mse",
+    *,
+    candidates: Iterable[Candidate] | None = None,
+    kinds: Iterable[Kind] = KINDS,
+    plan: StatisticsPlan | None = None,
+    device: torch.device | str | None = None,
+    compute_dtype: torch.dtype | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> Statistics:
+    """One streaming pass collecting what Ψ of every node and every candidate expansion need.
+
+    By default the candidates are all valid expansions of ``kinds`` (see
+    :func:`daggrow.grow.enumerate_candidates`); pass ``candidates`` or a ``plan`` to collect less.
+    """
+    if plan is None:
+        cands = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
+        plan = plan_for(graph, [(c.sources, c.targets) for c in cands])
+    return _collect(graph, loader, loss, plan=plan, device=device, compute_dtype=compute_dtype,
+                    max_batches=max_batches, progress=progress)

@@ -1,0 +1,317 @@
+"""The Grower: statistics → proposals → line search → choose → apply → event, and ``fit``.
+
+>>> grower = dg.Grower(g, loss="cross_entropy", strategy="amplitude", init="tiny")   # doctest: +SKIP
+>>> event = grower.grow_step(train_loader)                                            # doctest: +SKIP
+>>> grower.fit(train_loader, val_loader, growth_steps=20, epochs_between=1)           # doctest: +SKIP
+
+Two modes for ``fit``: ``"sgd"`` trains with an optimizer between growth steps (its state is
+carried across every rewrite), ``"pure"`` is the talk's Algorithm 1: no gradient steps, only
+growth and best updates δW* of every node, each with its own amplitude.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
+
+import torch
+
+from ..errors import DaggrowError
+from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
+from ..stats.collect import graph_device
+from ..stats.losses import loss_name
+from .candidates import KINDS, Kind, enumerate_candidates
+from .line_search import BatchEvaluator, golden_section, line_search
+from .optim import carry_optimizer
+from .propose import Proposal, bottleneck, node_update, propose
+from .rewrite import update_weights
+from .strategies import SelectionContext, Strategy, get_strategy
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+    from ..history import GrowthEvent, History
+
+
+def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int | None = None) -> tuple[float, float | None]:
+    """Mean loss and accuracy (for class labels) of ``graph`` over ``loader``, in eval mode."""
+    from ..compile import eval_mode
+
+    module = graph.compile()
+    device = graph_device(graph)
+    total, correct, count, labelled = 0.0, 0, 0, True
+    with torch.no_grad(), eval_mode(graph):
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            xs, y = split_batch(batch)
+            out = module(*(x.to(device) for x in xs))
+            y = y.to(device)
+            total += float(per_sample_loss(loss, out, y).sum())
+            count += y.shape[0]
+            if y.dtype in (torch.int64, torch.int32) and out.ndim == 2:
+                correct += int((out.argmax(1) == y).sum())
+            else:
+                labelled = False
+    if count == 0:
+        raise DaggrowError("cannot evaluate on an empty loader")
+    return total / count, (correct / count if labelled else None)
+
+
+class Grower:
+    """Grow ``graph`` where its expressivity bottleneck is, keeping a :class:`History`."""
+
+    def __init__(
+        self,
+        graph: "Graph",
+        loss: LossLike = "cross_entropy",
+        strategy: str | Strategy = "amplitude",
+        init: str = "tiny",
+        *,
+        kinds: Sequence[Kind] = KINDS,
+        neurons_per_step: int = 1,
+        new_node_activation: str = "relu",
+        max_width: int | None = None,
+        max_nodes: int | None = None,
+        max_fan_in: int | None = None,
+        max_parameters: int | None = None,
+        amplitude_upper: float = 2.0,
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+        lr: float = 1e-3,
+        seed: int | None = 0,
+        progress: bool = False,
+    ) -> None:
+        from ..history import History
+
+        self.graph = graph
+        self.loss = loss
+        self.strategy = get_strategy(strategy)
+        self.init = init
+        self.kinds = tuple(kinds)
+        self.neurons_per_step = neurons_per_step
+        self.new_node_activation = new_node_activation
+        self.limits = dict(max_width=max_width, max_nodes=max_nodes, max_fan_in=max_fan_in)
+        self.max_parameters = max_parameters
+        self.amplitude_upper = amplitude_upper
+        self.seed = seed
+        self.progress = progress
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        self._make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.history: "History" = History()
+        self._t0 = time.perf_counter()
+        self._last_metrics: dict[str, float | None] = {}
+
+    # ------------------------------------------------------------------ state
+    def swap(self, new: "Graph") -> None:
+        """Make ``new`` the current graph, carrying the optimizer state to its parameters."""
+        if self.optimizer is not None:
+            self.optimizer = carry_optimizer(self.optimizer, self.graph, new)
+        self.graph = new
+
+    def ensure_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer([p for p in self.graph.parameters() if p.requires_grad])
+        return self.optimizer
+
+    # ------------------------------------------------------------------ growth
+    def grow_step(self, loader: Iterable, held_out: Any | None = None) -> "GrowthEvent | None":
+        """One growth step; returns its event, or ``None`` when nothing worth adding was found.
+
+        ``held_out`` is the batch the amplitude line search minimises on (default: the first
+        batch of ``loader``).
+        """
+        from ..history import GrowthEvent
+
+        start = time.perf_counter()
+        graph = self.graph
+        candidates = enumerate_candidates(graph, self.kinds, **self.limits)
+        if self.max_parameters is not None:
+            candidates = [c for c in candidates if graph.num_parameters() < self.max_parameters]
+        if not candidates:
+            return None
+        plan = plan_for(graph, [(c.sources, c.targets) for c in candidates])
+        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress)
+        proposals = propose(graph, stats, self.neurons_per_step, init=self.init, candidates=candidates,
+                            new_node_activation=self.new_node_activation, generator=self.generator)
+        if self.max_parameters is not None:
+            room = self.max_parameters - graph.num_parameters()
+            proposals = [p for p in proposals if p.num_new_parameters <= room]
+        if not proposals:
+            return None
+        batch = held_out if held_out is not None else next(iter(loader))
+        evaluator = BatchEvaluator(graph, batch, self.loss)
+        ctx = SelectionContext(
+            graph=graph, step=graph.step, bottlenecks=bottleneck(graph, stats), loss=self.loss,
+            num_samples=int(split_batch(batch)[1].shape[0]),
+            run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
+                                             evaluator=evaluator))
+        choice = self.strategy.select(proposals, ctx)
+        if choice is None:
+            return None
+        p, result = choice.proposal, choice.search
+        params_before = graph.num_parameters()
+        new = _apply(graph, p, result.amplitude)
+        self.swap(new)
+        return self._record(GrowthEvent, action=p.kind, proposal=p, amplitude=result.amplitude,
+                            predicted=-result.amplitude * p.first_order_gain,
+                            measured=result.loss_after - result.loss_before,
+                            params_before=params_before, start=start,
+                            note=f"{len(proposals)} proposals, {ctx.evaluations} line-search evaluations")
+
+    def best_update_step(self, loader: Iterable, held_out: Any | None = None) -> list["GrowthEvent"]:
+        """Algorithm 1's training part: for every node in order, δW* with its own amplitude η*."""
+        from ..history import GrowthEvent
+
+        events = []
+        batch = held_out if held_out is not None else next(iter(loader))
+        for node in self.graph.topological_order():
+            if node in self.graph.inputs:
+                continue
+            start = time.perf_counter()
+            graph = self.graph
+            stats = collect_statistics(graph, loader, self.loss, plan=plan_for(graph, bottleneck_nodes=[node]))
+            upd = node_update(graph, stats, node)
+            if not upd.edges or upd.first_order_gain <= 0:
+                continue
+            evaluator = BatchEvaluator(graph, batch, self.loss)
+
+            def loss_at(eta: float) -> float:
+                if eta == 0.0:
+                    return evaluator.base_loss
+                scaled = {e: (eta * dw, None if db is None else eta * db) for e, (dw, db) in upd.edges.items()}
+                return evaluator.loss(update_weights(graph, scaled, step=graph.step, record=False), {node})
+
+            eta, after, _ = golden_section(loss_at, self.amplitude_upper)
+            if eta == 0.0:
+                continue
+            scaled = {e: (eta * dw, None if db is None else eta * db) for e, (dw, db) in upd.edges.items()}
+            params = graph.num_parameters()
+            self.swap(update_weights(graph, scaled, step=graph.step + 1))
+            events.append(self._record(GrowthEvent, action="best_update", where=[node], amplitude=eta,
+                                       predicted=-eta * upd.first_order_gain, measured=after - evaluator.base_loss,
+                                       params_before=params, start=start))
+        return events
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, loader: Iterable) -> float:
+        """One epoch of the optimizer over ``loader``; returns the mean training loss."""
+        opt = self.ensure_optimizer()
+        module = self.graph.compile()
+        module.train()
+        device = graph_device(self.graph)
+        total, count = 0.0, 0
+        for batch in loader:
+            xs, y = split_batch(batch)
+            out = module(*(x.to(device) for x in xs))
+            losses = per_sample_loss(self.loss, out, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            opt.step()
+            total += float(losses.detach().sum())
+            count += losses.shape[0]
+        return total / max(count, 1)
+
+    def fit(
+        self,
+        train: Iterable,
+        val: Iterable | None = None,
+        *,
+        growth_steps: int = 10,
+        epochs_between: int = 1,
+        mode: Literal["sgd", "pure"] = "sgd",
+        patience: int | None = None,
+        callback: Callable[["GrowthEvent"], None] | None = None,
+    ) -> "History":
+        """Alternate growth steps with training (``"sgd"``) or best updates (``"pure"``).
+
+        Stops after ``growth_steps``, when the parameter budget is reached or no proposal is
+        found, or when validation loss has not improved for ``patience`` growth steps.
+        """
+        if mode not in ("sgd", "pure"):
+            raise DaggrowError(f"unknown mode {mode!r}: use 'sgd' or 'pure'")
+        held_out = next(iter(val)) if val is not None else None
+        self._evaluate(train, val)
+        if not self.history.events:
+            self._emit(self._record_start(), callback)
+        best_val, stale = float("inf"), 0
+        for _ in range(growth_steps):
+            event = self.grow_step(train, held_out)
+            if event is None:
+                break
+            self._evaluate(train, val)
+            event = self._refresh(event)
+            self._emit(event, callback)
+            if mode == "pure":
+                for e in self.best_update_step(train, held_out):
+                    self._emit(e, callback)
+            else:
+                for _ in range(epochs_between):
+                    self.train_epoch(train)
+                self._evaluate(train, val)
+                self._emit(self._record_train(), callback)
+            current = self._last_metrics.get("val_loss")
+            if patience is not None and current is not None:
+                if current < best_val - 1e-9:
+                    best_val, stale = current, 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+        return self.history
+
+    # ------------------------------------------------------------------ events
+    def _evaluate(self, train: Iterable, val: Iterable | None) -> None:
+        tl, ta = evaluate(self.graph, train, self.loss)
+        self._last_metrics = {"train_loss": tl, "train_accuracy": ta, "val_loss": None, "val_accuracy": None}
+        if val is not None:
+            vl, va = evaluate(self.graph, val, self.loss)
+            self._last_metrics.update(val_loss=vl, val_accuracy=va)
+
+    def _refresh(self, event: "GrowthEvent") -> "GrowthEvent":
+        """The event with the metrics measured after it (replaced in the history too)."""
+        fresh = event.model_copy(update=self._last_metrics)
+        self.history.events[self.history.events.index(event)] = fresh
+        return fresh
+
+    def _emit(self, event: "GrowthEvent", callback) -> None:
+        if callback is not None:
+            callback(event)
+
+    def _record(self, cls, *, action: str, proposal: Proposal | None = None, where: list[str] | None = None,
+                amplitude: float | None = None, predicted: float | None = None, measured: float | None = None,
+                params_before: int, start: float, note: str = "") -> "GrowthEvent":
+        p = proposal
+        event = cls(
+            step=self.graph.step, action=action,
+            where=where if where is not None else ([p.candidate.node] if p and p.candidate.node else
+                                                   [p.node_name] if p and p.node_name else []),
+            sources=list(p.sources) if p else [], targets=list(p.targets) if p else [],
+            neurons_added=p.num_neurons if p else 0,
+            eigenvalues=list(p.eigenvalues) if p else [], amplitude=amplitude,
+            predicted_loss_change=predicted, measured_loss_change=measured,
+            params_before=params_before, params_after=self.graph.num_parameters(),
+            **self._last_metrics,
+            wall_time=time.perf_counter() - self._t0, duration=time.perf_counter() - start,
+            seed=self.seed, strategy=self.strategy.name, init=self.init, note=note,
+            graph=self.graph.spec(),
+        )
+        self.history.append(event)
+        return event
+
+    def _record_start(self) -> "GrowthEvent":
+        from ..history import GrowthEvent
+
+        return self._record(GrowthEvent, action="start", params_before=self.graph.num_parameters(),
+                            start=time.perf_counter(), note=f"loss={loss_name(self.loss)}")
+
+    def _record_train(self) -> "GrowthEvent":
+        from ..history import GrowthEvent
+
+        return self._record(GrowthEvent, action="train", params_before=self.graph.num_parameters(),
+                            start=time.perf_counter())
+
+
+def _apply(graph: "Graph", proposal: Proposal, amplitude: float) -> "Graph":
+    from .propose import apply
+
+    return apply(graph, proposal, amplitude)

@@ -1,0 +1,66 @@
+"""Carry an optimizer across a rewrite: moments of existing weights kept, new entries zero.
+
+Parameters are matched by their graph names (``edge:<name>.weight``). A grown tensor keeps
+its old values in its leading block (rewrites append rows/columns), so the optimizer state is
+copied there and the new rows/columns start at zero. Nothing is reset silently: a state that
+cannot be carried (a pruned tensor) is dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+
+def _grown(old: torch.Tensor, new_shape: torch.Size) -> torch.Tensor | None:
+    if old.shape == new_shape:
+        return old.clone()
+    if old.ndim != len(new_shape) or any(o > n for o, n in zip(old.shape, new_shape)):
+        return None
+    out = old.new_zeros(new_shape)
+    out[tuple(slice(0, o) for o in old.shape)] = old
+    return out
+
+
+def carry_optimizer(optimizer: torch.optim.Optimizer, old: "Graph", new: "Graph") -> torch.optim.Optimizer:
+    """A new optimizer of the same class and hyper-parameters over ``new``'s parameters,
+    with the state of ``optimizer`` (built over ``old``'s parameters) carried by name."""
+    old_names = {id(p): name for name, p in old.named_parameters()}
+    new_params = dict(new.named_parameters())
+    groups, placed = [], set()
+    for group in optimizer.param_groups:
+        names = [old_names[id(p)] for p in group["params"] if id(p) in old_names]
+        params = [new_params[n] for n in names if n in new_params]
+        placed.update(n for n in names if n in new_params)
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+    fresh = [p for n, p in new_params.items() if n not in placed and p.requires_grad]
+    if fresh:
+        groups[0]["params"] = groups[0]["params"] + fresh
+    groups = [g for g in groups if g["params"]]
+    carried = type(optimizer)(groups, **optimizer.defaults)
+    for p_old, state in optimizer.state.items():
+        name = old_names.get(id(p_old))
+        if name is None or name not in new_params or not state:
+            continue
+        p_new = new_params[name]
+        new_state = {}
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == p_old.shape:
+                grown = _grown(value, p_new.shape)
+                if grown is None:
+                    warnings.warn(f"optimizer state {key!r} of {name} could not follow the rewrite "
+                                  f"({tuple(value.shape)} -> {tuple(p_new.shape)}); it restarts from zero",
+                                  stacklevel=2)
+                    new_state = {}
+                    break
+                new_state[key] = grown
+            else:
+                new_state[key] = value.clone() if torch.is_tensor(value) else value
+        if new_state:
+            carried.state[p_new] = new_state
+    return carried
