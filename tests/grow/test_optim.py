@@ -1,0 +1,66 @@
+"""The optimizer continues across a rewrite: old moments bit-identical, new entries zero."""
+
+from __future__ import annotations
+
+import torch
+
+import daggrow as dg
+from daggrow.grow import rewrite
+from daggrow.grow.optim import carry_optimizer
+
+
+def trained_graph():
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("h", 3, "tanh")
+    g.add_node("y", 2)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    m = g.compile()
+    for _ in range(3):
+        loss = m(torch.randn(8, 4)).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return g, opt
+
+
+def test_adam_moments_of_old_weights_are_bit_identical_after_growth():
+    g, opt = trained_graph()
+    old = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in g.named_parameters()}
+    new = rewrite.add_neurons(g, "h", {"x_to_h": torch.randn(2, 4)}, {"h_to_y": torch.randn(2, 2)},
+                              bias={"x_to_h": torch.randn(2)}, step=1)
+    new = rewrite.new_edge(new, "x", "y", torch.zeros(2, 4), torch.zeros(2), step=2)
+    carried = carry_optimizer(opt, g, new)
+    params = dict(new.named_parameters())
+    assert {id(p) for group in carried.param_groups for p in group["params"]} == {id(p) for p in params.values()}
+    for name, state in old.items():
+        s = carried.state[params[name]]
+        assert torch.equal(s["step"], state["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            block = s[key][tuple(slice(0, n) for n in state[key].shape)]
+            assert torch.equal(block, state[key])  # bit-identical
+            rest = s[key].clone()
+            rest[tuple(slice(0, n) for n in state[key].shape)] = 0
+            assert torch.count_nonzero(rest) == 0  # new rows/columns start at zero
+    assert params["edge:x_to_y.weight"] not in carried.state  # a new edge starts fresh
+    assert carried.defaults["lr"] == opt.defaults["lr"]
+    # and it keeps working
+    m = new.compile()
+    carried.zero_grad()
+    m(torch.randn(8, 4)).pow(2).sum().backward()
+    carried.step()
+
+
+def test_sgd_momentum_is_carried():
+    g, _ = trained_graph()
+    opt = torch.optim.SGD(g.parameters(), lr=0.1, momentum=0.9)
+    g.compile()(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    buf = opt.state[g.module("h_to_y").weight]["momentum_buffer"].clone()
+    new = rewrite.add_neurons(g, "h", {"x_to_h": torch.zeros(1, 4)}, {"h_to_y": torch.zeros(2, 1)}, step=1)
+    carried = carry_optimizer(opt, g, new)
+    assert torch.equal(carried.state[new.module("h_to_y").weight]["momentum_buffer"][:, :3], buf)
