@@ -19,10 +19,27 @@ from .errors import (
     WidthMismatchError,
 )
 from .graph import EdgeSpec, FrozenBlock, Graph, IdentityBlock, LinearBlock, NodeSpec, NormSpec
+from .api import collect_statistics
+from .grow import (
+    Candidate,
+    Choice,
+    Grower,
+    LineSearchResult,
+    Proposal,
+    Strategy,
+    apply,
+    bottleneck,
+    enumerate_candidates,
+    line_search,
+    propose,
+)
+from .stats import Statistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Candidate", "Choice", "Grower", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
+    "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose",
     "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec",
     "PersistenceError", "RenderError", "StatisticsError", "TraceError", "UnknownNameError",

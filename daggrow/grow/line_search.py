@@ -42,7 +42,7 @@ class BatchEvaluator:
     def __init__(self, graph: "Graph", batch: Any, loss: LossLike) -> None:
         xs, y = split_batch(batch)
         device = graph_device(graph)
-        self.graph, self.loss = graph, loss
+        self.graph, self.loss_fn = graph, loss
         self.xs, self.y = tuple(x.to(device) for x in xs), y.to(device)
         with torch.no_grad(), eval_mode(graph):
             self.cache = node_values(graph, self.xs)
@@ -50,7 +50,7 @@ class BatchEvaluator:
 
     def _loss_of(self, graph: "Graph", values: dict[str, torch.Tensor]) -> float:
         out = values[graph.outputs[0]]
-        return float(per_sample_loss(self.loss, out, self.y).mean())
+        return float(per_sample_loss(self.loss_fn, out, self.y).mean())
 
     def loss(self, new: "Graph", changed: set[str]) -> float:
         """Loss of ``new``, where only ``changed`` nodes (and their descendants) differ from the base."""

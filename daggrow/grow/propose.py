@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..graph import Graph
 
 Init = Literal["tiny", "gradmax", "north", "random", "zero"]
+ROUND_OFF = 1e-10
 
 
 @dataclass
@@ -193,9 +194,11 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
         blocks.append(stats.grad_moment(sources, [v], bias) - P @ upd.solution.delta.T.to(P.dtype))
     N = torch.cat(blocks, 1)
     target_updates = {v: update(v) for v in dict.fromkeys(targets)}
+    # below this bottleneck decrease a direction is float64 round-off, not a real gain
+    min_decrease = ROUND_OFF * sum(stats.grad_energy(v) for v in targets)
     if cand.kind == "new_edge":
         sol = solve_new_edge(S, N, M, rel_tol=rel_tol)
-        if sol.gain <= 0:
+        if sol.gain <= min_decrease:
             return None
         return Proposal(cand, "least_squares", [], float(sol.first_order_gain), float(sol.gain),
                         fan_in=S.new_zeros(S.shape[0], 0), fan_out=S.new_zeros(N.shape[1], 0), bias=True,
@@ -209,7 +212,8 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
         activation, params, existing = new_node_activation, {}, None
         name = _fresh_node_name(graph, f"{cand.sources[0]}_{cand.targets[0]}")
     sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
-                        rel_threshold=rel_threshold, rel_tol=rel_tol, generator=generator)
+                        rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=min_decrease,
+                        generator=generator)
     if sol.fan_in.shape[1] == 0:
         return None
     return Proposal(cand, init, [float(x) for x in sol.eigenvalues], float(sol.first_order_gain),

@@ -107,7 +107,7 @@ def test_bottleneck_decrease_equals_sum_of_squared_eigenvalues(activation):
         B_in = torch.cat([values[s] for s in srcs] + [one], 1)
         return moves[v] - B_in @ upd.solution.delta.T
 
-    checked = 0
+    checked = set()
     for p in propose(g, stats, max_neurons=3):
         if p.kind == "new_edge":
             continue
@@ -118,8 +118,9 @@ def test_bottleneck_decrease_equals_sum_of_squared_eigenvalues(activation):
         assert float(before - after) == pytest.approx(sum(l ** 2 for l in p.eigenvalues), rel=1e-8), p
         V = torch.cat([moves[t] for t in p.targets], 1)
         assert float((V * (B @ p.fan_in @ p.fan_out.T)).sum() / n) == pytest.approx(p.first_order_gain, rel=1e-8)
-        checked += 1
-    assert checked >= 4
+        checked.add(p.where)
+    # several sources (b reads a and x), several targets (a writes into b and y), and a new node
+    assert {"expand a", "expand b", "new node x->y"} <= checked
 
 
 def test_line_searched_change_never_raises_held_out_loss():
@@ -142,4 +143,5 @@ def test_amplitude_zero_keeps_outputs_for_every_proposal():
     out = g.compile()(X)
     for init in ("tiny", "gradmax", "north", "random", "zero"):
         for p in propose(g, stats, max_neurons=2, init=init, generator=torch.Generator().manual_seed(0)):
-            torch.testing.assert_close(apply(g, p, 0.0).compile()(X), out, rtol=0, atol=0)
+            # equal up to summation order (a wider GEMM may block differently): float64 round-off only
+            torch.testing.assert_close(apply(g, p, 0.0).compile()(X), out, rtol=0, atol=1e-13)
