@@ -33,12 +33,13 @@ from .grow import (
     line_search,
     propose,
 )
+from .history import GrowthEvent, History
 from .stats import Statistics
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Candidate", "Choice", "Grower", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
+    "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
     "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose",
     "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec",

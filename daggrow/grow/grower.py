@@ -7,6 +7,11 @@
 Two modes for ``fit``: ``"sgd"`` trains with an optimizer between growth steps (its state is
 carried across every rewrite), ``"pure"`` is the talk's Algorithm 1: no gradient steps, only
 growth and best updates δW* of every node, each with its own amplitude.
+
+Default candidate kinds are ``expand_node`` and ``new_node``. ``new_edge`` is available but not
+default: once a direct linear edge u→v exists, V⊥_v is orthogonal to B_u, so every later
+TINY neuron that reads u (or any other source of v) and writes v has zero first-order value
+(MATH §5): an early input→output edge would stall growth between them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..errors import DaggrowError
 from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
 from ..stats.collect import graph_device
 from ..stats.losses import loss_name
-from .candidates import KINDS, Kind, enumerate_candidates
+from .candidates import Kind, enumerate_candidates
 from .line_search import BatchEvaluator, golden_section, line_search
 from .optim import carry_optimizer
 from .propose import Proposal, bottleneck, node_update, propose
@@ -67,14 +72,14 @@ class Grower:
         strategy: str | Strategy = "amplitude",
         init: str = "tiny",
         *,
-        kinds: Sequence[Kind] = KINDS,
+        kinds: Sequence[Kind] = ("expand_node", "new_node"),
         neurons_per_step: int = 1,
         new_node_activation: str = "relu",
         max_width: int | None = None,
         max_nodes: int | None = None,
         max_fan_in: int | None = None,
         max_parameters: int | None = None,
-        amplitude_upper: float = 2.0,
+        amplitude_upper: float = 4.0,
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
         lr: float = 1e-3,
         seed: int | None = 0,

@@ -74,7 +74,7 @@ def changed_nodes(proposal: "Proposal") -> set[str]:
     return nodes
 
 
-def golden_section(f: Callable[[float], float], upper: float = 2.0, grid: int = 8, refine: int = 8) -> tuple[float, float, int]:
+def golden_section(f: Callable[[float], float], upper: float = 4.0, grid: int = 10, refine: int = 8) -> tuple[float, float, int]:
     """Minimise f over [0, upper]: f(0), a geometric grid upper·2^-j (j < grid), then golden
     section around the best point. Returns (argmin, min, number of evaluations)."""
     points = [0.0] + [upper * 2.0 ** -j for j in reversed(range(grid))]
@@ -105,7 +105,7 @@ def golden_section(f: Callable[[float], float], upper: float = 2.0, grid: int = 
 
 
 def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike = "mse", *,
-                upper: float = 2.0, grid: int = 8, refine: int = 8, update_amplitude: float = 0.0,
+                upper: float = 4.0, grid: int = 10, refine: int = 8, update_amplitude: float = 0.0,
                 evaluator: BatchEvaluator | None = None) -> LineSearchResult:
     """γ* for ``proposal`` on a held-out ``batch``: the loss drop the strategy "amplitude" ranks by."""
     from .propose import apply

@@ -16,7 +16,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..graph import Graph
-from .candidates import KINDS
 from .grower import Grower, evaluate
 
 
@@ -34,7 +33,7 @@ class RunConfig(BaseModel):
     mode: Literal["sgd", "pure"] = "sgd"
     hidden: list[int] = Field(default_factory=lambda: [1])
     activation: str = "relu"
-    kinds: list[str] = Field(default_factory=lambda: list(KINDS))
+    kinds: list[str] = Field(default_factory=lambda: ["expand_node", "new_node"])
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     lr: float = 3e-3
     batch_size: int = 256
