@@ -1,0 +1,143 @@
+"""Built-in data sets, all generated or bundled locally: nothing is ever downloaded.
+
+>>> data = load_dataset("digits", seed=0)
+>>> data.x_train.shape[1], data.num_classes
+(64, 10)
+>>> train, val, test = data.loaders(batch_size=128)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import DaggrowError
+
+
+class UnknownDatasetError(DaggrowError, ValueError):
+    """A data set name that daggrow does not have."""
+
+
+class TensorLoader:
+    """Re-iterable ``(x, y)`` batches over tensors; each pass is one epoch.
+
+    With ``shuffle``, epoch e uses a permutation from a generator seeded with ``seed + e``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        if batch_size < 1:
+            raise DaggrowError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = None
+        self.epoch += 1
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            else:
+                idx = order[start:start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+@dataclass
+class Dataset:
+    """Standardised float32 features and int64 labels, split into train/val/test."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def loaders(self, batch_size: int, *, seed: int = 0) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+        """(train, val, test) loaders; only train shuffles."""
+        return (TensorLoader(self.x_train, self.y_train, batch_size, shuffle=True, seed=seed),
+                TensorLoader(self.x_val, self.y_val, batch_size),
+                TensorLoader(self.x_test, self.y_test, batch_size))
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, features={self.num_features}, classes={self.num_classes}, "
+                f"train={len(self.y_train)}, val={len(self.y_val)}, test={len(self.y_test)})")
+
+
+def _standardise(name: str, splits: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...], num_classes: int) -> Dataset:
+    x_train = splits[0]
+    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
+    xs = [((x - mean) / std).float().contiguous() for x in splits]
+    ys = [y.long().contiguous() for y in labels]
+    return Dataset(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], num_classes)
+
+
+def synthetic(seed: int = 0, n_train: int = 10_000, n_val: int = 2_000, n_test: int = 2_000) -> Dataset:
+    """The talk's task: x ~ N(0, I₅₀), y = argmax_{k=1..10} sin(k·Σ_j x_j)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = n_train + n_val + n_test
+    x = torch.randn(n, 50, generator=gen, dtype=torch.float64)
+    s = x.sum(1, keepdim=True)
+    y = torch.sin(torch.arange(1, 11, dtype=torch.float64) * s).argmax(1)
+    cut = [0, n_train, n_train + n_val, n]
+    return _standardise("synthetic", tuple(x[a:b] for a, b in zip(cut, cut[1:])),
+                        tuple(y[a:b] for a, b in zip(cut, cut[1:])), 10)
+
+
+def digits(seed: int = 0) -> Dataset:
+    """sklearn's bundled 8×8 digits (1797 samples, 64 features), stratified 60/20/20 split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.data, dtype=torch.float64)
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    for c in range(10):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        a, b = round(0.6 * len(idx)), round(0.8 * len(idx))
+        for part, chunk in zip(parts, (idx[:a], idx[a:b], idx[b:])):
+            part.append(chunk)
+    order = [torch.cat(p)[torch.randperm(sum(len(q) for q in p), generator=gen)] for p in parts]
+    return _standardise("digits", tuple(x[o] for o in order), tuple(y[o] for o in order), 10)
+
+
+def mnist1d(seed: int = 0) -> Dataset:
+    """MNIST-1D generated locally (see :mod:`daggrow.data.mnist1d`): 3500 train, 500 val, 1000 test."""
+    from .mnist1d import make_mnist1d
+
+    x, y = make_mnist1d(num_samples=5000, seed=seed)
+    cut = [0, 3500, 4000, 5000]
+    return _standardise("mnist1d", tuple(x[a:b] for a, b in zip(cut, cut[1:])),
+                        tuple(y[a:b] for a, b in zip(cut, cut[1:])), 10)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "digits": digits, "mnist1d": mnist1d}
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def load_dataset(name: str, *, seed: int = 0) -> Dataset:
+    """One of :func:`list_datasets`, deterministic given ``seed``."""
+    try:
+        make = DATASETS[name]
+    except KeyError:
+        raise UnknownDatasetError(f"unknown dataset {name!r}; built-in data sets: {', '.join(DATASETS)}") from None
+    return make(seed=seed)
