@@ -17,11 +17,13 @@ TINY neuron that reads u (or any other source of v) and writes v has zero first-
 from __future__ import annotations
 
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
 from ..errors import DaggrowError
+from ..solve import RankDeficiencyWarning
 from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
 from ..stats.collect import graph_device
 from ..stats.losses import loss_name
@@ -79,7 +81,7 @@ class Grower:
         max_nodes: int | None = None,
         max_fan_in: int | None = None,
         max_parameters: int | None = None,
-        amplitude_upper: float = 4.0,
+        amplitude_upper: float = 8.0,
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
         lr: float = 1e-3,
         seed: int | None = 0,
@@ -136,8 +138,14 @@ class Grower:
             return None
         plan = plan_for(graph, [(c.sources, c.targets) for c in candidates])
         stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress)
-        proposals = propose(graph, stats, self.neurons_per_step, init=self.init, candidates=candidates,
-                            new_node_activation=self.new_node_activation, generator=self.generator)
+        with warnings.catch_warnings(record=True) as caught:
+            # singular moments are normal while growing (dead ReLUs, linear dependencies): the
+            # solver's pseudo-inverse answer is right; the count goes into the event's note
+            warnings.simplefilter("always", RankDeficiencyWarning)
+            proposals = propose(graph, stats, self.neurons_per_step, init=self.init, candidates=candidates,
+                                new_node_activation=self.new_node_activation, generator=self.generator)
+            bottlenecks = bottleneck(graph, stats)
+        singular = sum(issubclass(w.category, RankDeficiencyWarning) for w in caught)
         if self.max_parameters is not None:
             room = self.max_parameters - graph.num_parameters()
             proposals = [p for p in proposals if p.num_new_parameters <= room]
@@ -146,12 +154,13 @@ class Grower:
         batch = held_out if held_out is not None else next(iter(loader))
         evaluator = BatchEvaluator(graph, batch, self.loss)
         ctx = SelectionContext(
-            graph=graph, step=graph.step, bottlenecks=bottleneck(graph, stats), loss=self.loss,
+            graph=graph, step=graph.step, bottlenecks=bottlenecks, loss=self.loss,
             num_samples=int(split_batch(batch)[1].shape[0]),
             run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
                                              evaluator=evaluator))
         choice = self.strategy.select(proposals, ctx)
-        if choice is None:
+        if choice is None or choice.search.amplitude == 0.0 or choice.search.loss_drop <= 0:
+            # γ* = 0: nothing helps the held-out loss now; zero-amplitude ReLU pairs would be dead
             return None
         p, result = choice.proposal, choice.search
         params_before = graph.num_parameters()
@@ -161,7 +170,8 @@ class Grower:
                             predicted=-result.amplitude * p.first_order_gain,
                             measured=result.loss_after - result.loss_before,
                             params_before=params_before, start=start,
-                            note=f"{len(proposals)} proposals, {ctx.evaluations} line-search evaluations")
+                            note=f"{len(proposals)} proposals, {ctx.evaluations} line-search evaluations, "
+                                 f"{singular} singular moment matrices")
 
     def best_update_step(self, loader: Iterable, held_out: Any | None = None) -> list["GrowthEvent"]:
         """Algorithm 1's training part: for every node in order, δW* with its own amplitude η*."""
@@ -175,7 +185,9 @@ class Grower:
             start = time.perf_counter()
             graph = self.graph
             stats = collect_statistics(graph, loader, self.loss, plan=plan_for(graph, bottleneck_nodes=[node]))
-            upd = node_update(graph, stats, node)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RankDeficiencyWarning)
+                upd = node_update(graph, stats, node)
             if not upd.edges or upd.first_order_gain <= 0:
                 continue
             evaluator = BatchEvaluator(graph, batch, self.loss)
@@ -241,11 +253,12 @@ class Grower:
         best_val, stale = float("inf"), 0
         for _ in range(growth_steps):
             event = self.grow_step(train, held_out)
-            if event is None:
-                break
-            self._evaluate(train, val)
-            event = self._refresh(event)
-            self._emit(event, callback)
+            if event is not None:
+                self._evaluate(train, val)
+                event = self._refresh(event)
+                self._emit(event, callback)
+            elif mode == "pure" or epochs_between == 0:
+                break  # nothing to add and nothing else would change the network
             if mode == "pure":
                 for e in self.best_update_step(train, held_out):
                     self._emit(e, callback)

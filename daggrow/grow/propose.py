@@ -210,7 +210,7 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
         name = None
     else:
         activation, params, existing = new_node_activation, {}, None
-        name = _fresh_node_name(graph, f"{cand.sources[0]}_{cand.targets[0]}")
+        name = _fresh_node_name(graph)
     sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
                         rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=min_decrease,
                         generator=generator)
@@ -234,10 +234,11 @@ def _stacked_fan_in(graph: "Graph", cand: Candidate, bias: bool) -> torch.Tensor
     return torch.cat(blocks, 0).cpu()
 
 
-def _fresh_node_name(graph: "Graph", base: str) -> str:
-    name, i = f"{base}_n{graph.step + 1}", 2
+def _fresh_node_name(graph: "Graph") -> str:
+    """``n<step>``: the growth step that creates the node (the event says between which nodes)."""
+    name, i = f"n{graph.step + 1}", 2
     while name in graph.nodes:
-        name, i = f"{base}_n{graph.step + 1}_{i}", i + 1
+        name, i = f"n{graph.step + 1}_{i}", i + 1
     return name
 
 
