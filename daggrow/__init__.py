@@ -35,12 +35,13 @@ from .grow import (
 )
 from .history import GrowthEvent, History
 from .stats import Statistics
+from .trace import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
-    "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose",
+    "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose", "trace",
     "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec",
     "PersistenceError", "RenderError", "StatisticsError", "TraceError", "UnknownNameError",
