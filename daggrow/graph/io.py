@@ -155,7 +155,9 @@ def load_graph(path: str | Path, map_location: str | torch.device | None = "cpu"
         frozen = torch.load(folder / FROZEN_FILE, map_location=map_location, weights_only=False)
     try:
         return _rebuild(Graph, saved.spec, tensors, frozen)
-    except DaggrowError as err:
+    except PersistenceError:
+        raise
+    except (DaggrowError, RuntimeError, KeyError, ValueError) as err:
         raise PersistenceError(f"{folder}: the saved graph is inconsistent: {err}") from None
 
 

@@ -81,7 +81,7 @@ class Grower:
         max_nodes: int | None = None,
         max_fan_in: int | None = None,
         max_parameters: int | None = None,
-        amplitude_upper: float = 8.0,
+        amplitude_upper: float = 16.0,
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
         lr: float = 1e-3,
         seed: int | None = 0,

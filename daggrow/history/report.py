@@ -34,8 +34,8 @@ def _fmt(x: float) -> str:
 
 
 def svg_plot(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
-             width: int = 440, height: int = 280) -> str:
-    """A line chart with markers, axes, ticks and a legend, as inline SVG."""
+             width: int = 440, height: int = 280, legend: str = "top") -> str:
+    """A line chart with markers, axes, ticks and a legend (``legend="top"`` or ``"bottom"``), as inline SVG."""
     points = [p for s in series.values() for p in s if all(map(math.isfinite, p))]
     left, right, top, bottom = 62, 14, 30, 44
     out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -79,7 +79,7 @@ def svg_plot(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
             out.extend(f'<circle cx="{X(a):.1f}" cy="{Y(b):.1f}" r="2.6" fill="{color}"/>' for a, b in pts)
         lx = left + pw - 70
-        ly = top + 12 + 15 * i
+        ly = top + 12 + 15 * i if legend == "top" else top + ph - 12 - 15 * (len(series) - 1 - i)
         out.append(f'<line x1="{lx}" x2="{lx + 16}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2.5"/>'
                    f'<text x="{lx + 20}" y="{ly + 4}" class="legend">{html.escape(name)}</text>')
     out.append("</svg>")
@@ -127,7 +127,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dee2e6;padding-bottom:4px}
 .summary{display:flex;gap:14px;flex-wrap:wrap}.card{background:#f1f3f5;border-radius:6px;padding:8px 12px}
 .card b{display:block;font-size:18px}.controls{display:flex;align-items:center;gap:10px;margin:8px 0}
-.controls input{flex:1}.step{display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap}
+.controls input{flex:1}.step{display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap}.step[hidden]{display:none}
 .drawing{flex:1;min-width:420px;overflow:auto;border:1px solid #dee2e6;border-radius:6px;padding:6px}
 .drawing svg{max-width:100%;height:auto}table{border-collapse:collapse;font-size:13px}
 th,td{border-bottom:1px solid #e9ecef;padding:3px 8px;text-align:left}.details th{color:#495057}
@@ -179,10 +179,10 @@ def write_report(history: History, run_dir: str | Path) -> Path:
     plots = "".join([
         svg_plot(_series(measured, "params", "loss"), title="loss vs parameters", xlabel="parameters", ylabel="loss"),
         svg_plot(_series(measured, "params", "accuracy"), title="accuracy vs parameters", xlabel="parameters",
-                 ylabel="accuracy"),
+                 ylabel="accuracy", legend="bottom"),
         svg_plot(_series(measured, "time", "loss"), title="loss vs wall time", xlabel="seconds", ylabel="loss"),
         svg_plot(_series(measured, "time", "accuracy"), title="accuracy vs wall time", xlabel="seconds",
-                 ylabel="accuracy"),
+                 ylabel="accuracy", legend="bottom"),
     ])
     header = ("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas", "val loss", "val acc")
 
