@@ -174,7 +174,8 @@ def test_activation_layout_is_linear_to_first_order(name):
         assert errors[-1] < 1e-12
     else:
         # the remainder is O(√γ) (a quadratic term in the neuron's pre-activation): it shrinks ~10×
-        assert errors[-1] < 0.2 and errors[-1] < errors[0] / 5
+        # (some pairs are exactly linear: softplus(t) − softplus(−t) = t, up to round-off)
+        assert errors[-1] < 1e-10 or (errors[-1] < 0.2 and errors[-1] < errors[0] / 5)
     if ACTIVATIONS[name].is_smooth_at_0:
         assert layout.signs == (1.0,)
     else:
