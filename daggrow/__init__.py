@@ -36,6 +36,7 @@ from .grow import (
 from .history import GrowthEvent, History
 from .stats import Statistics
 from .trace import trace
+from . import data
 
 __version__ = "0.1.0"
 
