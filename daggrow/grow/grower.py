@@ -155,7 +155,7 @@ class Grower:
         evaluator = BatchEvaluator(graph, batch, self.loss)
         ctx = SelectionContext(
             graph=graph, step=graph.step, bottlenecks=bottlenecks, loss=self.loss,
-            num_samples=int(split_batch(batch)[1].shape[0]),
+            num_samples=stats.n,  # the likelihood is over the training set the statistics saw
             run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
                                              evaluator=evaluator))
         choice = self.strategy.select(proposals, ctx)

@@ -1,12 +1,20 @@
 """The closed-form solver (MATH.md §4–§6): pure functions of statistics, float64 inside.
 
 Nothing here touches modules or graphs; inputs are the moment matrices of MATH §3:
-``S = (1/n) B Bᵀ``, ``M = (1/n) B Vᵀ``, ``N = (1/n) B V⊥ᵀ``, ``g = (1/n)‖V‖²``.
+``S = (1/n) B Bᵀ``, ``M = (1/n) B Vᵀ``, ``N = (1/n) B V⊥ᵀ``, ``g = (1/n)‖V‖²``, where B (D × n)
+stacks the augmented inputs of the fan-in sources (constant row included if the caller wants a
+bias) and V (d × n) the desired moves of the targets.
+
+* :func:`best_update` — δW* = Mᵀ S⁺, gain tr(Mᵀ S⁺ M), bottleneck Ψ = g − gain (§4).
+* :func:`projected_moment` — N = M_{U,T} − P_{U,in} δW*ᵀ, one target block at a time (§5).
+* :func:`tiny_neurons` and :func:`solve_neurons` — new neurons from the SVD of S^{-1/2} N (§5).
+* :func:`new_edge` — least-squares weight of a direct edge, W = Nᵀ S⁺ (§5).
+* :func:`activation_layout` — one neuron or a (+, −) pair per direction, exact to first order.
 """
 
-from .best_update import BestUpdate, best_update, projected_moment
+from .best_update import BestUpdate, best_update, bottleneck_value, projected_moment
 from .layout import NeuronLayout, activation_layout
-from .linalg import RankDeficiencyWarning, sym_pinv_sqrt
+from .linalg import RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt
 from .neurons import (
     INITS,
     NeuronSolution,
@@ -21,6 +29,7 @@ from .new_edge import EdgeSolution, new_edge
 
 __all__ = [
     "BestUpdate", "EdgeSolution", "INITS", "NeuronLayout", "NeuronSolution", "RankDeficiencyWarning",
-    "activation_layout", "best_update", "gradmax_neurons", "new_edge", "north_neurons", "projected_moment",
-    "random_neurons", "solve_neurons", "sym_pinv_sqrt", "tiny_neurons", "zero_neurons",
+    "SolverInputError", "activation_layout", "best_update", "bottleneck_value", "gradmax_neurons", "new_edge",
+    "north_neurons", "projected_moment", "psd_eigh", "random_neurons", "solve_neurons", "sym_pinv_sqrt",
+    "tiny_neurons", "zero_neurons",
 ]
