@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--steps", type=int, default=20, help="growth steps")
     grow.add_argument("--neurons-per-step", type=int, default=2, help="directions added per step (ReLU: ×2 neurons)")
     grow.add_argument("--epochs-between", type=int, default=1, help="training epochs after each growth step")
-    grow.add_argument("--mode", default="sgd", choices=["sgd", "pure"],
-                      help="sgd: Adam epochs between steps; pure: the talk's Algorithm 1 (best updates only)")
+    grow.add_argument("--mode", default="sgd", choices=["sgd", "pure", "grow_only"],
+                      help="sgd: Adam epochs between steps; pure: the talk's Algorithm 1 (best updates, no "
+                           "gradient step); grow_only: Algorithm 3 (neurons only)")
     grow.add_argument("--hidden", type=int, nargs="*", default=[1], help="widths of the starting chain")
     grow.add_argument("--activation", default="relu")
     grow.add_argument("--kinds", nargs="+", default=["expand_node", "new_node"],

@@ -28,7 +28,7 @@ from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, spl
 from ..stats.collect import graph_device
 from ..stats.losses import loss_name
 from .candidates import Kind, enumerate_candidates
-from .line_search import BatchEvaluator, golden_section, line_search
+from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
 from .optim import carry_optimizer
 from .propose import Proposal, bottleneck, node_update, propose
 from .rewrite import update_weights
@@ -159,10 +159,16 @@ class Grower:
             run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
                                              evaluator=evaluator))
         choice = self.strategy.select(proposals, ctx)
-        if choice is None or choice.search.amplitude == 0.0 or choice.search.loss_drop <= 0:
-            # γ* = 0: nothing helps the held-out loss now; zero-amplitude ReLU pairs would be dead
+        if choice is None:
             return None
         p, result = choice.proposal, choice.search
+        if _silent(p):
+            # GradMax/NORTH/zero: a zero fan-in or fan-out leaves the function unchanged at any
+            # amplitude, so γ is moot; the neurons are added as solved and training moves them
+            result = LineSearchResult(1.0, result.loss_before, result.loss_before, result.evaluations)
+        elif result.amplitude == 0.0 or result.loss_drop <= 0:
+            # γ* = 0: nothing helps the held-out loss now; zero-amplitude ReLU pairs would be dead
+            return None
         params_before = graph.num_parameters()
         new = _apply(graph, p, result.amplitude)
         self.swap(new)
@@ -235,17 +241,18 @@ class Grower:
         *,
         growth_steps: int = 10,
         epochs_between: int = 1,
-        mode: Literal["sgd", "pure"] = "sgd",
+        mode: Literal["sgd", "pure", "grow_only"] = "sgd",
         patience: int | None = None,
         callback: Callable[["GrowthEvent"], None] | None = None,
     ) -> "History":
-        """Alternate growth steps with training (``"sgd"``) or best updates (``"pure"``).
+        """Alternate growth steps with training (``"sgd"``) or best updates (``"pure"``, the
+        talk's Algorithm 1), or only grow (``"grow_only"``, Algorithm 3).
 
         Stops after ``growth_steps``, when the parameter budget is reached or no proposal is
         found, or when validation loss has not improved for ``patience`` growth steps.
         """
-        if mode not in ("sgd", "pure"):
-            raise DaggrowError(f"unknown mode {mode!r}: use 'sgd' or 'pure'")
+        if mode not in ("sgd", "pure", "grow_only"):
+            raise DaggrowError(f"unknown mode {mode!r}: use 'sgd', 'pure' or 'grow_only'")
         held_out = next(iter(val)) if val is not None else None
         self._evaluate(train, val)
         if not self.history.events:
@@ -257,8 +264,10 @@ class Grower:
                 self._evaluate(train, val)
                 event = self._refresh(event)
                 self._emit(event, callback)
-            elif mode == "pure" or epochs_between == 0:
+            elif mode != "sgd" or epochs_between == 0:
                 break  # nothing to add and nothing else would change the network
+            if mode == "grow_only":
+                continue
             if mode == "pure":
                 for e in self.best_update_step(train, held_out):
                     self._emit(e, callback)
@@ -327,6 +336,13 @@ class Grower:
 
         return self._record(GrowthEvent, action="train", params_before=self.graph.num_parameters(),
                             start=time.perf_counter())
+
+
+def _silent(proposal: Proposal) -> bool:
+    """New neurons with an all-zero fan-in or fan-out: invisible to the function at any γ."""
+    if proposal.kind == "new_edge":
+        return False
+    return not bool(torch.count_nonzero(proposal.fan_in)) or not bool(torch.count_nonzero(proposal.fan_out))
 
 
 def _apply(graph: "Graph", proposal: Proposal, amplitude: float) -> "Graph":

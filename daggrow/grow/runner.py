@@ -30,7 +30,7 @@ class RunConfig(BaseModel):
     steps: int = Field(default=20, ge=0)
     neurons_per_step: int = Field(default=2, ge=1)
     epochs_between: int = Field(default=1, ge=0)
-    mode: Literal["sgd", "pure"] = "sgd"
+    mode: Literal["sgd", "pure", "grow_only"] = "sgd"
     hidden: list[int] = Field(default_factory=lambda: [1])
     activation: str = "relu"
     kinds: list[str] = Field(default_factory=lambda: ["expand_node", "new_node"])

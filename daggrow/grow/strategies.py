@@ -100,16 +100,26 @@ class MaxEigenvalue(Strategy):
 
 
 class Amplitude(Strategy):
-    """argmax of the real loss drop L(θ) − L(θ ⊕ γ*·change) after the line search (default)."""
+    """argmax of the real loss drop L(θ) − L(θ ⊕ γ*·change) after the line search (default).
+
+    ``top_k`` bounds the cost: only the ``top_k`` proposals with the largest first-order gain
+    (the list arrives sorted that way) get a line search; ``None`` searches them all.
+    """
 
     name = "amplitude"
+
+    def __init__(self, top_k: int | None = 8) -> None:
+        self.top_k = top_k
 
     def score(self, p: "Proposal", r: LineSearchResult, ctx: SelectionContext) -> float:
         return r.loss_drop
 
+    def shortlist(self, proposals: Sequence["Proposal"]) -> Sequence["Proposal"]:
+        return proposals if self.top_k is None else list(proposals)[: self.top_k]
+
     def select(self, proposals, ctx):
         best = None
-        for p in proposals:
+        for p in self.shortlist(proposals):
             r = ctx.search(p)
             s = self.score(p, r, ctx)
             if best is None or s > best.score:
@@ -148,7 +158,8 @@ class InformationCriterion(Amplitude):
 
     name = "information_criterion"
 
-    def __init__(self, penalty: str | float = "bic") -> None:
+    def __init__(self, penalty: str | float = "bic", top_k: int | None = 8) -> None:
+        super().__init__(top_k)
         self.penalty = penalty
 
     def _per_parameter(self, n: int) -> float:

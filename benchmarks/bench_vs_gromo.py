@@ -1,0 +1,124 @@
+"""One growth step, daggrow vs the anchor library gromo, side by side (issue target: ≥ 3× faster).
+
+Same MLP 784→w→w→10 (tanh), same weights, same 10k samples (batch 1000), same loss
+(cross-entropy summed per sample). One growth step = statistics over the data + solve (best
+update and TINY neurons for both hidden layers) + amplitude line search on one batch for each
+candidate. Prints seconds (median of --repeats) for both and the λ's both libraries find.
+
+    pip install -e ".[bench]"        # installs gromo (only for this benchmark)
+    python benchmarks/bench_vs_gromo.py --widths 64 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics as pystats
+import time
+
+import torch
+from torch import nn
+
+import daggrow as dg
+from daggrow.grow.candidates import enumerate_candidates
+from daggrow.grow.line_search import BatchEvaluator, golden_section
+from daggrow.stats import plan_for
+
+GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
+
+
+def daggrow_step(g: dg.Graph, batches, held_out, k: int):
+    cands = enumerate_candidates(g, ["expand_node"])
+    stats = dg.collect_statistics(g, batches, "cross_entropy", plan=plan_for(g, [(c.sources, c.targets) for c in cands]))
+    proposals = dg.propose(g, stats, max_neurons=k, candidates=cands, rel_threshold=0.0)
+    ev = BatchEvaluator(g, held_out, "cross_entropy")
+    results = {}
+    for p in proposals:
+        gamma, loss, _ = golden_section(lambda a: ev.base_loss if a == 0 else ev.loss(dg.apply(g, p, a), {p.candidate.node}),
+                                        upper=4.0, grid=10, refine=8)
+        results[p.candidate.node] = (p.eigenvalues, gamma, loss)
+    return results
+
+
+def gromo_step(model, batches, held_out, k: int):
+    from gromo.utils.training_utils import compute_statistics
+
+    loss_sum = nn.CrossEntropyLoss(reduction="sum")
+    compute_statistics(model, batches, loss_function=loss_sum)
+    model.compute_optimal_updates(maximum_added_neurons=k, statistical_threshold=0.0, compute_delta=True)
+    model.reset_computation()
+    x, y = held_out
+    results = {}
+    layers = list(model._growing_layers)
+    for i, layer in enumerate(layers):
+        def loss_at(gamma: float) -> float:
+            model.set_scaling_factor(gamma)
+            for j, other in enumerate(layers):  # only layer i's extension is active
+                if j != i:
+                    other.scaling_factor = 0.0
+                    other.output_extension_scaling = 0.0
+            with torch.no_grad():
+                return float(nn.functional.cross_entropy(model.extended_forward(x), y))
+        gamma, loss, _ = golden_section(loss_at, upper=4.0, grid=10, refine=8)
+        lam = layer.eigenvalues_extension
+        results[i] = ([float(v) for v in lam] if lam is not None else [], gamma, loss)
+    return results
+
+
+def build(width: int, seed: int):
+    from gromo.containers.growing_mlp import GrowingMLP
+
+    torch.manual_seed(seed)
+    gm = GrowingMLP(784, 10, width, 2, activation=nn.Tanh())
+    g = dg.Graph()
+    g.add_input("x", 784)
+    g.add_node("h1", width, "tanh")
+    g.add_node("h2", width, "tanh")
+    g.add_node("y", 10)
+    mods = [layer.layer for layer in gm.layers]
+    for (u, v), lin in zip([("x", "h1"), ("h1", "h2"), ("h2", "y")], mods):
+        copy = nn.Linear(lin.in_features, lin.out_features)
+        copy.load_state_dict(lin.state_dict())
+        g.add_edge(u, v, module=copy)
+    g.set_output("y")
+    return g, gm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--neurons", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    X = torch.randn(args.samples, 784)
+    teacher = nn.Sequential(nn.Linear(784, 32), nn.Tanh(), nn.Linear(32, 10))
+    with torch.no_grad():
+        Y = teacher(X).argmax(1)
+    batches = [(X[i:i + args.batch], Y[i:i + args.batch]) for i in range(0, args.samples, args.batch)]
+    held_out = batches[0]
+    print(f"threads={torch.get_num_threads()} samples={args.samples} batch={args.batch} neurons={args.neurons} "
+          f"torch={torch.__version__}")
+    print(f"{'width':>6} {'gromo s':>9} {'daggrow s':>10} {'speed-up':>9}   λ (gromo layer 1 | daggrow h1), first 3")
+    for w in args.widths:
+        g, gm = build(w, seed=1)
+        t_d, t_g = [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            ours = daggrow_step(g, batches, held_out, args.neurons)
+            t_d.append(time.perf_counter() - t)
+            _, gm = build(w, seed=1)
+            t = time.perf_counter()
+            theirs = gromo_step(gm, batches, held_out, args.neurons)
+            t_g.append(time.perf_counter() - t)
+        d, gr = pystats.median(t_d), pystats.median(t_g)
+        lam_g = ", ".join(f"{v:.4g}" for v in theirs[1][0][:3])
+        lam_d = ", ".join(f"{v:.4g}" for v in ours["h1"][0][:3])
+        print(f"{w:>6} {gr:>9.3f} {d:>10.3f} {gr / d:>8.2f}×   {lam_g} | {lam_d}")
+        print(f"{'':>6} γ* gromo layer 1: {theirs[1][1]:.4g} (loss {theirs[1][2]:.4f}); "
+              f"daggrow h1: {ours['h1'][1]:.4g} (loss {ours['h1'][2]:.4f})")
+
+
+if __name__ == "__main__":
+    main()
