@@ -61,11 +61,13 @@ def _resample(x: torch.Tensor, lengths: torch.Tensor, size: int) -> torch.Tensor
 
 
 def _gaussian_smooth(x: torch.Tensor, sigma: float = 2.0, truncate: float = 4.0) -> torch.Tensor:
+    """Each row convolved with a normalised Gaussian of width ``sigma`` cut at ``truncate``·σ,
+    edges mirrored with the edge point repeated (``… b a | a b …``, scipy's ``mode="reflect"``)."""
     radius = int(truncate * sigma + 0.5)
-    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
     k = k / k.sum()
-    padded = torch.nn.functional.pad(x[:, None, :], (radius, radius), mode="reflect")
-    return torch.nn.functional.conv1d(padded, k[None, None, :])[:, 0, :]
+    padded = torch.cat([x[:, :radius].flip(1), x, x[:, -radius:].flip(1)], 1)
+    return torch.nn.functional.conv1d(padded[:, None, :], k[None, None, :])[:, 0, :]
 
 
 def make_mnist1d(num_samples: int = 5000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
