@@ -20,7 +20,7 @@ from torch import nn
 
 import daggrow as dg
 from daggrow.grow.candidates import enumerate_candidates
-from daggrow.grow.line_search import BatchEvaluator, golden_section
+from daggrow.grow.line_search import BatchEvaluator, golden_section  # noqa: F401 (golden_section: gromo side)
 from daggrow.stats import plan_for
 
 GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
@@ -33,9 +33,8 @@ def daggrow_step(g: dg.Graph, batches, held_out, k: int):
     ev = BatchEvaluator(g, held_out, "cross_entropy")
     results = {}
     for p in proposals:
-        gamma, loss, _ = golden_section(lambda a: ev.base_loss if a == 0 else ev.loss(dg.apply(g, p, a), {p.candidate.node}),
-                                        upper=4.0, grid=10, refine=8)
-        results[p.candidate.node] = (p.eigenvalues, gamma, loss)
+        r = dg.line_search(g, p, held_out, "cross_entropy", upper=4.0, grid=10, refine=8, evaluator=ev)
+        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after)
     return results
 
 

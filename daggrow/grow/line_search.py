@@ -104,19 +104,58 @@ def golden_section(f: Callable[[float], float], upper: float = 4.0, grid: int = 
     return best_x, best_f, evaluations
 
 
-def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike = "mse", *,
-                upper: float = 4.0, grid: int = 10, refine: int = 8, update_amplitude: float = 0.0,
-                evaluator: BatchEvaluator | None = None) -> LineSearchResult:
-    """γ* for ``proposal`` on a held-out ``batch``: the loss drop the strategy "amplitude" ranks by."""
-    from .propose import apply
+class ScaledChange:
+    """The graph with a proposal applied once, whose new parameters are rescaled in place for
+    each amplitude γ: neuron fan-ins and fan-outs by √γ, a new edge's weights by γ (exactly what
+    :func:`~daggrow.grow.propose.apply` would build at γ, without copying the graph again)."""
 
+    def __init__(self, graph: "Graph", proposal: "Proposal") -> None:
+        from .propose import apply
+
+        self.graph = apply(graph, proposal, 1.0)
+        record = self.graph.growth_log[-1]
+        self.parts: list[tuple[torch.Tensor, tuple, torch.Tensor, float]] = []
+        with torch.no_grad():
+            for node, (start, stop) in record.neurons.items():
+                rows = (slice(start, stop),)
+                for e in self.graph.in_edges(node):
+                    m = self.graph.module(e.name)
+                    self._keep(m.weight, rows, 0.5)
+                    if m.bias is not None:
+                        self._keep(m.bias, rows, 0.5)
+                for e in self.graph.out_edges(node):
+                    self._keep(self.graph.module(e.name).weight, (slice(None), slice(start, stop)), 0.5)
+            if record.action == "new_edge":
+                for name in record.edges:
+                    for p in self.graph.module(name).parameters():
+                        self._keep(p, (slice(None),) * p.ndim, 1.0)
+
+    def _keep(self, tensor: torch.Tensor, index: tuple, power: float) -> None:
+        self.parts.append((tensor, index, tensor[index].detach().clone(), power))
+
+    def at(self, gamma: float) -> "Graph":
+        with torch.no_grad():
+            for tensor, index, base, power in self.parts:
+                tensor[index] = base * gamma ** power
+        return self.graph
+
+
+def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike = "mse", *,
+                upper: float = 4.0, grid: int = 10, refine: int = 8,
+                evaluator: BatchEvaluator | None = None) -> LineSearchResult:
+    """γ* for ``proposal`` on a held-out ``batch``: the loss drop the strategy "amplitude" ranks by.
+
+    The proposal is applied once; each γ rescales only its new parameters and re-evaluates
+    only the nodes downstream of the change.
+    """
     ev = evaluator if evaluator is not None else BatchEvaluator(graph, batch, loss)
     changed = changed_nodes(proposal)
+    scaled = ScaledChange(graph, proposal)
 
     def f(gamma: float) -> float:
-        if gamma == 0.0 and update_amplitude == 0.0:
+        if gamma == 0.0:
             return ev.base_loss
-        return ev.loss(apply(graph, proposal, gamma, update_amplitude=update_amplitude), changed)
+        return ev.loss(scaled.at(gamma), changed)
 
     gamma, value, evaluations = golden_section(f, upper, grid, refine)
     return LineSearchResult(gamma, ev.base_loss, value, evaluations)
