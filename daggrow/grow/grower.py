@@ -107,6 +107,7 @@ class Grower:
         self.history: "History" = History()
         self._t0 = time.perf_counter()
         self._last_metrics: dict[str, float | None] = {}
+        self._attempts = 0  # grow_step calls so far: a round-robin strategy rotates on these
 
     # ------------------------------------------------------------------ state
     def swap(self, new: "Graph") -> None:
@@ -130,6 +131,7 @@ class Grower:
         from ..history import GrowthEvent
 
         start = time.perf_counter()
+        attempt, self._attempts = self._attempts, self._attempts + 1
         graph = self.graph
         candidates = enumerate_candidates(graph, self.kinds, **self.limits)
         if self.max_parameters is not None:
@@ -154,7 +156,7 @@ class Grower:
         batch = held_out if held_out is not None else next(iter(loader))
         evaluator = BatchEvaluator(graph, batch, self.loss)
         ctx = SelectionContext(
-            graph=graph, step=graph.step, bottlenecks=bottlenecks, loss=self.loss,
+            graph=graph, step=attempt, bottlenecks=bottlenecks, loss=self.loss,
             num_samples=stats.n,  # the likelihood is over the training set the statistics saw
             run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
                                              evaluator=evaluator))
@@ -257,15 +259,18 @@ class Grower:
         self._evaluate(train, val)
         if not self.history.events:
             self._emit(self._record_start(), callback)
-        best_val, stale = float("inf"), 0
+        best_val, stale, declined = float("inf"), 0, 0
         for _ in range(growth_steps):
             event = self.grow_step(train, held_out)
             if event is not None:
+                declined = 0
                 self._evaluate(train, val)
                 event = self._refresh(event)
                 self._emit(event, callback)
             elif mode != "sgd" or epochs_between == 0:
-                break  # nothing to add and nothing else would change the network
+                declined += 1  # nothing helped here; a round-robin strategy moves on
+                if declined >= 3:
+                    break  # nothing to add, and nothing else would change the network
             if mode == "grow_only":
                 continue
             if mode == "pure":

@@ -262,9 +262,8 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
         new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step)
     else:
         layout = activation_layout(proposal.activation, proposal.activation_params)
-        factor = (amplitude / layout.scale) ** 0.5
-        fan_in = torch.cat([s * factor * proposal.fan_in.T for s in layout.signs], 0)      # K' × D_U
-        fan_out = torch.cat([s * factor * proposal.fan_out for s in layout.signs], 1)      # D_T × K'
+        fan_in, fan_out = layout.neurons(proposal.fan_in, proposal.fan_out, amplitude)
+        fan_in = fan_in.T                                                                  # K' × D_U
         if cand.kind == "expand_node":
             new = rewrite.add_neurons(graph, cand.node, *_split_expansion(graph, cand, fan_in, fan_out,
                                                                           proposal.bias), step=step)

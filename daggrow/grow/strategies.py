@@ -74,7 +74,7 @@ def _lambda1(p: "Proposal") -> float:
 
 
 class Naive(Strategy):
-    """Round-robin over places (the talk's "Naive"): step t grows place t mod #places."""
+    """Round-robin over places (the talk's "Naive"): attempt t grows place t mod #places."""
 
     name = "naive"
 

@@ -1,0 +1,52 @@
+"""Shared by the examples: run one growth configuration and record (parameters, test accuracy)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from daggrow.grow import Grower, evaluate
+from daggrow.grow.runner import starting_graph
+
+
+def grow_curve(data, *, seed: int, steps: int, mode: str, strategy: str = "amplitude", init: str = "tiny",
+               hidden=(1,), kinds=("expand_node",), neurons_per_step: int = 1, epochs_between: int = 1,
+               activation: str = "relu", lr: float = 3e-3, batch_size: int = 256) -> dict:
+    """Grow from a thin chain; returns the curve [(parameters, test accuracy)] after every growth step."""
+    torch.manual_seed(seed)
+    train, val, test = data.loaders(batch_size, seed=seed)
+    graph = starting_graph(data.num_features, data.num_classes, list(hidden), activation)
+    grower = Grower(graph, loss="cross_entropy", strategy=strategy, init=init, kinds=kinds,
+                    neurons_per_step=neurons_per_step, new_node_activation=activation, lr=lr, seed=seed)
+    curve = [(graph.num_parameters(), evaluate(graph, test, "cross_entropy")[1])]
+
+    def on_event(event) -> None:
+        if event.is_growth:
+            curve.append((event.params_after, evaluate(grower.graph, test, "cross_entropy")[1]))
+
+    start = time.perf_counter()
+    grower.fit(train, val, growth_steps=steps, epochs_between=epochs_between, mode=mode, callback=on_event)
+    if mode == "sgd" or curve[-1][0] != grower.graph.num_parameters():
+        curve.append((grower.graph.num_parameters(), evaluate(grower.graph, test, "cross_entropy")[1]))
+    return {"curve": curve, "seconds": time.perf_counter() - start, "grower": grower}
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[float, float]]:
+    """Point-wise mean over seeds (curves truncated to the shortest)."""
+    n = min(len(c) for c in curves)
+    return [(statistics.mean(c[i][0] for c in curves), statistics.mean(c[i][1] for c in curves)) for i in range(n)]
+
+
+def write_svg(path: Path, series: dict, *, title: str, xlabel: str, ylabel: str) -> None:
+    from daggrow.history import svg_plot
+
+    path.write_text(svg_plot(series, title=title, xlabel=xlabel, ylabel=ylabel, width=640, height=400))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
