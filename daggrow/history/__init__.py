@@ -1,7 +1,9 @@
 """Growth history: events (pydantic), JSON, Graphviz per step and the HTML report."""
 
+from .drawings import StepDrawing, step_drawings
 from .events import GrowthEvent
 from .history import History
-from .report import svg_plot, write_report
+from .plots import svg_plot
+from .report import write_report
 
-__all__ = ["GrowthEvent", "History", "svg_plot", "write_report"]
+__all__ = ["GrowthEvent", "History", "StepDrawing", "step_drawings", "svg_plot", "write_report"]

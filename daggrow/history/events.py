@@ -1,4 +1,9 @@
-"""One :class:`GrowthEvent` per step of a run (pydantic, JSON round trip)."""
+"""One :class:`GrowthEvent` per step of a run (pydantic, JSON round trip).
+
+>>> e = GrowthEvent(step=3, action="expand_node", where=["h"], neurons_added=2, amplitude=0.5)
+>>> GrowthEvent.model_validate_json(e.model_dump_json()) == e
+True
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..graph.spec import GraphSpec
 
 Action = Literal["start", "expand_node", "new_node", "new_edge", "best_update", "prune", "train"]
+GROWTH_ACTIONS = frozenset({"expand_node", "new_node", "new_edge", "prune"})
 
 
 class GrowthEvent(BaseModel):
-    """What one step did and measured. Loss changes are L(after) − L(before) on the held-out batch."""
+    """What one step did and measured.
 
-    model_config = ConfigDict(extra="forbid")
+    ``where`` names the nodes/edges involved; ``amplitude`` is γ* (or η* for a best update);
+    loss changes are ``L(after) − L(before)`` on the held-out batch, the prediction being the
+    first-order one ``−γ*·first_order_gain``; metrics are measured after the step; ``wall_time``
+    counts seconds since the run started, ``duration`` those the step took; ``graph`` is the
+    architecture after the step. NaN and infinite floats (a diverged loss) survive JSON.
+    """
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     step: int
     action: Action
@@ -42,4 +55,5 @@ class GrowthEvent(BaseModel):
 
     @property
     def is_growth(self) -> bool:
-        return self.action in ("expand_node", "new_node", "new_edge", "prune")
+        """True for steps that change the architecture (expand_node, new_node, new_edge, prune)."""
+        return self.action in GROWTH_ACTIONS

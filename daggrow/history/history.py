@@ -2,45 +2,47 @@
 
 ``History.save(run_dir, graph=g)`` writes::
 
-    run_dir/history.json      every event (versioned)
-    run_dir/step_NNN.dot      the architecture after each growth step, new parts highlighted
+    run_dir/history.json      every event (versioned JSON)
+    run_dir/step_NNN.dot      the architecture after step NNN (start and growth steps), its new parts highlighted
     run_dir/step_NNN.svg      the same, rendered, when Graphviz `dot` is installed
     run_dir/report.html       a self-contained page (see report.py)
-    run_dir/graph/            the final graph (Graph.save)
+    run_dir/graph/            the final graph (Graph.save), when ``graph`` is given
+
+>>> h = History([GrowthEvent(step=0, action="start", params_after=15)])
+>>> h.save("runs/demo")                 # doctest: +SKIP
+>>> History.load("runs/demo") == h      # doctest: +SKIP
+True
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import PersistenceError, RenderError
-from ..graph.dot import render, to_dot
+from ..errors import PersistenceError
+from .drawings import StepDrawing, step_drawings, write_step_files
 from .events import GrowthEvent
 
 if TYPE_CHECKING:
     from ..graph import Graph
 
+HISTORY_FORMAT = "daggrow-history"
 HISTORY_VERSION = 1
 
 
 class _HistoryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format: str = "daggrow-history"
+    format: str = HISTORY_FORMAT
     format_version: int = HISTORY_VERSION
     events: list[GrowthEvent]
 
 
-def step_file(event: GrowthEvent, index: int) -> str:
-    return f"step_{index:03d}"
-
-
 class History:
-    """An ordered list of :class:`GrowthEvent`."""
+    """An ordered list of :class:`GrowthEvent`, as a run records them."""
 
     def __init__(self, events: list[GrowthEvent] | None = None) -> None:
         self.events: list[GrowthEvent] = list(events or [])
@@ -57,68 +59,86 @@ class History:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, History) and self.events == other.events
 
+    def __repr__(self) -> str:
+        return f"History({len(self.events)} events)"
+
     def architecture_events(self) -> list[GrowthEvent]:
         """Events that carry a graph and changed it (start and growth steps), in order."""
-        return [e for e in self.events if e.graph is not None and (e.is_growth or e.action == "start")]
+        return [d.event for d in self.step_drawings()]
+
+    def step_drawings(self) -> list[StepDrawing]:
+        """The per-step drawings :meth:`save` writes (``step_NNN.dot``/``.svg``), in order."""
+        return step_drawings(self.events)
 
     def to_json(self) -> str:
+        """The content of ``history.json``."""
         return _HistoryFile(events=self.events).model_dump_json(indent=1)
 
     def save(self, run_dir: str | Path, *, graph: "Graph | None" = None, render_svg: bool = True,
              report: bool = True) -> Path:
-        """Write the run folder (see module docstring); returns it."""
+        """Write the run folder (see the module docstring) and return its path.
+
+        ``render_svg=False`` (or no Graphviz ``dot`` on PATH) writes the DOT files only; the
+        report then shows the drawings as DOT text.
+        """
         folder = Path(run_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "history.json").write_text(self.to_json())
-        can_render = render_svg and shutil.which("dot") is not None
-        for i, event in enumerate(self.architecture_events()):
-            title = f"step {event.step}: {event.action} {' '.join(event.where)}".strip()
-            highlight = event.step if event.is_growth else None
-            (folder / f"{step_file(event, i)}.dot").write_text(to_dot(event.graph, highlight_step=highlight, title=title))
-            if can_render:
-                try:
-                    render(event.graph, folder / f"{step_file(event, i)}.svg", highlight_step=highlight, title=title)
-                except RenderError:
-                    can_render = False
+        (folder / "history.json").write_text(self.to_json(), encoding="utf-8")
+        write_step_files(self.step_drawings(), folder, render_svg=render_svg)
         if graph is not None:
             graph.save(folder / "graph")
         if report:
             from .report import write_report
 
-            write_report(self, folder)
+            write_report(self, folder, render_svg=render_svg)
         return folder
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "History":
+        """Read ``run_dir/history.json``; a :class:`PersistenceError` says what is wrong with it."""
         file = Path(run_dir) / "history.json"
         try:
-            raw = json.loads(file.read_text())
+            raw = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise PersistenceError(f"{file}: missing (is {run_dir} a daggrow run folder?)") from None
+            raise PersistenceError(f"{file}: missing (is {run_dir} a daggrow run folder? "
+                                   f"`daggrow grow --out {run_dir}` writes one)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PersistenceError(f"{file}: not valid JSON ({err})") from None
-        if not isinstance(raw, dict) or raw.get("format_version") != HISTORY_VERSION:
-            raise PersistenceError(f"{file}: not a daggrow history of version {HISTORY_VERSION}")
+            raise PersistenceError(f"{file}: not valid JSON ({err}); the file is damaged or truncated") from None
+        if not isinstance(raw, dict) or raw.get("format") != HISTORY_FORMAT:
+            raise PersistenceError(f"{file}: not a daggrow history (expected \"format\": \"{HISTORY_FORMAT}\")")
+        version = raw.get("format_version")
+        if version != HISTORY_VERSION:
+            raise PersistenceError(f"{file}: a daggrow history of format version {version!r}, but this daggrow "
+                                   f"reads version {HISTORY_VERSION}; use the daggrow version that wrote it")
         try:
             return cls(_HistoryFile.model_validate(raw).events)
         except ValidationError as err:
-            raise PersistenceError(f"{file}: invalid content:\n{err}") from None
+            raise PersistenceError(f"{file}: invalid content ({err.error_count()} problems):\n{err}") from None
 
     def summary_table(self) -> str:
-        """A text table: one row per growth or best-update event."""
-        rows = [("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas", "val acc")]
+        """A text table, one row per event except training epochs.
 
-        def num(x: float | None, fmt: str) -> str:
-            return "-" if x is None else format(x, fmt)
-
+        Columns: step, action, where, +neurons, params, γ*, Δloss pred, Δloss meas, val acc.
+        """
+        header = ("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas", "val acc")
+        rows = [header]
         for e in self.events:
-            if e.action in ("train",):
+            if e.action == "train":
                 continue
-            rows.append((str(e.step), e.action, ",".join(e.where)[:24] or "-", str(e.neurons_added),
-                         f"{e.params_after:,}", num(e.amplitude, ".3g"), num(e.predicted_loss_change, ".3g"),
-                         num(e.measured_loss_change, ".3g"), num(e.val_accuracy, ".3f")))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.rjust(w) if i not in (1, 2) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            where = ",".join(e.where)
+            rows.append((str(e.step), e.action, (where[:23] + "…" if len(where) > 24 else where) or "-",
+                         str(e.neurons_added), f"{e.params_after:,}", _num(e.amplitude, ".3g"),
+                         _num(e.predicted_loss_change, ".3g"), _num(e.measured_loss_change, ".3g"),
+                         _num(e.val_accuracy, ".3f")))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        left_aligned = (1, 2)
+        lines = ["  ".join(c.ljust(w) if i in left_aligned else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(line.rstrip() for line in lines)
+
+
+def _num(x: float | None, fmt: str) -> str:
+    if x is None:
+        return "-"
+    return format(x, fmt) if math.isfinite(x) else str(x)

@@ -1,215 +1,242 @@
-"""A self-contained HTML report of a run: no external resources, inline SVG and a little JS.
+"""A self-contained HTML report of a run: one file, no external resources, inline SVG and CSS/JS.
 
-The page shows a summary, the architecture after each growth step (step through them with a
-slider or the arrow keys), the event table, and plots of loss and accuracy against the number
-of parameters and against wall time. When its script has run, ``<body data-ready="1">``.
+The page shows a run summary, the architecture after each growth step (a step viewer: slider,
+◀ ▶ buttons, arrow keys, or ``report.html#step=5`` in the address) with the step's details
+beside it, plots of loss and accuracy against the number of parameters and against wall time
+(a dashed cursor marks the viewed step), and the table of events. When its script has run to
+the end, ``<body data-ready="1">``.
+
+>>> write_report(History.load("runs/demo"), "runs/demo")     # doctest: +SKIP
+PosixPath('runs/demo/report.html')
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
+from typing import Any, Iterable
 
+from .drawings import StepDrawing, dot_to_svg, inline_svg
 from .events import GrowthEvent
-from .history import History, step_file
-
-COLORS = {"train": "#1c7ed6", "val": "#e8590c"}
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+from .history import History
+from .plots import PLOT_CSS, svg_plot
 
 
-def _fmt(x: float) -> str:
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-        return f"{x:.1e}"
-    return f"{x:,.4g}"
+def write_report(history: History, run_dir: str | Path, *, render_svg: bool = True) -> Path:
+    """Write ``run_dir/report.html`` for ``history`` and return its path.
 
-
-def svg_plot(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
-             width: int = 440, height: int = 280, legend: str = "top") -> str:
-    """A line chart with markers, axes, ticks and a legend (``legend="top"`` or ``"bottom"``), as inline SVG."""
-    points = [p for s in series.values() for p in s if all(map(math.isfinite, p))]
-    left, right, top, bottom = 62, 14, 30, 44
-    out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-           f'<text x="{width / 2}" y="18" text-anchor="middle" class="title">{html.escape(title)}</text>']
-    if not points:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
-        return "".join(out)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    if y1 == y0:
-        y0, y1 = y0 - abs(y0) * 0.1 - 1e-9, y1 + abs(y1) * 0.1 + 1e-9
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
-    pw, ph = width - left - right, height - top - bottom
-
-    def X(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * pw
-
-    def Y(v: float) -> float:
-        return top + ph - (v - y0) / (y1 - y0) * ph
-
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
-    for t in _ticks(x0, x1):
-        out.append(f'<line x1="{X(t):.1f}" x2="{X(t):.1f}" y1="{top}" y2="{top + ph}" class="grid"/>'
-                   f'<text x="{X(t):.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{_fmt(t)}</text>')
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" class="grid"/>'
-                   f'<text x="{left - 5}" y="{Y(t) + 3:.1f}" text-anchor="end" class="tick">{_fmt(t)}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="label">{html.escape(xlabel)}</text>'
-               f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle" class="label">'
-               f'{html.escape(ylabel)}</text>')
-    for i, (name, pts) in enumerate(series.items()):
-        pts = [p for p in pts if all(map(math.isfinite, p))]
-        color = COLORS.get(name, "#2b8a3e")
-        if pts:
-            path = " ".join(f"{X(a):.1f},{Y(b):.1f}" for a, b in pts)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
-            out.extend(f'<circle cx="{X(a):.1f}" cy="{Y(b):.1f}" r="2.6" fill="{color}"/>' for a, b in pts)
-        lx = left + pw - 70
-        ly = top + 12 + 15 * i if legend == "top" else top + ph - 12 - 15 * (len(series) - 1 - i)
-        out.append(f'<line x1="{lx}" x2="{lx + 16}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2.5"/>'
-                   f'<text x="{lx + 20}" y="{ly + 4}" class="legend">{html.escape(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _series(events: list[GrowthEvent], x: str, metric: str) -> dict[str, list[tuple[float, float]]]:
-    out = {}
-    for split in ("train", "val"):
-        pts = [(float(e.params_after if x == "params" else e.wall_time), float(getattr(e, f"{split}_{metric}")))
-               for e in events if getattr(e, f"{split}_{metric}") is not None]
-        if pts:
-            out[split] = pts
-    return out
-
-
-def _step_panel(folder: Path, event: GrowthEvent, index: int) -> str:
-    svg_file = folder / f"{step_file(event, index)}.svg"
-    dot_file = folder / f"{step_file(event, index)}.dot"
-    if svg_file.exists():
-        svg = svg_file.read_text()
-        body = svg[svg.find("<svg"):]  # drop the XML prolog and doctype
-    elif dot_file.exists():
-        body = f"<pre>{html.escape(dot_file.read_text())}</pre>"
-    else:
-        body = "<p>no drawing</p>"
-    lam = ", ".join(f"{v:.3g}" for v in event.eigenvalues[:6]) or "-"
-    rows = [("step", event.step), ("action", event.action), ("where", ", ".join(event.where) or "-"),
-            ("sources → targets", f"{', '.join(event.sources) or '-'} → {', '.join(event.targets) or '-'}"),
-            ("neurons added", event.neurons_added), ("λ", lam),
-            ("amplitude γ*", "-" if event.amplitude is None else f"{event.amplitude:.4g}"),
-            ("Δloss predicted / measured",
-             f"{'-' if event.predicted_loss_change is None else f'{event.predicted_loss_change:.4g}'} / "
-             f"{'-' if event.measured_loss_change is None else f'{event.measured_loss_change:.4g}'}"),
-            ("parameters", f"{event.params_before:,} → {event.params_after:,}"),
-            ("val accuracy", "-" if event.val_accuracy is None else f"{event.val_accuracy:.4f}"),
-            ("wall time", f"{event.wall_time:.2f} s")]
-    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    return (f'<div class="step" data-index="{index}" hidden><div class="drawing">{body}</div>'
-            f'<table class="details">{table}</table></div>')
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#212529;max-width:1200px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dee2e6;padding-bottom:4px}
-.summary{display:flex;gap:14px;flex-wrap:wrap}.card{background:#f1f3f5;border-radius:6px;padding:8px 12px}
-.card b{display:block;font-size:18px}.controls{display:flex;align-items:center;gap:10px;margin:8px 0}
-.controls input{flex:1}.step{display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap}.step[hidden]{display:none}
-.drawing{flex:1;min-width:420px;overflow:auto;border:1px solid #dee2e6;border-radius:6px;padding:6px}
-.drawing svg{max-width:100%;height:auto}table{border-collapse:collapse;font-size:13px}
-th,td{border-bottom:1px solid #e9ecef;padding:3px 8px;text-align:left}.details th{color:#495057}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plot .frame{fill:none;stroke:#adb5bd}.plot .grid{stroke:#f1f3f5}
-.plot .tick{font-size:10px;fill:#495057}.plot .label{font-size:11px;fill:#212529}.plot .title{font-size:13px;font-weight:600}
-.plot .legend{font-size:11px}button{padding:3px 10px}
-"""
-
-SCRIPT = """
-(function(){
-  var steps=document.querySelectorAll('.step'), slider=document.getElementById('step-slider'),
-      label=document.getElementById('step-label');
-  function show(i){
-    i=Math.max(0,Math.min(steps.length-1,i));
-    steps.forEach(function(s,j){s.hidden=(j!==i);});
-    slider.value=i; label.textContent=(i+1)+' / '+steps.length;
-  }
-  slider.max=Math.max(steps.length-1,0);
-  slider.addEventListener('input',function(){show(+slider.value);});
-  document.getElementById('prev').addEventListener('click',function(){show(+slider.value-1);});
-  document.getElementById('next').addEventListener('click',function(){show(+slider.value+1);});
-  document.addEventListener('keydown',function(e){
-    if(e.key==='ArrowLeft')show(+slider.value-1); if(e.key==='ArrowRight')show(+slider.value+1);});
-  if(steps.length)show(steps.length-1);
-  document.body.setAttribute('data-ready','1');
-})();
-"""
-
-
-def write_report(history: History, run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` for ``history`` (step drawings are read from ``run_dir``)."""
+    Step drawings come from ``run_dir/step_NNN.svg`` when it matches the history, else they are
+    rendered with Graphviz ``dot`` (when installed and ``render_svg``), else shown as DOT text.
+    ``run_dir/config.json`` (written by ``daggrow grow``), when present, names the data set.
+    """
     folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     events = history.events
-    arch = history.architecture_events()
-    measured = [e for e in events if e.train_loss is not None or e.val_loss is not None]
-    last = events[-1] if events else None
-    first = events[0] if events else None
-    strategy = next((e.strategy for e in events if e.strategy), "-")
-    init = next((e.init for e in events if e.init), "-")
-    growth = [e for e in events if e.is_growth]
-    cards = [("growth steps", len(growth)), ("strategy", strategy), ("init", init),
-             ("parameters", f"{first.params_after:,} → {last.params_after:,}" if last else "-"),
-             ("final val accuracy", "-" if not measured or measured[-1].val_accuracy is None
-              else f"{measured[-1].val_accuracy:.4f}"),
-             ("final val loss", "-" if not measured or measured[-1].val_loss is None else f"{measured[-1].val_loss:.4f}"),
-             ("wall time", f"{last.wall_time:.1f} s" if last else "-")]
-    summary = "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(str(v))}</b></div>' for k, v in cards)
-    panels = "".join(_step_panel(folder, e, i) for i, e in enumerate(arch))
-    plots = "".join([
-        svg_plot(_series(measured, "params", "loss"), title="loss vs parameters", xlabel="parameters", ylabel="loss"),
-        svg_plot(_series(measured, "params", "accuracy"), title="accuracy vs parameters", xlabel="parameters",
-                 ylabel="accuracy", legend="bottom"),
-        svg_plot(_series(measured, "time", "loss"), title="loss vs wall time", xlabel="seconds", ylabel="loss"),
-        svg_plot(_series(measured, "time", "accuracy"), title="accuracy vs wall time", xlabel="seconds",
-                 ylabel="accuracy", legend="bottom"),
-    ])
-    header = ("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas", "val loss", "val acc")
-
-    def cell(x, fmt=".4g"):
-        return "-" if x is None else format(x, fmt)
-
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            e.step, e.action, ", ".join(e.where) or "-", e.neurons_added, f"{e.params_after:,}", cell(e.amplitude),
-            cell(e.predicted_loss_change), cell(e.measured_loss_change), cell(e.val_loss), cell(e.val_accuracy))) + "</tr>"
-        for e in events if e.action != "train")
+    drawings = history.step_drawings()
+    config = _run_config(folder)
+    title = f"daggrow report: {config.get('dataset') or folder.resolve().name}"
+    panels = "".join(_step_panel(folder, d, i, render_svg) for i, d in enumerate(drawings))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>daggrow report: {html.escape(folder.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
 <style>{CSS}</style></head>
 <body data-ready="0">
-<h1>daggrow growth report</h1><p>{html.escape(str(folder))}</p>
-<div class="summary">{summary}</div>
+<h1>daggrow growth report</h1><p class="path">{_e(str(folder))}</p>
+<div class="summary">{_summary_cards(events, config)}</div>
 <h2>Architecture, step by step</h2>
-<div class="controls"><button id="prev" type="button">◀</button>
-<input id="step-slider" type="range" min="0" value="0" step="1" aria-label="growth step">
-<button id="next" type="button">▶</button><span id="step-label"></span></div>
-<div id="steps">{panels or '<p>no architecture recorded</p>'}</div>
-<h2>Loss and accuracy</h2><div class="plots">{plots}</div>
-<h2>Events</h2><table class="events"><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in header)}</tr>{rows}</table>
+<div class="controls"><button id="prev" type="button" aria-label="previous step">◀</button>
+<input id="step-slider" type="range" min="0" max="{max(len(drawings) - 1, 0)}" value="{max(len(drawings) - 1, 0)}"
+ step="1" aria-label="growth step"><button id="next" type="button" aria-label="next step">▶</button>
+<span id="step-label"></span></div>
+<p class="hint">Orange: the neurons, nodes and edges added at the step shown. Arrow keys step too; click a drawing for full size.</p>
+<div id="steps">{panels or '<p class="empty">no architecture recorded</p>'}</div>
+<h2>Loss and accuracy</h2><div class="plots">{_plots(events, drawings)}</div>
+<h2>Events</h2>{_events_table(events)}
 <script>{SCRIPT}</script>
 </body></html>
 """
     out = folder / "report.html"
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(x: float | None, fmt: str = ".4g") -> str:
+    if x is None:
+        return "-"
+    return format(x, fmt) if math.isfinite(x) else str(x)
+
+
+def _last(events: Iterable[GrowthEvent], field: str) -> Any:
+    """The last value of ``field`` that is not ``None`` (metrics are missing on some events)."""
+    values = [getattr(e, field) for e in events if getattr(e, field) is not None]
+    return values[-1] if values else None
+
+
+def _run_config(folder: Path) -> dict:
+    """``config.json`` of the run when there is a readable one; the report does without it."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _summary_cards(events: list[GrowthEvent], config: dict) -> str:
+    if not events:
+        return '<div class="card">events<b>none recorded</b></div>'
+    first, last = events[0], events[-1]
+    cards = [
+        ("dataset", config.get("dataset")),
+        ("growth steps", sum(e.is_growth for e in events)),
+        ("strategy", _last(events, "strategy")),
+        ("init", _last(events, "init")),
+        ("parameters", f"{first.params_after:,} → {last.params_after:,}"),
+        ("final train accuracy", _num(_last(events, "train_accuracy"))),
+        ("final val accuracy", _num(_last(events, "val_accuracy"))),
+        ("final val loss", _num(_last(events, "val_loss"))),
+        ("wall time", f"{last.wall_time:.1f} s"),
+    ]
+    return "".join(f'<div class="card">{_e(k)}<b>{_e(v)}</b></div>' for k, v in cards if v not in (None, "-"))
+
+
+def _drawing(folder: Path, drawing: StepDrawing, index: int, render_svg: bool) -> str:
+    """Inline SVG of the step's architecture, or its DOT text when it cannot be rendered."""
+    dot = drawing.dot()
+    svg_file, dot_file = folder / f"{drawing.stem}.svg", folder / f"{drawing.stem}.dot"
+    svg = None
+    if svg_file.is_file() and dot_file.is_file() and dot_file.read_text(encoding="utf-8") == dot:
+        svg = svg_file.read_text(encoding="utf-8")  # rendered by History.save from this very DOT
+    elif render_svg:
+        svg = dot_to_svg(dot)
+    if svg is not None and "<svg" in svg:
+        return inline_svg(svg, f"s{index}-")
+    return f'<pre class="dot">{_e(dot)}</pre>'
+
+
+def _details(event: GrowthEvent) -> str:
+    lam = ", ".join(_num(v, ".3g") for v in event.eigenvalues[:6])
+    if len(event.eigenvalues) > 6:
+        lam += f", … ({len(event.eigenvalues)} in all)"
+    rows = [
+        ("step", event.step), ("action", event.action), ("where", ", ".join(event.where) or "-"),
+        ("sources → targets", f"{', '.join(event.sources) or '-'} → {', '.join(event.targets) or '-'}"),
+        ("neurons added", event.neurons_added), ("eigenvalues λ", lam or "-"),
+        ("amplitude γ*", _num(event.amplitude)),
+        ("Δloss predicted / measured", f"{_num(event.predicted_loss_change)} / {_num(event.measured_loss_change)}"),
+        ("parameters", f"{event.params_before:,} → {event.params_after:,}"),
+        ("loss train / val", f"{_num(event.train_loss)} / {_num(event.val_loss)}"),
+        ("accuracy train / val", f"{_num(event.train_accuracy)} / {_num(event.val_accuracy)}"),
+        ("wall time (step took)", f"{event.wall_time:.2f} s ({event.duration:.2f} s)"),
+        ("strategy / init", f"{event.strategy or '-'} / {event.init or '-'}"),
+        ("seed", "-" if event.seed is None else event.seed),
+        ("note", event.note or "-"),
+    ]
+    return "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+
+
+def _step_panel(folder: Path, drawing: StepDrawing, index: int, render_svg: bool) -> str:
+    return (f'<div class="step" data-index="{index}" data-step="{drawing.event.step}" hidden>'
+            f'<div class="drawing">{_drawing(folder, drawing, index, render_svg)}</div>'
+            f'<table class="details">{_details(drawing.event)}</table></div>')
+
+
+def _series(events: list[GrowthEvent], x: str, metric: str) -> dict[str, list[tuple[float, float]]]:
+    series = {}
+    for split in ("train", "val"):
+        points = [(float(e.params_after if x == "params" else e.wall_time), float(getattr(e, f"{split}_{metric}")))
+                  for e in events if getattr(e, f"{split}_{metric}") is not None]
+        if points:
+            series[split] = points
+    return series
+
+
+def _plots(events: list[GrowthEvent], drawings: list[StepDrawing]) -> str:
+    by_params = [float(d.event.params_after) for d in drawings]
+    by_time = [float(d.event.wall_time) for d in drawings]
+    charts = [
+        ("params", "loss", "loss vs parameters", "number of parameters", "loss", "top", by_params),
+        ("params", "accuracy", "accuracy vs parameters", "number of parameters", "accuracy", "bottom", by_params),
+        ("time", "loss", "loss vs wall time", "wall time (s)", "loss", "top", by_time),
+        ("time", "accuracy", "accuracy vs wall time", "wall time (s)", "accuracy", "bottom", by_time),
+    ]
+    return "".join(svg_plot(_series(events, x, metric), title=title, xlabel=xlabel, ylabel=ylabel, legend=legend,
+                            cursor=cursor, standalone=False)
+                   for x, metric, title, xlabel, ylabel, legend, cursor in charts)
+
+
+def _events_table(events: list[GrowthEvent]) -> str:
+    header = ("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas",
+              "train loss", "val loss", "val acc", "wall time (s)")
+    rows = []
+    for e in events:
+        if e.action == "train":
+            continue
+        cells = (e.step, e.action, ", ".join(e.where) or "-", e.neurons_added, f"{e.params_after:,}",
+                 _num(e.amplitude), _num(e.predicted_loss_change), _num(e.measured_loss_change), _num(e.train_loss),
+                 _num(e.val_loss), _num(e.val_accuracy), f"{e.wall_time:.2f}")
+        rows.append(f'<tr data-step="{e.step}">' + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    return f'<table class="events"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+CSS = PLOT_CSS + """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px;color:#212529;max-width:1200px}
+h1{font-size:22px;margin:0 0 2px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dee2e6;padding-bottom:4px}
+.path{color:#868e96;margin:0 0 12px;font-size:13px}.hint{color:#868e96;font-size:12px;margin:0 0 8px}
+.summary{display:flex;gap:12px;flex-wrap:wrap}.card{background:#f1f3f5;border-radius:6px;padding:8px 12px;font-size:13px}
+.card b{display:block;font-size:17px;margin-top:2px}
+.controls{display:flex;align-items:center;gap:10px;margin:8px 0}.controls input{flex:1}
+#step-label{min-width:150px;font-variant-numeric:tabular-nums}button{padding:3px 10px;cursor:pointer}
+.step{display:flex;gap:18px;align-items:flex-start}.step[hidden]{display:none}
+.drawing{flex:1 1 auto;min-width:0;overflow:auto;border:1px solid #dee2e6;border-radius:6px;padding:6px;text-align:center}
+.drawing svg{max-width:100%;height:auto;cursor:zoom-in}.drawing.zoomed svg{max-width:none;cursor:zoom-out}.drawing pre{text-align:left;font-size:11px;margin:0}
+table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #e9ecef;padding:3px 8px;text-align:left}
+.details{flex:0 0 380px}.details th{color:#495057;white-space:nowrap;font-weight:600}.details td{word-break:break-word}
+.events td{font-variant-numeric:tabular-nums}.events tr.current td{background:#fff4e6}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}.plots svg{width:100%;height:auto;max-width:660px}
+@media (max-width:900px){.step{flex-direction:column}.details{flex:none}}
+"""
+
+SCRIPT = """
+(function(){
+  var steps=[].slice.call(document.querySelectorAll('#steps .step'));
+  var slider=document.getElementById('step-slider'), label=document.getElementById('step-label');
+  var plots=[].slice.call(document.querySelectorAll('svg.plot[data-cursor]'));
+  var rows=[].slice.call(document.querySelectorAll('table.events tr[data-step]'));
+  function show(i){
+    if(!steps.length){label.textContent='no steps';return;}
+    i=Math.max(0,Math.min(steps.length-1,i));
+    var step=steps[i].getAttribute('data-step');
+    steps.forEach(function(s,j){s.hidden=(j!==i);});
+    slider.value=i;
+    label.textContent='step '+step+' ('+(i+1)+' / '+steps.length+')';
+    plots.forEach(function(p){
+      var xs=p.getAttribute('data-cursor').split(' '), line=p.querySelector('line.cursor');
+      if(line&&xs[i]!==undefined){line.setAttribute('x1',xs[i]);line.setAttribute('x2',xs[i]);}
+    });
+    rows.forEach(function(r){r.classList.toggle('current',r.getAttribute('data-step')===step);});
+  }
+  function current(){return +slider.value;}
+  [].forEach.call(document.querySelectorAll('.drawing'),function(d){
+    d.addEventListener('click',function(){d.classList.toggle('zoomed');});
+  });
+  slider.addEventListener('input',function(){show(current());});
+  document.getElementById('prev').addEventListener('click',function(){show(current()-1);});
+  document.getElementById('next').addEventListener('click',function(){show(current()+1);});
+  document.addEventListener('keydown',function(e){
+    if(e.target===slider)return;  // the slider moves itself
+    if(e.key==='ArrowLeft')show(current()-1);
+    if(e.key==='ArrowRight')show(current()+1);
+  });
+  var start=steps.length-1, wanted=/step=(\\d+)/.exec(window.location.hash);
+  if(wanted){steps.forEach(function(s,j){if(s.getAttribute('data-step')===wanted[1])start=j;});}
+  show(start);
+  document.body.setAttribute('data-ready','1');
+})();
+"""
