@@ -29,6 +29,8 @@ class TensorLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0):
         if batch_size < 1:
             raise DaggrowError(f"batch_size must be ≥ 1, got {batch_size}")
+        if x.shape[0] != y.shape[0]:
+            raise DaggrowError(f"TensorLoader got {x.shape[0]} inputs but {y.shape[0]} labels; pass one label per row of x")
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.epoch = 0
 
@@ -36,13 +38,15 @@ class TensorLoader:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
+        """Start the next epoch now (its order is fixed at this call, not at the first batch)."""
+        order = None
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = None
+            order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         self.epoch += 1
-        for start in range(0, n, self.batch_size):
+        return self._batches(order)
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.y), self.batch_size):
             if order is None:
                 yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
             else:
