@@ -135,6 +135,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "digits":
 
 
 def list_datasets() -> list[str]:
+    """Names :func:`load_dataset` accepts, e.g. ``["synthetic", "digits", "mnist1d"]``."""
     return list(DATASETS)
 
 
