@@ -1,0 +1,173 @@
+"""Which torch operations the tracer recognises, and what each one means in the IR.
+
+Activations (as modules, ``torch.*`` / ``F.*`` functions or tensor methods, in-place variants
+included) map to a node activation name of :mod:`daggrow.graph.activations` and its
+parameters:
+
+>>> activation_of_module(nn.LeakyReLU(0.2))
+('leaky_relu', {'negative_slope': 0.2})
+>>> activation_of_function(F.elu, (None,), {"alpha": 0.5})
+('elu', {'alpha': 0.5})
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+class Unsupported(Exception):
+    """A recognised op used in a way the IR cannot express: ``what`` went wrong, ``fix`` says what to do."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__(what)
+        self.what, self.fix = what, fix
+
+
+# ----------------------------------------------------------------------------- activations
+_MODULE_ACTIVATIONS: dict[type, str] = {
+    nn.Identity: "identity", nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu",
+    nn.GELU: "gelu", nn.SiLU: "silu", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu", nn.Softplus: "softplus",
+}
+
+# function → (activation, [(parameter, position in args, default)])
+_FUNCTION_ACTIVATIONS: dict[Callable, tuple[str, list[tuple[str, int, float]]]] = {
+    torch.relu: ("relu", []), F.relu: ("relu", []), torch.relu_: ("relu", []),
+    torch.tanh: ("tanh", []), torch.tanh_: ("tanh", []),
+    torch.sigmoid: ("sigmoid", []), torch.sigmoid_: ("sigmoid", []),
+    torch.selu: ("selu", []), F.selu: ("selu", []), torch.selu_: ("selu", []),
+    F.gelu: ("gelu", []), F.silu: ("silu", []),
+    F.elu: ("elu", [("alpha", 1, 1.0)]), F.elu_: ("elu", [("alpha", 1, 1.0)]),
+    F.leaky_relu: ("leaky_relu", [("negative_slope", 1, 0.01)]),
+    F.leaky_relu_: ("leaky_relu", [("negative_slope", 1, 0.01)]),
+    F.softplus: ("softplus", [("beta", 1, 1.0), ("threshold", 2, 20.0)]),
+}
+_FUNCTION_ACTIVATIONS.update({fn: _FUNCTION_ACTIVATIONS[base] for fn, base in [(F.tanh, torch.tanh),
+                                                                              (F.sigmoid, torch.sigmoid)]})
+
+_METHOD_ACTIVATIONS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
+                       "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+
+_SOFTPLUS_FIX = "use softplus with its defaults (beta=1, threshold=20), or keep it in a leaf module"
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unsupported(f"{what} given as {value!r}, not a number fixed at trace time",
+                          "pass the parameter as a Python number")
+    return float(value)
+
+
+def activation_of_module(module: nn.Module) -> tuple[str, dict[str, float]] | None:
+    """``(activation, params)`` for an activation module, ``None`` for any other module."""
+    name = next((a for t, a in _MODULE_ACTIVATIONS.items() if type(module) is t), None)
+    if name is None:
+        return None
+    if name == "leaky_relu":
+        return name, {"negative_slope": float(module.negative_slope)}
+    if name == "elu":
+        return name, {"alpha": float(module.alpha)}
+    if name == "softplus" and (module.beta != 1 or module.threshold != 20):
+        raise Unsupported(f"nn.Softplus(beta={module.beta}, threshold={module.threshold})", _SOFTPLUS_FIX)
+    if name == "gelu" and module.approximate != "none":
+        raise Unsupported(f"nn.GELU(approximate={module.approximate!r})",
+                          "use the exact nn.GELU(), or keep this one in a leaf module")
+    return name, {}
+
+
+def activation_of_function(fn: Any, args: tuple, kwargs: dict) -> tuple[str, dict[str, float]] | None:
+    """``(activation, params)`` for an activation function call, ``None`` for other functions."""
+    try:
+        name, params = _FUNCTION_ACTIVATIONS[fn]
+    except (KeyError, TypeError):
+        return None
+    values = {p: _number(kwargs[p] if p in kwargs else args[i] if len(args) > i else default, p)
+              for p, i, default in params}
+    if name == "softplus":
+        if values != {"beta": 1.0, "threshold": 20.0}:
+            raise Unsupported(f"torch.nn.functional.softplus with beta={values['beta']:g}, "
+                              f"threshold={values['threshold']:g}", _SOFTPLUS_FIX)
+        values = {}
+    if name == "gelu" and kwargs.get("approximate", "none") != "none":
+        raise Unsupported(f"torch.nn.functional.gelu(approximate={kwargs['approximate']!r})",
+                          "use the exact gelu, or keep it in a leaf module")
+    return name, values
+
+
+def activation_of_method(method: str) -> str | None:
+    """The activation of a tensor method such as ``x.relu()``, ``None`` for other methods."""
+    return _METHOD_ACTIVATIONS.get(method)
+
+
+# ----------------------------------------------------------------------------- arithmetic
+ADD = {operator.add, torch.add}
+SUB = {operator.sub, torch.sub}
+MUL = {operator.mul, torch.mul}
+DIV = {operator.truediv, torch.div, torch.true_divide}
+NEG = {operator.neg, torch.neg}
+METHOD_FUNCTIONS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+                    "true_divide": torch.div, "neg": torch.neg}
+
+# ----------------------------------------------------------------------------- no-ops on (batch, d)
+SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "clone"}
+SHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.clone}
+
+
+def is_dropout(node: fx.Node, module: nn.Module | None) -> bool:
+    """True for ``nn.Dropout`` modules and ``F.dropout`` calls."""
+    if node.op == "call_module":
+        return type(module) is nn.Dropout
+    return node.op == "call_function" and node.target is F.dropout
+
+
+def dropout_rate(node: fx.Node, module: nn.Module | None) -> float:
+    """The drop probability a dropout applies in training (0 when ``training=False`` was passed)."""
+    if node.op == "call_module":
+        return float(module.p)
+    training = node.kwargs["training"] if "training" in node.kwargs else (
+        node.args[2] if len(node.args) > 2 else True)
+    if training is False:
+        return 0.0
+    if training is not True:
+        raise Unsupported("F.dropout with a `training` flag computed while tracing",
+                          "pass training=self.training (a Python bool) or use nn.Dropout")
+    return _number(node.kwargs["p"] if "p" in node.kwargs else node.args[1] if len(node.args) > 1 else 0.5, "p")
+
+
+# ----------------------------------------------------------------------------- in-place ops
+def mutates_input(node: fx.Node, module: nn.Module | None) -> bool:
+    """True when ``node`` writes into its first argument (``x.add_(y)``, ``inplace=True``, …)."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.op == "call_function":
+        if node.target is operator.setitem:
+            return True
+        name = getattr(node.target, "__name__", "")
+        return (name.endswith("_") and not name.startswith("_")) or node.kwargs.get("inplace") is True
+    if node.op == "call_module":
+        return getattr(module, "inplace", False) is True
+    return False
+
+
+def is_allowed_in_place(node: fx.Node, module: nn.Module | None) -> bool:
+    """In-place activations and dropouts are fine when nothing else reads their input."""
+    if node.op == "call_method":
+        return activation_of_method(node.target) is not None
+    if node.op == "call_module":
+        return type(module) in _MODULE_ACTIVATIONS or is_dropout(node, module)
+    return node.target in _FUNCTION_ACTIVATIONS or node.target is F.dropout
+
+
+def is_alias(node: fx.Node, module: nn.Module | None) -> bool:
+    """True when the op may return its input itself (a view, an identity, a dropout in eval)."""
+    if node.op == "call_method":
+        return node.target in SHAPE_METHODS
+    if node.op == "call_function":
+        return node.target in SHAPE_FUNCTIONS or node.target is F.dropout
+    if node.op == "call_module":
+        return isinstance(module, (nn.Flatten, nn.Identity, nn.Dropout))
+    return False

@@ -1,0 +1,297 @@
+"""Everything the IR cannot express is refused with the op, the user's source line and a fix."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import daggrow as dg
+
+HERE = r"test_errors\.py:\d+"
+
+
+class ControlFlow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.a(x)
+        return x
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.a(torch.cat([x, x], dim=1))
+
+
+class Product(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x) * self.b(x)
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.a(torch.relu(self.a(x))))
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+class InPlaceAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.add_(x)
+        return h
+
+
+class InPlaceReluReadTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        r = F.relu(h, inplace=True)
+        return r + h
+
+
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+class UnknownModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.clip = nn.Linear(4, 4), nn.Hardtanh()
+
+    def forward(self, x):
+        return self.clip(self.a(x))
+
+
+class AddConstant(nn.Module):
+    def forward(self, x):
+        return x + 1.0
+
+
+class Broadcast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 1), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+class RawParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return x @ self.w
+
+
+class NewTensor(nn.Module):
+    def forward(self, x):
+        return x + torch.ones((x.shape[0], 4))
+
+
+class ShapeFactor(nn.Module):
+    def forward(self, x):
+        return x * x.shape[1]
+
+
+class TwoOutputsLeaf(nn.Module):
+    def forward(self, x):
+        return x, 2 * x
+
+
+class UsesTuple(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.split = TwoOutputsLeaf()
+
+    def forward(self, x):
+        a, b = self.split(x)
+        return a + b
+
+
+class UnusedInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x, z):
+        return self.a(x)
+
+
+class Softplus2(nn.Module):
+    def forward(self, x):
+        return F.softplus(x, beta=2.0)
+
+
+class InPlaceLeaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.act = nn.Linear(4, 4), nn.Hardtanh(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.a(x))
+
+
+class InPlaceThroughView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.view(-1, 4).relu_()
+        return self.b(h)
+
+
+class LeafSharesALinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.gate = nn.Sequential(self.a, nn.Sigmoid())
+
+    def forward(self, x):
+        return self.gate(self.a(x))
+
+
+class Slice(nn.Module):
+    def forward(self, x):
+        return x[:, :2]
+
+
+class DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return {"y": self.a(x)}
+
+
+X = torch.randn(3, 4)
+
+CASES = {
+    "control flow": (ControlFlow(), X, {},
+                     [r"control flow", HERE + r": `if x.sum\(\) > 0:`", r"fix: .*concrete_args", "leaf_modules"]),
+    "torch.cat": (Concat(), X, {}, [r"torch\.cat", HERE + r": `return self.a\(torch.cat\(\[x, x\], dim=1\)\)`",
+                                    r"fix: .*leaf_modules"]),
+    "product": (Product(), X, {}, [r"operator\.mul of two tensors", HERE + r": `return self.a\(x\) \* self.b\(x\)`",
+                                   r"fix: .*leaf_modules"]),
+    "weight sharing": (Shared(), X, {}, [r"module `a` \(Linear\), called a second time",
+                                         r"shared weights are not growable as-is", HERE + r": `return self.out",
+                                         r"fix: give each use its own module \(e.g. `copy.deepcopy`",
+                                         r"leaf_modules=\['a'\]"]),
+    "tied parameters": (Tied(), X, {}, [r"module `b` \(Linear\), which shares weights with `a`",
+                                        r"leaf_modules=\['a', 'b'\]"]),
+    "in-place add_": (InPlaceAdd(), X, {}, [r"in-place tensor method \.add_\(\) \(call_method add_\)",
+                                            HERE + r": `h.add_\(x\)`", r"fix: write it out of place"]),
+    "in-place relu read twice": (InPlaceReluReadTwice(), X, {},
+                                 [r"torch\.nn\.functional\.relu, which works in place, on a tensor that is also read elsewhere",
+                                  HERE + r": `r = F.relu\(h, inplace=True\)`", r"fix: write it out of place"]),
+    "3-D input": (Plain(), torch.randn(2, 3, 4), {}, [r"input `x` of shape \(2, 3, 4\)", r"not supported yet",
+                                                       r"fix: flatten the input"]),
+    "unknown module": (UnknownModule(), X, {}, [r"module `clip` \(Hardtanh\)", HERE + r": `return self.clip",
+                                                r"fix: .*leaf_modules=\[Hardtanh\]"]),
+    "constant": (AddConstant(), X, {}, [r"operator\.add of a tensor and the constant 1\.0", HERE + r": `return x \+ 1",
+                                        r"fix: .*bias"]),
+    "broadcast": (Broadcast(), X, {}, [r"broadcasts a tensor of shape \(3, 1\) to \(3, 4\)", HERE,
+                                       r"fix: make both operands"]),
+    "raw parameter": (RawParameter(), X, {}, [r"attribute `self.w`", HERE + r": `return x @ self.w`",
+                                              r"fix: wrap parameters in a module such as nn.Linear"]),
+    "new tensor": (NewTensor(), X, {}, [r"torch\.ones, which creates a new tensor inside forward", HERE,
+                                        r"fix: pass the tensor as an input"]),
+    "shape factor": (ShapeFactor(), X, {}, [r"operator\.mul by a value computed while tracing",
+                                            HERE + r": `return x \* x.shape\[1\]`", r"fix: write the factor"]),
+    "tuple leaf": (UsesTuple(), X, {"leaf_modules": [TwoOutputsLeaf]},
+                   [r"module `split`, which returns several tensors", HERE + r": `a, b = self.split\(x\)`",
+                    r"fix: .*leaf_modules"]),
+    "unused input": (UnusedInput(), (X, X), {}, [r"input `z` does not affect the output",
+                                                 r"fix: remove it from forward's arguments"]),
+    "softplus beta": (Softplus2(), X, {}, [r"softplus with beta=2, threshold=20", HERE, r"fix: use softplus with"]),
+    "in-place leaf": (InPlaceLeaf(), X, {"leaf_modules": ["act"]},
+                      [r"leaf module `act`, which works in place", r"fix: create it with inplace=False"]),
+    "in-place through a view": (InPlaceThroughView(), X, {},
+                                [r"\.relu_\(\) \(call_method relu_\), which works in place, on a tensor that is also",
+                                 HERE + r": `h.view\(-1, 4\).relu_\(\)`"]),
+    "leaf shares a linear": (LeafSharesALinear(), X, {"leaf_modules": ["gate"]},
+                             [r"leaf module `gate` \(Sequential\), which shares weights with `a`",
+                              r"leaf_modules=\['a', 'gate'\]"]),
+    "slice": (Slice(), X, {}, [r"operator\.getitem", HERE + r": `return x\[:, :2\]`", r"fix: .*leaf_modules"]),
+    "dict output": (DictOutput(), X, {}, [r"returns immutable_dict", r"fix: return a tensor or a tuple of tensors"]),
+    "leaf name": (Plain(), X, {"leaf_modules": ["b"]}, [r"leaf_modules names 'b', which is not a submodule",
+                                                        r"fix: use a qualified name such as 'a'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refusals_name_the_op_the_line_and_the_fix(case):
+    model, x, options, patterns = CASES[case]
+    with pytest.raises(dg.TraceError) as info:
+        dg.trace(model, x, **options)
+    message = str(info.value)
+    for pattern in patterns:
+        assert re.search(pattern, message), f"{pattern!r} not in:\n{message}"
+
+
+def test_the_suggested_fixes_work():
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    for model, options in [(Shared(), {"leaf_modules": ["a"]}), (Tied(), {"leaf_modules": ["a", "b"]}),
+                           (UnknownModule(), {"leaf_modules": [nn.Hardtanh]}), (InPlaceLeaf(), {"leaf_modules": []}),
+                           (LeafSharesALinear(), {"leaf_modules": ["a", "gate"]})]:
+        if isinstance(model, InPlaceLeaf):
+            model.act.inplace, options = False, {"leaf_modules": ["act"]}
+        graph = dg.trace(model.eval(), x, **options)
+        with torch.no_grad():
+            torch.testing.assert_close(graph.compile()(x), model(x), rtol=0, atol=1e-6)
+    graph = dg.trace(Shared(), x, leaf_modules=["a"])
+    first, second = [graph.module(e.name) for e in graph.edges.values() if e.block.kind == "frozen"]
+    assert first is second  # both calls share one frozen copy, as in the model
+
+
+def test_a_failed_trace_leaves_the_model_unchanged():
+    model = Shared()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(dg.TraceError):
+        dg.trace(model, X)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
