@@ -230,14 +230,15 @@ class GraphBuilder:
                            node.name, self.width(node))
         try:
             activation = ops.activation_of_module(module)
+            rate = ops.dropout_rate(node, module) if ops.is_dropout(node, module) else None
         except ops.Unsupported as err:
             raise self.fail(node, err.what, err.fix) from None
         if activation is not None:
             return self.activation(node, first_arg(node.args, node.kwargs), *activation)
         if isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
             return self.norm(node, module)
-        if ops.is_dropout(node, module):
-            return self.dropout(node, ops.dropout_rate(node, module))
+        if rate is not None:
+            return self.dropout(node, rate)
         if isinstance(module, nn.Flatten):
             return self.no_op(node)
         raise self.fail(node, f"the module `{node.target}` ({type(module).__name__})",

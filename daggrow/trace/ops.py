@@ -127,15 +127,19 @@ def is_dropout(node: fx.Node, module: nn.Module | None) -> bool:
 def dropout_rate(node: fx.Node, module: nn.Module | None) -> float:
     """The drop probability a dropout applies in training (0 when ``training=False`` was passed)."""
     if node.op == "call_module":
-        return float(module.p)
-    training = node.kwargs["training"] if "training" in node.kwargs else (
-        node.args[2] if len(node.args) > 2 else True)
-    if training is False:
-        return 0.0
-    if training is not True:
-        raise Unsupported("F.dropout with a `training` flag computed while tracing",
-                          "pass training=self.training (a Python bool) or use nn.Dropout")
-    return _number(node.kwargs["p"] if "p" in node.kwargs else node.args[1] if len(node.args) > 1 else 0.5, "p")
+        rate = float(module.p)
+    else:
+        training = node.kwargs["training"] if "training" in node.kwargs else (
+            node.args[2] if len(node.args) > 2 else True)
+        if training is False:
+            return 0.0
+        if training is not True:
+            raise Unsupported("F.dropout with a `training` flag computed while tracing",
+                              "pass training=self.training (a Python bool) or use nn.Dropout")
+        rate = _number(node.kwargs["p"] if "p" in node.kwargs else node.args[1] if len(node.args) > 1 else 0.5, "p")
+    if not 0.0 <= rate < 1.0:
+        raise Unsupported(f"a dropout with p={rate:g}", "use a drop probability in [0, 1)")
+    return rate
 
 
 # ----------------------------------------------------------------------------- in-place ops

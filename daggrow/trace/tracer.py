@@ -151,8 +151,8 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     _propagate_shapes(model, gm, _placeholder_values(model, fx_graph, inputs, concrete_args), inputs)
     leaf_targets = {str(n.target) for n in fx_graph.nodes if n.op == "call_module" and (
         n.target in leaf_names or isinstance(gm.get_submodule(n.target), leaf_types))}
-    graph = GraphBuilder(gm, leaf_targets).run()
     try:
+        graph = GraphBuilder(gm, leaf_targets).run()
         graph.validate(complete=True)
     except GraphError as err:
         raise TraceError(f"the traced graph of {type(model).__name__} is invalid: {err} (this is a daggrow bug: "
