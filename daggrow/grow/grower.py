@@ -86,6 +86,7 @@ class Grower:
         lr: float = 1e-3,
         seed: int | None = 0,
         progress: bool = False,
+        reuse_input_moments: bool = False,
     ) -> None:
         from ..history import History
 
@@ -108,6 +109,11 @@ class Grower:
         self._t0 = time.perf_counter()
         self._last_metrics: dict[str, float | None] = {}
         self._attempts = 0  # grow_step calls so far: a round-robin strategy rotates on these
+        # reuse_input_moments: the input covariance (data only) is summed once per loader, not
+        # once per step. Valid when the loader yields the same samples every epoch (no random
+        # augmentation): that is the caller's promise, so it is off by default.
+        self.reuse_input_moments = reuse_input_moments
+        self._input_moments: dict[int, object] = {}
 
     # ------------------------------------------------------------------ state
     def swap(self, new: "Graph") -> None:
@@ -139,7 +145,10 @@ class Grower:
         if not candidates:
             return None
         plan = plan_for(graph, [(c.sources, c.targets) for c in candidates])
-        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress)
+        reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
+        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse)
+        if self.reuse_input_moments and reuse is None:
+            self._input_moments[id(loader)] = stats
         with warnings.catch_warnings(record=True) as caught:
             # singular moments are normal while growing (dead ReLUs, linear dependencies): the
             # solver's pseudo-inverse answer is right; the count goes into the event's note

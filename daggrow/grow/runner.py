@@ -77,7 +77,8 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     grower = Grower(graph, loss=config.loss, strategy=config.strategy, init=config.init, kinds=config.kinds,
                     neurons_per_step=config.neurons_per_step, new_node_activation=config.activation,
                     max_parameters=config.max_parameters, max_width=config.max_width, max_nodes=config.max_nodes,
-                    lr=config.lr, seed=config.seed)
+                    lr=config.lr, seed=config.seed,
+                    reuse_input_moments=True)  # our loaders yield the same samples every epoch
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -47,8 +47,14 @@ def collect_statistics(
     max_batches: int | None = None,
     train_mode: bool = False,
     progress: bool = False,
+    reuse: Statistics | None = None,
 ) -> Statistics:
     """Accumulate the statistics of ``plan`` (default: Ψ of every node) over ``loader``.
+
+    ``reuse``: statistics from an earlier pass over *the same samples*; the blocks that involve
+    only input nodes (data moments such as S_x, independent of the weights) are copied from it
+    instead of recomputed — in a growth loop the input covariance is the costliest block of
+    a wide input. A mismatch in the number of samples raises :class:`StatisticsError`.
 
     ``compute_dtype`` is the dtype of the per-batch products (default: the model's); sums are
     float64 whatever it is. The graph's modules are left exactly as they were (train/eval flags
@@ -61,8 +67,18 @@ def collect_statistics(
     widths = {n: s.width for n, s in graph.nodes.items()}
     stats = empty_statistics(widths, plan.values, plan.value_pairs, plan.grads, plan.grad_pairs, device=device)
     grads_order = sorted(plan.grads)
+    inputs = set(graph.inputs)
+    copied = set()
+    if reuse is not None:
+        for u, w in plan.value_pairs:
+            if u in inputs and w in inputs and (u, w) in reuse.hh:
+                stats.hh[(u, w)].copy_(reuse.hh[(u, w)])
+                copied.add((u, w))
+        for u in plan.values & inputs:
+            if u in reuse.h:
+                stats.h[u].copy_(reuse.h[u])
     pairs_by_source: dict[str, list[str]] = defaultdict(list)
-    for u, w in sorted(plan.value_pairs):
+    for u, w in sorted(plan.value_pairs - copied):
         pairs_by_source[u].append(w)
     grads_by_source: dict[str, list[str]] = defaultdict(list)
     for u, t in sorted(plan.grad_pairs):
@@ -119,7 +135,8 @@ def collect_statistics(
             moves = {t: (-g if g is not None else torch.zeros_like(z)).flatten(1)
                      for t, z, g in zip(grads_order, zs, grads)}
             _accumulate(stats, {k: v.flatten(1) for k, v in values.items()}, moves,
-                        pairs_by_source, grads_by_source, compute_dtype)
+                        pairs_by_source, grads_by_source, compute_dtype,
+                        skip_sums=inputs if reuse is not None else set())
             stats.n += xs[0].shape[0]
     finally:
         for h in handles:
@@ -128,17 +145,21 @@ def collect_statistics(
             m.training = flag
     if stats.n == 0:
         raise StatisticsError("the loader yielded no batch")
+    if reuse is not None and reuse.n != stats.n:
+        raise StatisticsError(f"reuse= statistics cover {reuse.n} samples but this pass saw {stats.n}: "
+                              "input moments can only be reused over the same samples")
     return stats
 
 
 def _accumulate(stats: Statistics, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
                 pairs_by_source: dict[str, list[str]], grads_by_source: dict[str, list[str]],
-                compute_dtype: torch.dtype | None) -> None:
+                compute_dtype: torch.dtype | None, skip_sums: set[str] = frozenset()) -> None:
     cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)  # noqa: E731
     values = {k: cast(v) for k, v in values.items()}
     moves = {k: cast(v) for k, v in moves.items()}
     for u in stats.h:
-        stats.h[u] += values[u].sum(0, dtype=torch.float64)
+        if u not in skip_sums:
+            stats.h[u] += values[u].sum(0, dtype=torch.float64)
     for t in stats.v:
         stats.v[t] += moves[t].sum(0, dtype=torch.float64)
         stats.vv[t] += moves[t].double().pow(2).sum()

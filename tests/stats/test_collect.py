@@ -172,3 +172,20 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert reduced["n"] == 90
     torch.testing.assert_close(reduced["S"], single.moment(["x", "a"], ["x", "a"]), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(reduced["M"], single.grad_moment(["x", "a"], ["b", "y"]), rtol=1e-12, atol=1e-12)
+
+
+def test_reusing_input_moments_gives_the_same_statistics():
+    g = make_dag()
+    X, Y = torch.randn(60, 5, dtype=torch.float64), torch.randn(60, 2, dtype=torch.float64)
+    plan = plan_for(g, [(["x", "a"], ["b", "y"]), (["x"], ["y"])])
+    batches = [(X[:25], Y[:25]), (X[25:], Y[25:])]
+    first = collect_statistics(g, batches, "mse", plan=plan)
+    with torch.no_grad():
+        g.module("x_to_a").weight.mul_(1.5)  # the weights change between passes; the data does not
+    fresh = collect_statistics(g, batches, "mse", plan=plan)
+    reused = collect_statistics(g, list(reversed(batches)), "mse", plan=plan, reuse=first)
+    for name in ("h", "hh", "v", "vv", "hv"):
+        for k, t in getattr(fresh, name).items():
+            torch.testing.assert_close(getattr(reused, name)[k], t, rtol=1e-12, atol=1e-12)
+    with pytest.raises(dg.StatisticsError, match="same samples"):
+        collect_statistics(g, batches[:1], "mse", plan=plan, reuse=first)
