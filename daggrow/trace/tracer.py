@@ -140,13 +140,12 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     The graph holds copies of the weights: training it leaves ``model`` untouched.
     """
     model = _unwrap(model)
-    if isinstance(example_inputs, list):
-        example_inputs = tuple(example_inputs)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        got = ", ".join(type(x).__name__ for x in inputs) or "nothing"
         raise TraceError(f"cannot trace {type(model).__name__}: example_inputs must be a tensor or a tuple of "
-                         f"tensors, got {type(example_inputs).__name__}.\n  fix: pass one (batch, features) tensor "
-                         "per tensor argument of forward")
+                         f"tensors, got {got}.\n  fix: pass one (batch, features) tensor per tensor argument of "
+                         "forward")
     leaf_types, leaf_names = _leaf_spec(model, leaf_modules)
     fx_graph = _symbolic_trace(model, _Tracer(leaf_types, leaf_names), concrete_args)
     gm = fx.GraphModule(model, fx_graph)
