@@ -3,7 +3,9 @@
 MLP 784→w→w→10, 10k samples, batch 1000, float32, CPU (or --device cuda). Prints a table of
 measured seconds (median of --repeats runs) and the ratio, for two plans:
 - ``Ψ only``: what the bottleneck of every node and δW* need (S_in, M_in per node);
-- ``all candidates``: Ψ plus expand every hidden node, new node/edge between every valid pair.
+- ``all candidates``: Ψ plus expand every hidden node, new node/edge between every valid pair;
+and each again with ``reuse=`` (the input covariance S_x, data only, taken from a first pass:
+what every later pass of a growth loop costs).
 
     python benchmarks/bench_statistics.py --widths 64 256 1024
 """
@@ -72,16 +74,26 @@ def main() -> None:
     batches = [(X[i:i + args.batch], Y[i:i + args.batch]) for i in range(0, args.samples, args.batch)]
     print(f"device={args.device} threads={torch.get_num_threads()} samples={args.samples} batch={args.batch} "
           f"torch={torch.__version__}")
-    print(f"{'width':>6} {'plain epoch s':>14} {'Ψ-only s':>10} {'ratio':>6} {'all-cand. s':>12} {'ratio':>6} {'candidates':>10}")
+    print(f"{'width':>6} {'plain epoch s':>14} {'Ψ-only s':>10} {'ratio':>6} {'Ψ-only, S_x reused s':>21} {'ratio':>6} "
+          f"{'all-cand. s':>12} {'ratio':>6} {'all-cand., S_x reused s':>24} {'ratio':>6}")
     for w in args.widths:
         g = mlp(w, args.device)
         plain = timed(lambda: plain_epoch(g, batches), args.repeats, args.device)
         psi_plan = plan_for(g)
         psi = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=psi_plan), args.repeats, args.device)
+        first = collect_statistics(g, batches, "cross_entropy", plan=psi_plan)
+        psi_r = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=psi_plan, reuse=first),
+                      args.repeats, args.device)
         cands = enumerate_candidates(g)
         all_plan = plan_for(g, [(c.sources, c.targets) for c in cands])
         full = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=all_plan), args.repeats, args.device)
-        print(f"{w:>6} {plain:>14.3f} {psi:>10.3f} {psi / plain:>6.2f} {full:>12.3f} {full / plain:>6.2f} {len(cands):>10}")
+        first = collect_statistics(g, batches, "cross_entropy", plan=all_plan)
+        full_r = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=all_plan, reuse=first),
+                       args.repeats, args.device)
+        print(f"{w:>6} {plain:>14.3f} {psi:>10.3f} {psi / plain:>6.2f} {psi_r:>21.3f} {psi_r / plain:>6.2f} "
+              f"{full:>12.3f} {full / plain:>6.2f} {full_r:>24.3f} {full_r / plain:>6.2f}")
+    print(f"all-cand.: Ψ plus expand every hidden node and a new node/edge between every valid pair "
+          f"({len(cands)} candidates)")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def main() -> None:
     held_out = batches[0]
     print(f"threads={torch.get_num_threads()} samples={args.samples} batch={args.batch} neurons={args.neurons} "
           f"torch={torch.__version__}")
-    print(f"{'width':>6} {'gromo s':>9} {'daggrow s':>10} {'speed-up':>9}   λ (gromo layer 1 | daggrow h1), first 3")
+    print(f"{'width':>6} {'gromo s':>9} {'daggrow s':>10} {'speed-up':>9}")
     for w in args.widths:
         g, gm = build(w, seed=1)
         t_d, t_g = [], []
@@ -112,11 +112,12 @@ def main() -> None:
             theirs = gromo_step(gm, batches, held_out, args.neurons)
             t_g.append(time.perf_counter() - t)
         d, gr = pystats.median(t_d), pystats.median(t_g)
-        lam_g = ", ".join(f"{v:.4g}" for v in theirs[1][0][:3])
-        lam_d = ", ".join(f"{v:.4g}" for v in ours["h1"][0][:3])
-        print(f"{w:>6} {gr:>9.3f} {d:>10.3f} {gr / d:>8.2f}×   {lam_g} | {lam_d}")
-        print(f"{'':>6} γ* gromo layer 1: {theirs[1][1]:.4g} (loss {theirs[1][2]:.4f}); "
-              f"daggrow h1: {ours['h1'][1]:.4g} (loss {ours['h1'][2]:.4f})")
+        print(f"{w:>6} {gr:>9.3f} {d:>10.3f} {gr / d:>8.2f}×")
+        for i, node in enumerate(("h1", "h2")):  # gromo's i-th growing layer widens our h_{i+1}
+            lam_g = ", ".join(f"{v:.6g}" for v in theirs[i][0][:3])
+            lam_d = ", ".join(f"{v:.6g}" for v in ours[node][0][:3])
+            print(f"{'':>6}   {node}: λ gromo [{lam_g}] | daggrow [{lam_d}];  γ* gromo {theirs[i][1]:.4g} "
+                  f"(loss {theirs[i][2]:.5f}), daggrow {ours[node][1]:.4g} (loss {ours[node][2]:.5f})")
 
 
 if __name__ == "__main__":

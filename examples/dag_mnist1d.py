@@ -66,8 +66,8 @@ def main() -> None:
 
         acc = evaluate(grower.graph, data.loaders(256)[2], "cross_entropy")[1]
         params = grower.graph.num_parameters()
-        growth_steps = sum(e.is_growth for e in grower.history)
-        epochs = growth_steps * args.epochs_between + args.final_epochs
+        # every fit iteration trains (whether or not it grew): count the epochs actually run
+        epochs = sum(e.action == "train" for e in grower.history) * args.epochs_between + args.final_epochs
         grown.append((params, acc, epochs, time.perf_counter() - start, len(grower.graph), len(grower.graph.edges)))
         if seed == args.seeds[0]:
             grower.history.save(out / "dag_mnist1d_run", graph=grower.graph)
@@ -75,15 +75,16 @@ def main() -> None:
         for widths in ([same], [16], [32], [64], [128], [256], [32, 32], [64, 64], [128, 128]):
             p, a = train_fixed(data, widths, epochs, seed)
             fixed_points.setdefault(tuple(widths), []).append((p, a))
-        print(f"seed {seed}: grown {params:,} params, test acc {acc:.4f}, {epochs} epochs")
+        print(f"seed {seed}: grown {params:,} params, {sum(e.is_growth for e in grower.history)} growth steps, "
+              f"test acc {acc:.4f}, {epochs} epochs")
     g_params = statistics.mean(p for p, *_ in grown)
     g_acc = statistics.mean(a for _, a, *_ in grown)
     rows.append(["grown DAG (daggrow)", f"{g_params:,.0f}", f"{g_acc:.4f}", f"{statistics.pstdev([a for _, a, *_ in grown]):.4f}",
-                 f"{statistics.mean(e for *_, e, _, _, _ in [(0, 0, g[2], 0, 0, 0) for g in grown]):.0f}"])
+                 f"{statistics.mean(g[2] for g in grown):.0f}"])
     for widths, pts in fixed_points.items():
         label = "MLP " + "-".join(str(w) for w in widths) + (" (same size as grown, seed 0)" if widths == list(fixed_points)[0] else "")
         rows.append([label, f"{statistics.mean(p for p, _ in pts):,.0f}", f"{statistics.mean(a for _, a in pts):.4f}",
-                     f"{statistics.pstdev([a for _, a in pts]):.4f}", f"{grown[0][2]}"])
+                     f"{statistics.pstdev([a for _, a in pts]):.4f}", f"{statistics.mean(g[2] for g in grown):.0f}"])
     table = markdown_table(["model", "parameters (mean)", "test acc (mean)", "test acc (sd)", "epochs"], rows)
     extra = (f"\n\ngrown networks: {statistics.mean(g[4] for g in grown):.1f} nodes, "
              f"{statistics.mean(g[5] for g in grown):.1f} edges on average; "
