@@ -19,7 +19,7 @@ import time
 import torch
 
 import daggrow as dg
-from daggrow.grow.candidates import enumerate_candidates
+from daggrow.grow.candidates import enumerate_candidates, statistics_plan
 from daggrow.stats import collect_statistics, per_sample_loss, plan_for
 
 
@@ -85,7 +85,7 @@ def main() -> None:
         psi_r = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=psi_plan, reuse=first),
                       args.repeats, args.device)
         cands = enumerate_candidates(g)
-        all_plan = plan_for(g, [(c.sources, c.targets) for c in cands])
+        all_plan = statistics_plan(g, cands)
         full = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=all_plan), args.repeats, args.device)
         first = collect_statistics(g, batches, "cross_entropy", plan=all_plan)
         full_r = timed(lambda: collect_statistics(g, batches, "cross_entropy", plan=all_plan, reuse=first),

@@ -21,14 +21,13 @@ from torch import nn
 import daggrow as dg
 from daggrow.grow.candidates import enumerate_candidates
 from daggrow.grow.line_search import BatchEvaluator, golden_section  # noqa: F401 (golden_section: gromo side)
-from daggrow.stats import plan_for
 
 GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
 
 
 def daggrow_step(g: dg.Graph, batches, held_out, k: int):
     cands = enumerate_candidates(g, ["expand_node"])
-    stats = dg.collect_statistics(g, batches, "cross_entropy", plan=plan_for(g, [(c.sources, c.targets) for c in cands]))
+    stats = dg.collect_statistics(g, batches, "cross_entropy", candidates=cands)
     proposals = dg.propose(g, stats, max_neurons=k, candidates=cands, rel_threshold=0.0)
     ev = BatchEvaluator(g, held_out, "cross_entropy")
     results = {}

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
-from .grow.candidates import KINDS, Candidate, Kind, enumerate_candidates
-from .stats import LossLike, Statistics, StatisticsPlan, plan_for
+from .grow.candidates import KINDS, Candidate, Kind, enumerate_candidates, statistics_plan
+from .stats import LossLike, Statistics, StatisticsPlan
 from .stats import collect_statistics as _collect
 
 if TYPE_CHECKING:
@@ -34,6 +34,6 @@ def collect_statistics(
     """
     if plan is None:
         cands = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
-        plan = plan_for(graph, [(c.sources, c.targets) for c in cands])
+        plan = statistics_plan(graph, cands)
     return _collect(graph, loader, loss, plan=plan, device=device, compute_dtype=compute_dtype,
                     max_batches=max_batches, progress=progress)

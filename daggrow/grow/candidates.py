@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
 from ..graph.spec import GROWABLE_KINDS
+from ..stats import StatisticsPlan, plan_for
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -106,3 +107,8 @@ def enumerate_candidates(
                     e.target == v and e.block.kind in GROWABLE_KINDS for e in graph.out_edges(u)):
                 out.append(Candidate("new_edge", (u,), (v,)))
     return out
+
+
+def statistics_plan(graph: "Graph", candidates: Iterable[Candidate]) -> StatisticsPlan:
+    """The moments one pass must collect for Ψ of every node and for every candidate."""
+    return plan_for(graph, [(c.sources, c.targets) for c in candidates])

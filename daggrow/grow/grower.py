@@ -27,7 +27,7 @@ from ..solve import RankDeficiencyWarning
 from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
 from ..stats.collect import graph_device
 from ..stats.losses import loss_name
-from .candidates import Kind, enumerate_candidates
+from .candidates import Kind, enumerate_candidates, statistics_plan
 from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
 from .optim import carry_optimizer
 from .propose import Proposal, bottleneck, node_update, propose
@@ -144,7 +144,7 @@ class Grower:
             candidates = [c for c in candidates if graph.num_parameters() < self.max_parameters]
         if not candidates:
             return None
-        plan = plan_for(graph, [(c.sources, c.targets) for c in candidates])
+        plan = statistics_plan(graph, candidates)
         reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
         stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse)
         if self.reuse_input_moments and reuse is None:
