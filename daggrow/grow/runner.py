@@ -97,6 +97,9 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     for _ in range(config.final_epochs):
         grower.train_epoch(train)
     if bar is not None:
+        accepted = bar.n
+        bar.update(bar.total - bar.n)  # the remaining attempts were declined (nothing lowered the held-out loss)
+        bar.set_postfix_str(f"{accepted} of {config.steps} growth steps accepted")
         bar.close()
     test_loss, test_acc = evaluate(grower.graph, test, config.loss)
     val_loss, val_acc = evaluate(grower.graph, val, config.loss)
