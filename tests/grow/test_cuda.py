@@ -1,0 +1,41 @@
+"""Statistics and a growth step on CUDA agree with the CPU (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import daggrow as dg
+from daggrow.data import load_dataset
+from daggrow.grow import Grower
+from daggrow.grow.runner import starting_graph
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_statistics_on_cuda_match_cpu():
+    torch.manual_seed(0)
+    g = starting_graph(64, 10, [3])
+    d = load_dataset("digits")
+    batches = [(d.x_train[:500], d.y_train[:500])]
+    cpu = dg.collect_statistics(g, batches, "cross_entropy")
+    gpu_graph = g.copy()
+    gpu_graph.compile(device="cuda")
+    gpu = dg.collect_statistics(gpu_graph, batches, "cross_entropy")
+    for key, t in cpu.hh.items():
+        torch.testing.assert_close(gpu.hh[key].cpu(), t, rtol=1e-4, atol=1e-4)
+    assert dg.bottleneck(gpu_graph, gpu).keys() == dg.bottleneck(g, cpu).keys()
+
+
+def test_growth_step_and_training_on_cuda():
+    torch.manual_seed(0)
+    d = load_dataset("digits")
+    train, val, _ = d.loaders(256)
+    g = starting_graph(64, 10, [2])
+    g.compile(device="cuda")
+    grower = Grower(g, loss="cross_entropy")
+    grower.train_epoch(train)
+    event = grower.grow_step(train, next(iter(val)))
+    assert event is not None
+    assert all(p.device.type == "cuda" for p in grower.graph.parameters())
+    grower.train_epoch(train)
