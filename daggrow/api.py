@@ -26,14 +26,16 @@ def collect_statistics(
     compute_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
     progress: bool = False,
+    reuse: Statistics | None = None,
 ) -> Statistics:
     """One streaming pass collecting what Ψ of every node and every candidate expansion need.
 
     By default the candidates are all valid expansions of ``kinds`` (see
     :func:`daggrow.grow.enumerate_candidates`); pass ``candidates`` or a ``plan`` to collect less.
+    ``reuse``: an earlier pass over the same samples whose input-only moments are copied.
     """
     if plan is None:
         cands = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
         plan = statistics_plan(graph, cands)
     return _collect(graph, loader, loss, plan=plan, device=device, compute_dtype=compute_dtype,
-                    max_batches=max_batches, progress=progress)
+                    max_batches=max_batches, progress=progress, reuse=reuse)

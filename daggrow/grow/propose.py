@@ -17,7 +17,7 @@ import torch
 
 from ..errors import GraphError
 from ..graph.spec import GROWABLE_KINDS
-from ..solve import BestUpdate, activation_layout, best_update, solve_neurons
+from ..solve import BestUpdate, Decomposition, activation_layout, best_update, solve_neurons, sym_pinv_sqrt
 from ..solve import new_edge as solve_new_edge
 from ..stats import Statistics, update_sources
 from .candidates import KINDS, Candidate, Kind, enumerate_candidates
@@ -109,7 +109,24 @@ def _has_bias(graph: "Graph", node: str) -> bool:
     return any(e.block.kind in GROWABLE_KINDS and e.block.bias for e in graph.in_edges(node))
 
 
-def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10) -> NodeUpdate:
+def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[str], bias: bool, rel_tol: float,
+                             memo: dict | None = None) -> tuple[torch.Tensor, Decomposition]:
+    """S_U and its ``sym_pinv_sqrt``, decomposed once: per call through ``memo``, and across
+    passes over the same samples through ``stats.data_cache`` when U holds only inputs."""
+    key = (tuple(sources), bias, rel_tol)
+    data_only = set(sources) <= set(graph.inputs)
+    cache = stats.data_cache if data_only else memo
+    if cache is not None and key in cache:
+        return cache[key]
+    S = stats.moment(sources, sources, bias, bias)
+    value = (S, sym_pinv_sqrt(S, rel_tol))
+    if cache is not None:
+        cache[key] = value
+    return value
+
+
+def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10,
+                memo: dict | None = None) -> NodeUpdate:
     """δW* at ``node``, jointly over its linear in-edges (MATH §4)."""
     edges = [e for e in graph.in_edges(node) if e.block.kind in GROWABLE_KINDS]
     sources = [e.source for e in edges]
@@ -118,9 +135,9 @@ def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1
     if not sources and not bias:
         empty = torch.zeros(graph.node(node).width, 0, dtype=torch.float64)
         return NodeUpdate(node, best_update(empty.new_zeros(0, 0), empty.T, g, rel_tol=rel_tol), {})
-    S = stats.moment(sources, sources, bias, bias)
+    S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
     M = stats.grad_moment(sources, [node], bias)
-    sol = best_update(S, M, g, rel_tol=rel_tol)
+    sol = best_update(S, M, g, rel_tol=rel_tol, decomposition=decomposition)
     split: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     offset, bias_given = 0, False
     for e in edges:
@@ -137,7 +154,8 @@ def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1
 
 def bottleneck(graph: "Graph", stats: Statistics, rel_tol: float = 1e-10) -> dict[str, float]:
     """Ψ_v = g_v − tr(M_inᵀ S_in⁺ M_in) for every node whose desired move was collected."""
-    return {v: float(node_update(graph, stats, v, rel_tol).solution.bottleneck)
+    memo: dict = {}
+    return {v: float(node_update(graph, stats, v, rel_tol, memo).solution.bottleneck)
             for v in graph.topological_order() if v in stats.v}
 
 
@@ -162,15 +180,17 @@ def propose(
     candidates = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
     updates: dict[str, NodeUpdate] = {}
 
+    memo: dict = {}
+
     def update(v: str) -> NodeUpdate:
         if v not in updates:
-            updates[v] = node_update(graph, stats, v, rel_tol)
+            updates[v] = node_update(graph, stats, v, rel_tol, memo)
         return updates[v]
 
     proposals = []
     for cand in candidates:
         p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
-                         rel_threshold, rel_tol, generator)
+                         rel_threshold, rel_tol, generator, memo)
         if p is not None:
             proposals.append(p)
     proposals.sort(key=lambda p: (-p.first_order_gain, -p.bottleneck_decrease))
@@ -178,10 +198,10 @@ def propose(
 
 
 def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_node_activation,
-                 rel_threshold, rel_tol, generator) -> Proposal | None:
+                 rel_threshold, rel_tol, generator, memo) -> Proposal | None:
     sources, targets = list(cand.sources), list(cand.targets)
     bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
-    S = stats.moment(sources, sources, bias, bias)
+    S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
     M = stats.grad_moment(sources, targets, bias)
     blocks = []
     for v in targets:
@@ -197,7 +217,7 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
     # below this bottleneck decrease a direction is float64 round-off, not a real gain
     min_decrease = ROUND_OFF * sum(stats.grad_energy(v) for v in targets)
     if cand.kind == "new_edge":
-        sol = solve_new_edge(S, N, M, rel_tol=rel_tol)
+        sol = solve_new_edge(S, N, M, rel_tol=rel_tol, decomposition=decomposition)
         if sol.gain <= min_decrease:
             return None
         return Proposal(cand, "least_squares", [], float(sol.first_order_gain), float(sol.gain),
@@ -213,7 +233,7 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
         name = _fresh_node_name(graph)
     sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
                         rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=min_decrease,
-                        generator=generator)
+                        generator=generator, decomposition=decomposition)
     if sol.fan_in.shape[1] == 0:
         return None
     return Proposal(cand, init, [float(x) for x in sol.eigenvalues], float(sol.first_order_gain),

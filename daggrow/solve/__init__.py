@@ -14,7 +14,7 @@ bias) and V (d × n) the desired moves of the targets.
 
 from .best_update import BestUpdate, best_update, bottleneck_value, projected_moment
 from .layout import NeuronLayout, activation_layout
-from .linalg import RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt
+from .linalg import Decomposition, RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt
 from .neurons import (
     INITS,
     NeuronSolution,
@@ -28,6 +28,7 @@ from .neurons import (
 from .new_edge import EdgeSolution, new_edge
 
 __all__ = [
+    "Decomposition",
     "BestUpdate", "EdgeSolution", "INITS", "NeuronLayout", "NeuronSolution", "RankDeficiencyWarning",
     "SolverInputError", "activation_layout", "best_update", "bottleneck_value", "gradmax_neurons", "new_edge",
     "north_neurons", "projected_moment", "psd_eigh", "random_neurons", "solve_neurons", "sym_pinv_sqrt",

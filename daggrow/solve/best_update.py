@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import as_float64_matrix, sym_pinv_sqrt
+from .linalg import Decomposition, as_float64_matrix, sym_pinv_sqrt
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,19 @@ def bottleneck_value(g: float, gain: float) -> float:
     return max(float(g) - float(gain), 0.0)
 
 
-def best_update(S: torch.Tensor, M: torch.Tensor, g: float, rel_tol: float = 1e-10) -> BestUpdate:
+def best_update(S: torch.Tensor, M: torch.Tensor, g: float, rel_tol: float = 1e-10,
+                decomposition: Decomposition | None = None) -> BestUpdate:
     """δW* = Mᵀ S⁺ with its gain tr(Mᵀ S⁺ M) and the bottleneck Ψ = g − gain (float64).
 
     A singular S (rank < D) warns with :class:`RankDeficiencyWarning` and gives the minimum-norm
-    least-squares δW*; eigenvalues of S below ``rel_tol·λ_max`` count as zero.
+    least-squares δW*; eigenvalues of S below ``rel_tol·λ_max`` count as zero. ``decomposition``:
+    ``sym_pinv_sqrt(S, rel_tol)`` when the caller already has it (it is not recomputed).
     """
     S = as_float64_matrix("S", S)
     M = as_float64_matrix("M", M, rows=S.shape[0])
     if S.numel() == 0:
         return BestUpdate(M.new_zeros(M.shape[1], 0), 0.0, bottleneck_value(g, 0.0))
-    _, pinv, _ = sym_pinv_sqrt(S, rel_tol)
+    _, pinv, _ = decomposition if decomposition is not None else sym_pinv_sqrt(S, rel_tol)
     delta = M.T @ pinv
     gain = float((delta * M.T).sum())
     return BestUpdate(delta, gain, bottleneck_value(g, gain))

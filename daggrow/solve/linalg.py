@@ -72,7 +72,10 @@ def psd_eigh(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> tupl
     return evals[keep], evecs[:, keep]
 
 
-def sym_pinv_sqrt(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+Decomposition = tuple[torch.Tensor, torch.Tensor, int]  # (S^{-1/2}, S⁺, rank), as sym_pinv_sqrt returns
+
+
+def sym_pinv_sqrt(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> Decomposition:
     """``(S^{-1/2}, S⁺, rank)`` of a symmetric positive semi-definite S, all float64.
 
     Eigenvalues below ``rel_tol · λ_max`` (and negative round-off) count as zero; a

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from .linalg import SolverInputError, as_float64_matrix, psd_eigh, sym_pinv_sqrt
+from .linalg import Decomposition, SolverInputError, as_float64_matrix, psd_eigh, sym_pinv_sqrt
 
 Init = Literal["tiny", "gradmax", "north", "random", "zero"]
 INITS: tuple[str, ...] = ("tiny", "gradmax", "north", "random", "zero")
@@ -87,14 +87,16 @@ def _empty(D: int, d: int) -> NeuronSolution:
 
 
 def tiny_neurons(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons: int, *,
-                 rel_threshold: float = 1e-3, rel_tol: float = 1e-10, min_decrease: float = 0.0) -> NeuronSolution:
+                 rel_threshold: float = 1e-3, rel_tol: float = 1e-10, min_decrease: float = 0.0,
+                 decomposition: Decomposition | None = None) -> NeuronSolution:
     """The TINY neurons of MATH §5, float64.
 
     K = min(max_neurons, #{λ_k > rel_threshold·λ_1 and λ_k² > min_decrease}, rank S). K = 0 (empty
     tensors, gains 0) when every λ is 0, e.g. at a perfect fit or with all-zero gradients.
     ``min_decrease`` is an absolute floor on a direction's bottleneck decrease λ_k²: pass a tiny
     fraction of (1/n)‖V_T‖² so that round-off directions (N ≈ 0) are not proposed. ``rel_tol``
-    cuts the eigenvalues of S (relative to the largest) in S^{-1/2}.
+    cuts the eigenvalues of S (relative to the largest) in S^{-1/2}; ``decomposition`` is
+    ``sym_pinv_sqrt(S, rel_tol)`` when the caller already has it.
     """
     max_neurons = _check_max_neurons(max_neurons)
     S = as_float64_matrix("S", S)
@@ -103,7 +105,7 @@ def tiny_neurons(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons:
     D, d = N.shape
     if D == 0 or d == 0:
         return _empty(D, d)
-    inv_sqrt, _, rank = sym_pinv_sqrt(S, rel_tol)
+    inv_sqrt, _, rank = decomposition if decomposition is not None else sym_pinv_sqrt(S, rel_tol)
     a, lam, ct = torch.linalg.svd(inv_sqrt @ N, full_matrices=False)
     lam = _drop_round_off(lam)
     k = min(_count(lam, max_neurons, rel_threshold, min_decrease), rank)
@@ -192,7 +194,8 @@ def zero_neurons(D: int, d: int, k: int) -> NeuronSolution:
 def solve_neurons(init: Init, *, S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons: int,
                   existing_fan_in: torch.Tensor | None = None, rel_threshold: float = 1e-3,
                   rel_tol: float = 1e-10, min_decrease: float = 0.0,
-                  generator: torch.Generator | None = None, random_scale: float = 1.0) -> NeuronSolution:
+                  generator: torch.Generator | None = None, random_scale: float = 1.0,
+                  decomposition: Decomposition | None = None) -> NeuronSolution:
     """Dispatch on ``init`` (one of :data:`INITS`): one entry point for every initialisation.
 
     S (D × D), N and M (D × d) as in :func:`tiny_neurons`; ``existing_fan_in`` (D × d_w) is only
@@ -201,7 +204,7 @@ def solve_neurons(init: Init, *, S: torch.Tensor, N: torch.Tensor, M: torch.Tens
     D, d = S.shape[0], N.shape[1]
     if init == "tiny":
         return tiny_neurons(S, N, M, max_neurons, rel_threshold=rel_threshold, rel_tol=rel_tol,
-                            min_decrease=min_decrease)
+                            min_decrease=min_decrease, decomposition=decomposition)
     if init == "gradmax":
         return gradmax_neurons(M, max_neurons, rel_threshold=rel_threshold, min_square=min_decrease)
     if init == "north":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import as_float64_matrix, sym_pinv_sqrt
+from .linalg import Decomposition, as_float64_matrix, sym_pinv_sqrt
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class EdgeSolution:
     first_order_gain: float    # loss decrease per unit amplitude, to first order: tr(W M)
 
 
-def new_edge(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, rel_tol: float = 1e-10) -> EdgeSolution:
+def new_edge(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, rel_tol: float = 1e-10,
+             decomposition: Decomposition | None = None) -> EdgeSolution:
     """Least-squares weight W = Nᵀ S⁺ of a new edge, with its exact bottleneck decrease and
     first-order gain (float64; a singular S warns and gives the minimum-norm answer)."""
     S = as_float64_matrix("S", S)
@@ -34,6 +35,6 @@ def new_edge(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, rel_tol: float =
     M = as_float64_matrix("M", M, rows=S.shape[0], cols=N.shape[1])
     if S.numel() == 0:
         return EdgeSolution(N.new_zeros(N.shape[1], 0), 0.0, 0.0)
-    _, pinv, _ = sym_pinv_sqrt(S, rel_tol)
+    _, pinv, _ = decomposition if decomposition is not None else sym_pinv_sqrt(S, rel_tol)
     weight = N.T @ pinv
     return EdgeSolution(weight, float((weight * N.T).sum()), float((weight * M.T).sum()))

@@ -77,6 +77,7 @@ def collect_statistics(
         for u in plan.values & inputs:
             if u in reuse.h:
                 stats.h[u].copy_(reuse.h[u])
+        stats.data_cache.update(reuse.data_cache)
     pairs_by_source: dict[str, list[str]] = defaultdict(list)
     for u, w in sorted(plan.value_pairs - copied):
         pairs_by_source[u].append(w)

@@ -36,6 +36,9 @@ class Statistics:
     v: dict[str, torch.Tensor] = field(default_factory=dict)
     vv: dict[str, torch.Tensor] = field(default_factory=dict)
     hv: dict[Pair, torch.Tensor] = field(default_factory=dict)
+    # quantities derived from data-only moments (e.g. the solver's decomposition of S_x); like
+    # those moments they stay valid for another pass over the same samples (``reuse=``)
+    data_cache: dict[tuple, object] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- combining
     def __add__(self, other: "Statistics") -> "Statistics":

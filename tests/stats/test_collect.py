@@ -189,3 +189,18 @@ def test_reusing_input_moments_gives_the_same_statistics():
             torch.testing.assert_close(getattr(reused, name)[k], t, rtol=1e-12, atol=1e-12)
     with pytest.raises(dg.StatisticsError, match="same samples"):
         collect_statistics(g, batches[:1], "mse", plan=plan, reuse=first)
+
+
+def test_reused_pass_gives_the_same_proposals():
+    """The solver's decomposition of a data-only S (cached on the statistics) follows reuse=."""
+    g = make_dag()
+    X, Y = torch.randn(80, 5, dtype=torch.float64), torch.randn(80, 2, dtype=torch.float64)
+    first = dg.collect_statistics(g, [(X, Y)], "mse")
+    baseline = dg.propose(g, first, max_neurons=2)
+    assert first.data_cache  # S_x was decomposed once and kept
+    again = dg.collect_statistics(g, [(X[:40], Y[:40]), (X[40:], Y[40:])], "mse", reuse=first)
+    assert again.data_cache.keys() == first.data_cache.keys()
+    for a, b in zip(dg.propose(g, again, max_neurons=2), baseline):
+        assert a.where == b.where
+        torch.testing.assert_close(a.fan_in, b.fan_in, rtol=1e-9, atol=1e-10)
+        assert a.first_order_gain == pytest.approx(b.first_order_gain, rel=1e-9)
