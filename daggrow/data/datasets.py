@@ -4,11 +4,18 @@
 >>> data.x_train.shape[1], data.num_classes
 (64, 10)
 >>> train, val, test = data.loaders(batch_size=128)
+>>> load_dataset("synthetic", n_train=500, n_test=100).x_test.shape
+torch.Size([100, 50])
+
+Features are standardised with the training split's per-feature mean and standard deviation
+(x' = (x − μ_train) / σ_train, σ floored at 1e-6), so validation and test see no statistics of
+their own. Everything is deterministic given ``seed``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Iterator
 
 import torch
@@ -16,7 +23,11 @@ import torch
 from ..errors import DaggrowError
 
 
-class UnknownDatasetError(DaggrowError, ValueError):
+class DatasetError(DaggrowError, ValueError):
+    """A data set request that cannot be met (unknown name, impossible split sizes)."""
+
+
+class UnknownDatasetError(DatasetError):
     """A data set name that daggrow does not have."""
 
 
@@ -31,6 +42,8 @@ class TensorLoader:
             raise DaggrowError(f"batch_size must be ≥ 1, got {batch_size}")
         if x.shape[0] != y.shape[0]:
             raise DaggrowError(f"TensorLoader got {x.shape[0]} inputs but {y.shape[0]} labels; pass one label per row of x")
+        if x.device != y.device:
+            raise DaggrowError(f"TensorLoader got inputs on {x.device} but labels on {y.device}; move both to one device")
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.epoch = 0
 
@@ -42,6 +55,7 @@ class TensorLoader:
         order = None
         if self.shuffle:
             order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = order.to(self.x.device)
         self.epoch += 1
         return self._batches(order)
 
@@ -71,11 +85,18 @@ class Dataset:
     def num_features(self) -> int:
         return int(self.x_train.shape[1])
 
-    def loaders(self, batch_size: int, *, seed: int = 0) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
-        """(train, val, test) loaders; only train shuffles."""
-        return (TensorLoader(self.x_train, self.y_train, batch_size, shuffle=True, seed=seed),
+    def loaders(self, batch_size: int, *, shuffle: bool = True,
+                seed: int = 0) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+        """(train, val, test) loaders. With ``shuffle`` the train loader draws a new permutation each
+        epoch (seeded ``seed + epoch``); val and test always keep their order."""
+        return (TensorLoader(self.x_train, self.y_train, batch_size, shuffle=shuffle, seed=seed),
                 TensorLoader(self.x_val, self.y_val, batch_size),
                 TensorLoader(self.x_test, self.y_test, batch_size))
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """A copy with every tensor on ``device`` (the tensors themselves, when already there)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device)
+                                for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, features={self.num_features}, classes={self.num_classes}, "
@@ -102,8 +123,10 @@ def synthetic(seed: int = 0, n_train: int = 10_000, n_val: int = 2_000, n_test: 
                         tuple(y[a:b] for a, b in zip(cut, cut[1:])), 10)
 
 
-def digits(seed: int = 0) -> Dataset:
-    """sklearn's bundled 8×8 digits (1797 samples, 64 features), stratified 60/20/20 split."""
+def digits(seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """sklearn's bundled 8×8 digits (1797 samples, 64 features), stratified 60/20/20 split
+    (1078/360/359). ``n_train``/``n_test`` keep only the first rows of the (shuffled) split, so
+    they can shrink it but not grow it."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -118,15 +141,23 @@ def digits(seed: int = 0) -> Dataset:
         for part, chunk in zip(parts, (idx[:a], idx[a:b], idx[b:])):
             part.append(chunk)
     order = [torch.cat(p)[torch.randperm(sum(len(q) for q in p), generator=gen)] for p in parts]
+    for i, key, wanted in ((0, "n_train", n_train), (2, "n_test", n_test)):
+        if wanted is not None and wanted > len(order[i]):
+            raise DatasetError(f"digits has {len(order[i])} {key[2:]} samples (its 60/20/20 split of 1797), "
+                               f"{key}={wanted} asked for more; pass {key} ≤ {len(order[i])} or leave it None")
+        order[i] = order[i][:wanted]
     return _standardise("digits", tuple(x[o] for o in order), tuple(y[o] for o in order), 10)
 
 
-def mnist1d(seed: int = 0) -> Dataset:
-    """MNIST-1D generated locally (see :mod:`daggrow.data.mnist1d`): 3500 train, 500 val, 1000 test."""
+def mnist1d(seed: int = 0, n_train: int = 3500, n_test: int = 1000, n_val: int = 500) -> Dataset:
+    """MNIST-1D generated locally (see :mod:`daggrow.data.mnist1d`). Default 3500 train, 500 val,
+    1000 test: the paper's 4000/1000 split with validation taken from its training part.
+    Other sizes generate ``n_train + n_val + n_test`` samples (classes balanced to within one)."""
     from .mnist1d import make_mnist1d
 
-    x, y = make_mnist1d(num_samples=5000, seed=seed)
-    cut = [0, 3500, 4000, 5000]
+    n = n_train + n_val + n_test
+    x, y = make_mnist1d(num_samples=n, seed=seed)
+    cut = [0, n_train, n_train + n_val, n]
     return _standardise("mnist1d", tuple(x[a:b] for a, b in zip(cut, cut[1:])),
                         tuple(y[a:b] for a, b in zip(cut, cut[1:])), 10)
 
@@ -139,10 +170,30 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
-def load_dataset(name: str, *, seed: int = 0) -> Dataset:
-    """One of :func:`list_datasets`, deterministic given ``seed``."""
+def _check_size(key: str, value: int | None, smallest: int) -> int | None:
+    """``value`` as an int, or None; refuses non-integers and counts below ``smallest``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < smallest:
+        why = " (the train split's standard deviation needs two samples)" if key == "n_train" else ""
+        raise DatasetError(f"{key} must be an int ≥ {smallest}{why}, got {value!r}; pass a larger count or None "
+                           "for the data set's default")
+    return int(value)
+
+
+def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None,
+                 device: torch.device | str | None = None) -> Dataset:
+    """One of :func:`list_datasets`, deterministic given ``seed``.
+
+    ``n_train``/``n_test`` replace the default split sizes (None keeps them; digits can only
+    shrink, being a fixed set); the validation split keeps its default size. ``device`` moves
+    every tensor there (default: CPU).
+    """
     try:
         make = DATASETS[name]
     except KeyError:
         raise UnknownDatasetError(f"unknown dataset {name!r}; built-in data sets: {', '.join(DATASETS)}") from None
-    return make(seed=seed)
+    sizes = {key: value for key, value in (("n_train", _check_size("n_train", n_train, 2)),
+                                           ("n_test", _check_size("n_test", n_test, 1))) if value is not None}
+    data = make(seed=seed, **sizes)
+    return data if device is None else data.to(device)

@@ -90,11 +90,14 @@ def _gaussian_smooth(x: torch.Tensor, sigma: float = 2.0, truncate: float = 4.0)
 
 
 def make_mnist1d(num_samples: int = 5000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num_samples`` MNIST-1D signals (float64, 40 points, standardised) and their labels,
-    ``num_samples // 10`` per class in a shuffled order."""
+    """``num_samples`` MNIST-1D signals (float64, 40 points, standardised) and their labels in a
+    shuffled order: ``num_samples // 10`` per class, plus one more for classes 0 … r−1 where
+    r = ``num_samples % 10``."""
+    if num_samples < 1:
+        raise ValueError(f"make_mnist1d needs num_samples ≥ 1, got {num_samples}")
     gen = torch.Generator().manual_seed(seed)
-    per_class = num_samples // 10
-    y = torch.arange(10).repeat_interleave(per_class)
+    per_class, extra = divmod(num_samples, 10)
+    y = torch.cat([torch.arange(10).repeat_interleave(per_class), torch.arange(extra)])
     n = len(y)
     width = TEMPLATE_LEN + PADDING[1]                     # 72 points after stretching
     base = torch.zeros(n, width + 1, dtype=torch.float64)
