@@ -60,7 +60,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
         print(History.load(path).summary_table())
         print()
-    graph_dir = path / "graph" if (path / "graph" / "graph.json").exists() else path
+    # a run folder keeps its final graph in graph/; anything else is read as a graph folder
+    graph_dir = path / "graph" if (path / "graph").is_dir() and not (path / "graph.json").exists() else path
     print(Graph.load(graph_dir).summary())
     return 0
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import daggrow as dg
 from daggrow.cli import main
@@ -33,3 +37,51 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert main(["show", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("daggrow: error:") and "Traceback" not in err
+
+
+def small_graph() -> dg.Graph:
+    g = dg.Graph()
+    g.add_input("x", 3)
+    g.add_node("h", 2, "relu")
+    g.add_node("y", 1)
+    g.add_edge("x", "h"); g.add_edge("h", "y")
+    g.set_output("y")
+    return g
+
+
+def test_show_a_graph_folder_and_a_folder_holding_graph(tmp_path, capsys):
+    g = small_graph()
+    g.save(tmp_path / "net.dg")
+    g.save(tmp_path / "run" / "graph")
+    assert main(["show", str(tmp_path / "net.dg")]) == 0
+    assert capsys.readouterr().out.strip() == g.summary()
+    assert main(["show", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.strip() == g.summary()
+
+
+def test_a_damaged_graph_is_one_line_on_stderr_and_exit_2(tmp_path, capsys):
+    small_graph().save(tmp_path / "g")
+    (tmp_path / "g" / "weights.pt").write_bytes(b"broken")
+    assert main(["show", str(tmp_path / "g")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "weights.pt: checksum mismatch" in captured.err
+
+
+def test_a_command_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2 and "grow" in capsys.readouterr().err
+
+
+def test_console_script(tmp_path):
+    exe = Path(sys.executable).with_name("daggrow")
+    if not exe.exists():
+        exe = shutil.which("daggrow")
+        if exe is None:
+            pytest.skip("the `daggrow` console script is not installed (pip install -e .)")
+    small_graph().save(tmp_path / "g")
+    out = subprocess.run([str(exe), "show", str(tmp_path / "g")], capture_output=True, text=True)
+    assert out.returncode == 0 and "2 edges" in out.stdout
+    out = subprocess.run([str(exe), "show", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("daggrow: error:") and "Traceback" not in out.stderr

@@ -1,8 +1,14 @@
 """Graphviz drawings of a graph (or of a saved :class:`GraphSpec`, as the history keeps).
 
-Nodes show name, width and activation; inputs are green, outputs blue; edges show the block
-kind and its parameter count. With ``highlight_step=k`` the parts born at step k, and nodes
-that gained neurons at step k, are drawn in orange with a "+K" label.
+Nodes show name, width, activation (+ norm, dropout); inputs are green "invhouse" shapes,
+outputs blue "house" shapes; edges show the block kind and its parameter count (from the
+modules for a :class:`Graph`; from the widths for a :class:`GraphSpec`: a linear edge
+``u → v`` has ``d_v·d_u + d_v·bias``, an identity 0, a frozen block "?"). With
+``highlight_step=k`` the parts born at step k, and nodes that gained neurons at step k
+(``GrowthRecord.neurons``), are drawn in orange with "new node" / "+K neurons" labels.
+
+Any node name is safe: each is a double-quoted DOT ID with backslashes and quotes escaped, and
+``:`` is never read as a port.
 
 >>> print(g.to_dot())            # doctest: +SKIP
 digraph daggrow { ... }
@@ -13,12 +19,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import graphviz
 
 from ..errors import RenderError
-from .spec import FrozenBlock, GraphSpec, IdentityBlock, LinearBlock
+from .spec import FrozenBlock, GraphSpec, IdentityBlock, LinearBlock, NodeSpec
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -27,70 +33,105 @@ HIGHLIGHT = "#e8590c"
 INSTALL_HINT = "install Graphviz: `apt-get install graphviz` (Debian/Ubuntu) or `brew install graphviz` (macOS)"
 
 
-def _spec_and_counts(graph: Union["Graph", GraphSpec]) -> tuple[GraphSpec, dict[str, str]]:
-    if isinstance(graph, GraphSpec):
-        spec = graph
-        widths = {n.name: n.width for n in spec.nodes}
-        counts = {}
-        for e in spec.edges:
-            if isinstance(e.block, LinearBlock):
-                counts[e.name] = str(widths[e.target] * widths[e.source] + (widths[e.target] if e.block.bias else 0))
-            elif isinstance(e.block, IdentityBlock):
-                counts[e.name] = "0"
-            else:
-                counts[e.name] = "?"
-        return spec, counts
-    spec = graph.spec()
-    return spec, {e: str(sum(p.numel() for p in graph.module(e).parameters())) for e in graph.edges}
+def _node_id(name: str) -> str:
+    """A node name as a literal DOT ID: backslashes and ``<...>`` lose their special meaning."""
+    return graphviz.escape(name)
+
+
+class _Digraph(graphviz.Digraph):
+    """A ``graphviz.Digraph`` whose edge ends are whole node IDs (``"a:b"`` is a node, not a port)."""
+
+    _quote_edge = staticmethod(graphviz.quoting.quote)
+
+
+def _label(*lines: str) -> str:
+    """A DOT label of text lines (centred), each shown literally."""
+    return graphviz.nohtml("\\n".join(graphviz.escape(line) for line in lines))
+
+
+def parameter_counts(graph: Union["Graph", GraphSpec]) -> dict[str, str]:
+    """Edge name → parameter count as text ("?" for a frozen block known only by its spec)."""
+    if not isinstance(graph, GraphSpec):
+        return {e: str(sum(p.numel() for p in graph.module(e).parameters())) for e in graph.edges}
+    widths = {n.name: n.width for n in graph.nodes}
+    counts = {}
+    for e in graph.edges:
+        if isinstance(e.block, LinearBlock):
+            d_u, d_v = widths[e.source], widths[e.target]
+            counts[e.name] = str(d_v * d_u + (d_v if e.block.bias else 0))
+        elif isinstance(e.block, IdentityBlock):
+            counts[e.name] = "0"
+        else:
+            counts[e.name] = "?"
+    return counts
 
 
 def to_dot(graph: Union["Graph", GraphSpec], *, highlight_step: int | None = None, title: str | None = None) -> str:
-    """DOT source text for ``graph`` (a :class:`Graph` or a :class:`GraphSpec`)."""
-    spec, counts = _spec_and_counts(graph)
-    grown = {}
-    for record in spec.growth_log:
-        if record.step == highlight_step:
-            for node, (start, stop) in record.neurons.items():
-                grown[node] = grown.get(node, 0) + (stop - start)
-    dot = graphviz.Digraph("daggrow", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "fontsize": "12",
-                                                  **({"label": title, "labelloc": "t"} if title else {})},
-                           node_attr={"fontname": "Helvetica", "fontsize": "11", "style": "filled,rounded",
-                                      "shape": "box", "fillcolor": "#f8f9fa", "color": "#495057"},
-                           edge_attr={"fontname": "Helvetica", "fontsize": "9", "color": "#495057"})
+    """DOT source text for ``graph`` (a :class:`Graph` or a :class:`GraphSpec`).
+
+    ``highlight_step=k`` marks what step k created; ``title`` is drawn above the graph.
+    """
+    spec = graph if isinstance(graph, GraphSpec) else graph.spec()
+    counts = parameter_counts(graph)
+    grown: dict[str, int] = {}
+    new_nodes: set[str] = set()
+    new_edges: set[str] = set()
+    if highlight_step is not None:
+        new_nodes = {n.name for n in spec.nodes if n.born == highlight_step and n.name not in spec.inputs}
+        new_edges = {e.name for e in spec.edges if e.born == highlight_step}
+        for record in spec.growth_log:
+            if record.step == highlight_step:
+                for node, (start, stop) in record.neurons.items():
+                    grown[node] = grown.get(node, 0) + (stop - start)
+
+    graph_attr = {"rankdir": "LR", "fontname": "Helvetica", "fontsize": "12"}
+    if title:
+        graph_attr.update(label=_label(title), labelloc="t")
+    dot = _Digraph("daggrow", graph_attr=graph_attr,
+                   node_attr=dict(fontname="Helvetica", fontsize="11", style="filled,rounded", shape="box",
+                                  fillcolor="#f8f9fa", color="#495057"),
+                   edge_attr=dict(fontname="Helvetica", fontsize="9", color="#495057"))
     for node in spec.nodes:
-        lines = [node.name, f"width {node.width}"]
-        attrs = {}
-        if node.name in spec.inputs:
-            attrs.update(shape="invhouse", fillcolor="#d3f9d8", color="#2b8a3e")
-            lines[1] = f"input, width {node.width}"
-        else:
-            act = node.activation + (f" + {node.norm.kind}" if node.norm else "")
-            lines.append(act)
-            if node.name in spec.outputs:
-                attrs.update(shape="house", fillcolor="#d0ebff", color="#1864ab")
-                lines[0] = f"{node.name} (output)"
-        new_node = highlight_step is not None and node.born == highlight_step and node.name not in spec.inputs
-        if new_node or node.name in grown:
+        lines, attrs = _node_look(node, spec)
+        if node.name in new_nodes or node.name in grown:
             attrs.update(color=HIGHLIGHT, penwidth="2.5", fillcolor="#fff4e6")
-            lines.append("new node" if new_node else f"+{grown[node.name]} neurons")
-        dot.node(node.name, "\n".join(lines), **attrs)
+            lines.append("new node" if node.name in new_nodes else f"+{grown[node.name]} neurons")
+        dot.node(_node_id(node.name), _label(*lines), **attrs)
     for e in spec.edges:
-        kind = e.block.kind
         if isinstance(e.block, IdentityBlock):
-            label = "identity" if e.block.scale == 1.0 else f"× {e.block.scale:g}"
+            lines = ["identity" if e.block.scale == 1.0 else f"identity × {e.block.scale:g}"]
         elif isinstance(e.block, FrozenBlock):
-            label = f"frozen {e.block.module_type}\n{counts[e.name]} params"
+            lines = [f"frozen {e.block.module_type}", f"{counts[e.name]} params"]
         else:
-            label = f"{kind}\n{counts[e.name]} params"
-        attrs = {"style": "dashed"} if kind in ("identity", "frozen") else {}
-        if highlight_step is not None and e.born == highlight_step:
+            lines = [e.block.kind, f"{counts[e.name]} params"]
+        attrs = {"style": "dashed"} if isinstance(e.block, (IdentityBlock, FrozenBlock)) else {}
+        if e.name in new_edges:
             attrs.update(color=HIGHLIGHT, penwidth="2.5", fontcolor=HIGHLIGHT)
-        dot.edge(e.source, e.target, label=label, **attrs)
+        dot.edge(_node_id(e.source), _node_id(e.target), _label(*lines), **attrs)
     return dot.source
 
 
-def render(graph: Union["Graph", GraphSpec], path: str | Path, format: str = "svg", **options) -> Path:
-    """Render with Graphviz's ``dot`` into ``path`` (the format suffix is added when missing)."""
+def _node_look(node: NodeSpec, spec: GraphSpec) -> tuple[list[str], dict[str, Any]]:
+    """Label lines and attributes of a node by its role (input, hidden, output)."""
+    if node.name in spec.inputs:
+        return [node.name, f"input, width {node.width}"], dict(shape="invhouse", fillcolor="#d3f9d8",
+                                                                color="#2b8a3e")
+    act = node.activation + (f" + {node.norm.kind}" if node.norm else "")
+    lines = [node.name, f"width {node.width}", act]
+    if node.dropout:
+        lines.append(f"dropout {node.dropout:g}")
+    if node.name in spec.outputs:
+        lines[0] = f"{node.name} (output)"
+        return lines, dict(shape="house", fillcolor="#d0ebff", color="#1864ab")
+    return lines, {}
+
+
+def render(graph: Union["Graph", GraphSpec], path: str | Path, format: str = "svg", **options: Any) -> Path:
+    """Render with Graphviz's ``dot`` into ``path`` (the format suffix is added when missing).
+
+    ``options`` go to :func:`to_dot`. Returns the written file; raises :class:`RenderError` when
+    ``dot`` is missing or fails.
+    """
     exe = shutil.which("dot")
     if exe is None:
         raise RenderError(f"cannot render {path}: the Graphviz `dot` program is not on PATH; {INSTALL_HINT}")
@@ -98,8 +139,12 @@ def render(graph: Union["Graph", GraphSpec], path: str | Path, format: str = "sv
     if out.suffix != f".{format}":
         out = out.with_name(out.name + f".{format}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([exe, f"-T{format}", "-o", str(out)], input=to_dot(graph, **options).encode(),
-                            capture_output=True)
+    try:
+        result = subprocess.run([exe, f"-T{format}", "-o", str(out)], input=to_dot(graph, **options).encode(),
+                                capture_output=True)
+    except OSError as err:
+        raise RenderError(f"cannot run Graphviz `dot` ({exe}) for {out}: {err}; {INSTALL_HINT}") from None
     if result.returncode != 0:
-        raise RenderError(f"dot failed for {out}: {result.stderr.decode(errors='replace').strip()}")
+        raise RenderError(f"Graphviz `dot -T{format}` failed for {out}: "
+                          f"{result.stderr.decode(errors='replace').strip()}")
     return out

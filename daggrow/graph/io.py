@@ -1,9 +1,16 @@
 """Save and load graphs: a folder with ``graph.json`` (pydantic spec) and ``weights.pt``.
 
-``graph.json`` holds the :class:`GraphSpec` (versioned), the sha256 of ``weights.pt`` and the
-name, shape and dtype of every tensor in it; opaque (frozen) edge modules are pickled in
-``frozen.pt``. Loading checks all of it: a corrupt, truncated or mismatched folder raises
+``graph.json`` holds the :class:`GraphSpec` (versioned by ``format_version``), the sha256 of
+``weights.pt`` and the name, shape, dtype and ``requires_grad`` of every tensor in it. Tensors
+are keyed ``edge:<edge>.<param>`` and ``norm:<node>.<key>``. Opaque (frozen) edge modules are
+pickled whole in ``frozen.pt`` (loading it runs pickle: only load folders you trust).
+
+Loading checks all of it: a corrupt, truncated or mismatched folder raises
 :class:`PersistenceError` naming the file and the problem, never a silent partial load.
+
+>>> g.save("net.dg"); h = Graph.load("net.dg")      # doctest: +SKIP
+>>> h.spec() == g.spec()                             # doctest: +SKIP
+True
 """
 
 from __future__ import annotations
@@ -12,26 +19,32 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
 
 from ..errors import DaggrowError, PersistenceError
 from .graph import make_norm_module
-from .spec import FORMAT_VERSION, FrozenBlock, GraphSpec, IdentityBlock, LinearBlock
+from .spec import FORMAT_VERSION, FrozenBlock, GraphSpec, LinearBlock
 
 if TYPE_CHECKING:
     from .graph import Graph
 
 SPEC_FILE, WEIGHTS_FILE, FROZEN_FILE = "graph.json", "weights.pt", "frozen.pt"
+FORMAT_NAME = "daggrow-graph"
 
 
 class TensorInfo(BaseModel):
+    """What ``graph.json`` says about one tensor of ``weights.pt``."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     shape: list[int]
     dtype: str
+    requires_grad: bool | None = None  # None: a buffer (e.g. a batchnorm running mean)
 
 
 class SavedGraph(BaseModel):
@@ -44,6 +57,97 @@ class SavedGraph(BaseModel):
     frozen_sha256: str | None = None
 
 
+# ---------------------------------------------------------------------------------------- save
+def graph_tensors(graph: "Graph") -> dict[str, torch.Tensor]:
+    """Every tensor of the graph (CPU copies) under a stable key.
+
+    ``edge:<name>.<param>`` for each non-frozen edge module's state dict, ``norm:<node>.<key>``
+    for each node norm's state dict (running statistics included).
+    """
+    return {key: t.detach().cpu().clone() for key, (t, _) in _graph_state(graph).items()}
+
+
+def _graph_state(graph: "Graph") -> dict[str, tuple[torch.Tensor, bool | None]]:
+    """key → (tensor, requires_grad or None for a buffer)."""
+    modules: list[tuple[str, nn.Module]] = [
+        (f"edge:{name}.", graph.module(name)) for name in graph.edges
+        if not isinstance(graph.edge(name).block, FrozenBlock)]
+    modules += [(f"norm:{node}.", graph.norm_module(node)) for node in graph.nodes
+                if graph.norm_module(node) is not None]
+    out: dict[str, tuple[torch.Tensor, bool | None]] = {}
+    for prefix, module in modules:
+        params = dict(module.named_parameters())
+        for key, t in module.state_dict().items():
+            out[prefix + key] = (t, params[key].requires_grad if key in params else None)
+    return out
+
+
+def save_graph(graph: "Graph", path: str | Path) -> Path:
+    """Write ``graph`` into the folder ``path`` (created if needed); returns the folder.
+
+    Every file is first written to a temporary file in the folder; only when all are written are
+    they renamed into place, ``graph.json`` last (it holds the others' checksums). A failed save
+    leaves an earlier save in the same folder as it was.
+    """
+    graph.validate(complete=True)
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise PersistenceError(f"cannot save a graph to {folder}: it is a file, and a saved graph is a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PersistenceError(f"cannot create the folder {folder}: {err}") from None
+
+    state = _graph_state(graph)
+    tensors = {key: t.detach().cpu().clone() for key, (t, _) in state.items()}
+    infos = {key: TensorInfo(shape=list(t.shape), dtype=_dtype_name(t.dtype), requires_grad=grad)
+             for key, (t, grad) in state.items()}
+    frozen = {n: graph.module(n) for n in graph.edges if isinstance(graph.edge(n).block, FrozenBlock)}
+
+    staged: dict[str, Path] = {}
+    try:
+        staged[WEIGHTS_FILE] = _stage(folder / WEIGHTS_FILE, lambda f: torch.save(tensors, f))
+        if frozen:
+            staged[FROZEN_FILE] = _stage(folder / FROZEN_FILE, lambda f: _save_frozen(frozen, f))
+        saved = SavedGraph(spec=graph.spec(), weights_sha256=_sha256(staged[WEIGHTS_FILE]), tensors=infos,
+                           frozen_sha256=_sha256(staged[FROZEN_FILE]) if frozen else None)
+        text = saved.model_dump_json(indent=1)
+        staged[SPEC_FILE] = _stage(folder / SPEC_FILE, lambda f: Path(f).write_text(text, encoding="utf-8"))
+        for name in (WEIGHTS_FILE, FROZEN_FILE, SPEC_FILE):
+            if name in staged:
+                os.replace(staged.pop(name), folder / name)
+    except OSError as err:
+        raise PersistenceError(f"cannot write the graph to {folder}: {err}") from None
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    if not frozen:
+        (folder / FROZEN_FILE).unlink(missing_ok=True)
+    return folder
+
+
+def _save_frozen(frozen: dict[str, nn.Module], file: str) -> None:
+    try:
+        torch.save(frozen, file)
+    except Exception as err:  # pickle raises PicklingError, AttributeError, TypeError, ...
+        raise PersistenceError(
+            f"cannot save the frozen module(s) of edge(s) {sorted(frozen)}: they cannot be pickled "
+            f"({type(err).__name__}: {err}); define their classes at module level, or trace them as growable "
+            "blocks instead") from None
+
+
+def _stage(target: Path, write: Callable[[str], object]) -> Path:
+    """Write a hidden temporary file beside ``target`` with ``write(tmp_path)``; return its path."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -52,149 +156,161 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def graph_tensors(graph: "Graph") -> dict[str, torch.Tensor]:
-    """Every tensor of the graph under a stable key: ``edge:<name>.<param>``, ``norm:<node>.<key>``."""
-    out: dict[str, torch.Tensor] = {}
-    for name in graph.edges:
-        if isinstance(graph.edge(name).block, FrozenBlock):
-            continue
-        for key, t in graph.module(name).state_dict().items():
-            out[f"edge:{name}.{key}"] = t.detach().cpu().clone()
-    for node in graph.nodes:
-        norm = graph.norm_module(node)
-        if norm is not None:
-            for key, t in norm.state_dict().items():
-                out[f"norm:{node}.{key}"] = t.detach().cpu().clone()
-    return out
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
-def save_graph(graph: "Graph", path: str | Path) -> Path:
-    """Write ``graph`` into the folder ``path`` (created if needed); returns the folder."""
-    graph.validate(complete=True)
+# ---------------------------------------------------------------------------------------- load
+def load_graph(path: str | Path, map_location: str | torch.device | None = "cpu") -> "Graph":
+    """Read a folder written by :func:`save_graph`; raises :class:`PersistenceError` on any mismatch.
+
+    ``map_location`` places the tensors (as in ``torch.load``); the default is the CPU.
+    """
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = graph_tensors(graph)
-    _atomic_write(folder / WEIGHTS_FILE, lambda tmp: torch.save(tensors, tmp))
-    frozen = {n: graph.module(n) for n in graph.edges if isinstance(graph.edge(n).block, FrozenBlock)}
-    frozen_sha = None
-    if frozen:
-        _atomic_write(folder / FROZEN_FILE, lambda tmp: torch.save(frozen, tmp))
-        frozen_sha = _sha256(folder / FROZEN_FILE)
-    else:
-        (folder / FROZEN_FILE).unlink(missing_ok=True)
-    saved = SavedGraph(
-        spec=graph.spec(), weights_sha256=_sha256(folder / WEIGHTS_FILE), frozen_sha256=frozen_sha,
-        tensors={k: TensorInfo(shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch.")) for k, t in tensors.items()},
-    )
-    _atomic_write(folder / SPEC_FILE, lambda tmp: Path(tmp).write_text(saved.model_dump_json(indent=1)))
-    return folder
+    saved = _read_spec(folder)
+    tensors = _read_weights(folder, saved, map_location)
+    frozen = _read_frozen(folder, saved, map_location)
+    try:
+        return _rebuild(folder, saved, tensors, frozen)
+    except PersistenceError:
+        raise
+    except (DaggrowError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise PersistenceError(f"{folder}: the saved graph is inconsistent: {_one_line(err)}") from None
 
 
 def _read_spec(folder: Path) -> SavedGraph:
     file = folder / SPEC_FILE
     if not folder.is_dir():
-        raise PersistenceError(f"{folder}: not a saved graph folder (it should contain {SPEC_FILE} and {WEIGHTS_FILE})")
+        raise PersistenceError(f"{folder}: not a saved graph folder (none exists there; Graph.save writes a "
+                               f"folder holding {SPEC_FILE} and {WEIGHTS_FILE})")
+    if not file.is_file():
+        raise PersistenceError(f"{file}: missing (a saved graph folder holds {SPEC_FILE} and {WEIGHTS_FILE}, "
+                               "written by Graph.save)")
     try:
-        raw = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise PersistenceError(f"{file}: missing") from None
+        raw = json.loads(file.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PersistenceError(f"{file}: not valid JSON ({err}); the file is corrupt or truncated") from None
-    version = raw.get("spec", {}).get("format_version") if isinstance(raw, dict) else None
+    spec = raw.get("spec") if isinstance(raw, dict) else None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
+        raise PersistenceError(f"{file}: not a daggrow graph description (no \"spec\" object of format "
+                               f"{FORMAT_NAME!r})")
+    version = spec.get("format_version")
     if version != FORMAT_VERSION:
-        raise PersistenceError(f"{file}: format version {version!r}, this daggrow reads version {FORMAT_VERSION}")
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+        fix = "upgrade daggrow to read it" if newer else "re-save it with the daggrow that wrote it"
+        raise PersistenceError(f"{file}: format version {version!r}, but this daggrow reads version "
+                               f"{FORMAT_VERSION}: {fix}")
     try:
         return SavedGraph.model_validate(raw)
     except ValidationError as err:
-        raise PersistenceError(f"{file}: invalid content:\n{err}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
+        more = f" (and {err.error_count() - 3} more)" if err.error_count() > 3 else ""
+        raise PersistenceError(f"{file}: invalid content: {problems}{more}") from None
 
 
-def _check_hash(file: Path, expected: str | None) -> None:
-    if not file.exists():
-        raise PersistenceError(f"{file}: missing")
+def _check_hash(file: Path, expected: str) -> None:
+    if not file.is_file():
+        raise PersistenceError(f"{file}: missing ({SPEC_FILE} lists it; was the folder copied in part?)")
     if _sha256(file) != expected:
-        raise PersistenceError(f"{file}: checksum mismatch: the file is corrupt, truncated or from another save")
+        raise PersistenceError(f"{file}: checksum mismatch with {SPEC_FILE}: the file is corrupt, truncated "
+                               "or from another save")
 
 
-def load_graph(path: str | Path, map_location: str | torch.device | None = "cpu") -> "Graph":
-    """Read a folder written by :func:`save_graph`; raises :class:`PersistenceError` on any mismatch."""
-    from .graph import Graph
-
-    folder = Path(path)
-    saved = _read_spec(folder)
-    _check_hash(folder / WEIGHTS_FILE, saved.weights_sha256)
+def _read_weights(folder: Path, saved: SavedGraph, map_location) -> dict[str, torch.Tensor]:
+    file = folder / WEIGHTS_FILE
+    _check_hash(file, saved.weights_sha256)
     try:
-        tensors = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        tensors = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt archives
-        raise PersistenceError(f"{folder / WEIGHTS_FILE}: cannot be read ({type(err).__name__}: {err})") from None
+        raise PersistenceError(f"{file}: cannot be read ({type(err).__name__}: {_one_line(err)})") from None
+    if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise PersistenceError(f"{file}: not a dict of named tensors")
     expected = saved.tensors
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise PersistenceError(f"{folder / WEIGHTS_FILE}: tensors do not match {SPEC_FILE} "
+        raise PersistenceError(f"{file}: tensors do not match {SPEC_FILE} "
                                f"(missing: {missing[:5]}, unexpected: {extra[:5]})")
     for key, info in expected.items():
         t = tensors[key]
-        if list(t.shape) != info.shape or str(t.dtype).removeprefix("torch.") != info.dtype:
-            raise PersistenceError(f"{folder / WEIGHTS_FILE}: tensor {key} has shape {list(t.shape)} and dtype "
-                                   f"{t.dtype}, {SPEC_FILE} says {info.shape} {info.dtype}")
-    frozen: dict = {}
-    if saved.frozen_sha256 is not None:
-        _check_hash(folder / FROZEN_FILE, saved.frozen_sha256)
-        # opaque modules are pickled Python objects: only load folders you trust
-        frozen = torch.load(folder / FROZEN_FILE, map_location=map_location, weights_only=False)
+        if list(t.shape) != info.shape or _dtype_name(t.dtype) != info.dtype:
+            raise PersistenceError(f"{file}: tensor {key} has shape {list(t.shape)} and dtype "
+                                   f"{_dtype_name(t.dtype)}, {SPEC_FILE} says {info.shape} {info.dtype}")
+    return tensors
+
+
+def _read_frozen(folder: Path, saved: SavedGraph, map_location) -> dict[str, nn.Module]:
+    file = folder / FROZEN_FILE
+    names = sorted(e.name for e in saved.spec.edges if isinstance(e.block, FrozenBlock))
+    if saved.frozen_sha256 is None:
+        if names:
+            raise PersistenceError(f"{folder / SPEC_FILE}: frozen edge(s) {names} but no checksum of {FROZEN_FILE}")
+        return {}
+    _check_hash(file, saved.frozen_sha256)
     try:
-        return _rebuild(Graph, saved.spec, tensors, frozen)
-    except PersistenceError:
-        raise
-    except (DaggrowError, RuntimeError, KeyError, ValueError) as err:
-        raise PersistenceError(f"{folder}: the saved graph is inconsistent: {err}") from None
+        frozen = torch.load(file, map_location=map_location, weights_only=False)  # pickled modules
+    except Exception as err:
+        raise PersistenceError(f"{file}: cannot be unpickled ({type(err).__name__}: {_one_line(err)}); "
+                               "are the modules' classes importable here?") from None
+    if not isinstance(frozen, dict) or not all(isinstance(m, nn.Module) for m in frozen.values()):
+        raise PersistenceError(f"{file}: not a dict of modules")
+    if sorted(frozen) != names:
+        raise PersistenceError(f"{file}: holds modules for {sorted(frozen)}, {SPEC_FILE} has frozen edges {names}")
+    return frozen
 
 
-def _rebuild(Graph, spec: GraphSpec, tensors: dict[str, torch.Tensor], frozen: dict) -> "Graph":
+def _rebuild(folder: Path, saved: SavedGraph, tensors: dict[str, torch.Tensor],
+             frozen: dict[str, nn.Module]) -> "Graph":
+    """The graph of ``saved.spec`` through the public building API, with the saved tensors."""
+    from .graph import Graph
+
+    spec = saved.spec
     g = Graph()
     for node in spec.nodes:
         g.step = node.born
         if node.name in spec.inputs:
             g.add_input(node.name, node.width)
-        else:
-            g.add_node(node.name, node.width, node.activation, activation_params=node.activation_params,
-                       norm=node.norm, dropout=node.dropout)
-            if node.norm is not None:
+            continue
+        g.add_node(node.name, node.width, node.activation, activation_params=node.activation_params,
+                   norm=node.norm, dropout=node.dropout)
+        if node.norm is not None:
+            with torch.device("meta"):
                 norm = make_norm_module(node.norm, node.width)
-                norm.load_state_dict(_prefixed(tensors, f"norm:{node.name}."))
-                g._replace_node(g.node(node.name), norm)
+            _load_state(norm, f"norm:{node.name}.", tensors, saved)
+            g._replace_node(g.node(node.name), norm)
+    widths = {n.name: n.width for n in spec.nodes}
     for edge in spec.edges:
         g.step = edge.born
+        g.node(edge.source), g.node(edge.target)  # unknown names: a clear error before any shape talk
         module = None
         if isinstance(edge.block, LinearBlock):
-            weight = tensors[f"edge:{edge.name}.weight"]
-            module = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=edge.block.bias,
-                                     dtype=weight.dtype, device=weight.device)
-            module.load_state_dict(_prefixed(tensors, f"edge:{edge.name}."))
+            with torch.device("meta"):
+                module = nn.Linear(widths[edge.source], widths[edge.target], bias=edge.block.bias)
+            _load_state(module, f"edge:{edge.name}.", tensors, saved)
         elif isinstance(edge.block, FrozenBlock):
-            if edge.name not in frozen:
-                raise PersistenceError(f"frozen edge {edge.name!r} has no module in {FROZEN_FILE}")
             module = frozen[edge.name]
         g.add_edge(edge.source, edge.target, edge.block, name=edge.name, module=module)
     g.set_output(*spec.outputs)
     g.step = spec.step
     g.growth_log = list(spec.growth_log)
     g.validate(complete=True)
-    if g.spec() != spec:
-        raise PersistenceError("the rebuilt graph differs from its saved description")
+    rebuilt = g.spec()
+    if rebuilt != spec:
+        fields = [f for f in GraphSpec.model_fields if getattr(rebuilt, f) != getattr(spec, f)]
+        raise PersistenceError(f"{folder / SPEC_FILE}: the rebuilt graph differs from its saved description "
+                               f"in {fields} (was the file edited by hand?)")
     return g
 
 
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+def _load_state(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], saved: SavedGraph) -> None:
+    """Give ``module`` (built on the meta device) the saved tensors under ``prefix``, as they are."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    module.load_state_dict(state, strict=True, assign=True)
+    for key, param in module.named_parameters():
+        requires_grad = saved.tensors[prefix + key].requires_grad
+        if requires_grad is not None:
+            param.requires_grad_(requires_grad)

@@ -62,12 +62,26 @@ def test_several_outputs_return_a_tuple():
     assert y.shape == (2, 2) and h.shape == (2, 3)
 
 
-def test_float64():
-    g = graph().compile().double().eval()
-    assert g(torch.randn(3, 4, dtype=torch.float64)).dtype == torch.float64
+def test_float64_matches_a_hand_written_forward():
+    g = graph()
+    m = g.compile().double().train()
+    m(torch.randn(16, 4, dtype=torch.float64))  # running statistics away from (0, 1)
+    m.eval()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    lin = {e: g.module(e) for e in ("a", "b", "c", "skip")}
+    assert all(p.dtype == torch.float64 for p in g.parameters())  # the graph's own modules, shared
+    bn = g.norm_module("k")
+    h = torch.relu(x @ lin["a"].weight.T + lin["a"].bias)
+    z = h @ lin["b"].weight.T + lin["b"].bias + h
+    z = (z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    k = torch.tanh(z)  # dropout is the identity in eval mode
+    y = k @ lin["c"].weight.T + lin["c"].bias + x @ lin["skip"].weight.T + lin["skip"].bias
+    out = m(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, y, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_compile_matches_cpu():
     g = graph()
     x = torch.randn(5, 4)
