@@ -33,11 +33,13 @@ def eval_mode(graph: "Graph") -> Iterator[None]:
 
 
 def node_values(graph: "Graph", inputs: tuple[torch.Tensor, ...], *, cache: dict[str, torch.Tensor] | None = None,
-                reuse: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+                reuse: Iterable[str] = (), grown: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Every node's value h_v for ``inputs``, with evaluation semantics for dropout (inactive);
     norms follow their modules' train/eval flags (use :func:`eval_mode`).
 
-    Nodes in ``reuse`` take their value from ``cache`` instead of being recomputed.
+    Nodes in ``reuse`` take their value from ``cache`` instead of being recomputed. A node in
+    ``grown`` (name → number of old neurons k) whose in-edges kept their first k rows computes
+    only its new neurons and appends them to its cached value (eval-mode norms only).
     """
     reuse = set(reuse)
     values: dict[str, torch.Tensor] = dict(zip(graph.inputs, inputs))
@@ -48,6 +50,9 @@ def node_values(graph: "Graph", inputs: tuple[torch.Tensor, ...], *, cache: dict
             values[name] = cache[name]
             continue
         spec = graph.node(name)
+        if grown and name in grown and _can_append(graph, name, cache):
+            values[name] = torch.cat([cache[name], _new_neurons(graph, name, grown[name], values)], -1)
+            continue
         z = None
         for e in graph.in_edges(name):
             h = values[e.source]
@@ -59,3 +64,28 @@ def node_values(graph: "Graph", inputs: tuple[torch.Tensor, ...], *, cache: dict
         h = get_activation(spec.activation).function(z, **spec.activation_params) if spec.activation != "identity" else z
         values[name] = h
     return values
+
+
+def _can_append(graph: "Graph", name: str, cache: dict[str, torch.Tensor] | None) -> bool:
+    norm = graph.norm_module(name)
+    eval_norm = norm is None or (isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) and not norm.training
+                                 and norm.running_mean is not None)
+    return (cache is not None and name in cache and eval_norm
+            and all(not isinstance(e.block, IdentityBlock) for e in graph.in_edges(name)))
+
+
+def _new_neurons(graph: "Graph", name: str, start: int, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The values of neurons ``start:`` of a widened node (its other neurons are unchanged)."""
+    z = None
+    for e in graph.in_edges(name):
+        m = graph.module(e.name)
+        term = torch.nn.functional.linear(values[e.source], m.weight[start:], None if m.bias is None else m.bias[start:])
+        z = term if z is None else z + term
+    norm = graph.norm_module(name)
+    if norm is not None:
+        z = torch.nn.functional.batch_norm(
+            z, norm.running_mean[start:], norm.running_var[start:],
+            None if norm.weight is None else norm.weight[start:], None if norm.bias is None else norm.bias[start:],
+            False, 0.0, norm.eps)
+    spec = graph.node(name)
+    return get_activation(spec.activation).function(z, **spec.activation_params) if spec.activation != "identity" else z

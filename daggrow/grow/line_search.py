@@ -52,15 +52,16 @@ class BatchEvaluator:
         out = values[graph.outputs[0]]
         return float(per_sample_loss(self.loss_fn, out, self.y).mean())
 
-    def loss(self, new: "Graph", changed: set[str]) -> float:
-        """Loss of ``new``, where only ``changed`` nodes (and their descendants) differ from the base."""
+    def loss(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None) -> float:
+        """Loss of ``new``, where only ``changed`` nodes (and their descendants) differ from the base;
+        ``grown`` nodes only appended neurons (their first k values are taken from the base)."""
         dirty = set(changed)
         for n in changed:
             if n in new.nodes:
                 dirty |= new.descendants(n)
         reuse = [n for n in new.nodes if n not in dirty and n in self.cache]
         with torch.no_grad(), eval_mode(new):
-            return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse))
+            return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown))
 
 
 def changed_nodes(proposal: "Proposal") -> set[str]:
@@ -114,6 +115,8 @@ class ScaledChange:
 
         self.graph = apply(graph, proposal, 1.0)
         record = self.graph.growth_log[-1]
+        # a widened node keeps its old neurons: the evaluator appends only the new ones
+        self.grown = {n: start for n, (start, _) in record.neurons.items() if start > 0 and n in graph.nodes}
         self.parts: list[tuple[torch.Tensor, tuple, torch.Tensor, float]] = []
         with torch.no_grad():
             for node, (start, stop) in record.neurons.items():
@@ -155,7 +158,7 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
     def f(gamma: float) -> float:
         if gamma == 0.0:
             return ev.base_loss
-        return ev.loss(scaled.at(gamma), changed)
+        return ev.loss(scaled.at(gamma), changed, scaled.grown)
 
     gamma, value, evaluations = golden_section(f, upper, grid, refine)
     return LineSearchResult(gamma, ev.base_loss, value, evaluations)
