@@ -60,7 +60,18 @@ def test_queries():
     assert "h" in g and len(g) == 3
     text = g.summary()
     assert "x (input)" in text and "y (output)" in text and "522 parameters" in text
-    assert repr(g).startswith("daggrow.Graph")
+    assert "h[linear,30], x[linear,410]" in text and "x[linear,82]" in text
+    assert text.splitlines()[-1] == "3 nodes, 3 edges, 522 parameters, growth step 0"
+    assert repr(g) == "daggrow.Graph\n" + text
+
+
+def test_num_parameters_counts_trainable_ones_on_request():
+    g = api_graph()
+    g.module("x_to_y").weight.requires_grad_(False)
+    assert g.num_parameters() == 522
+    assert g.num_parameters(trainable_only=True) == 522 - 400
+    assert dict(g.named_parameters()).keys() == {
+        f"edge:{e}.{p}" for e in ("x_to_h", "h_to_y", "x_to_y") for p in ("weight", "bias")}
 
 
 def test_copy_is_independent():
@@ -71,6 +82,13 @@ def test_copy_is_independent():
     c.add_node("z", 3)
     assert "z" not in g
     assert not torch.equal(c.module("x_to_h").weight, g.module("x_to_h").weight)
+    snap = snapshot(c)
+    g.remove_edge("x_to_y")
+    g.step = 5
+    with torch.no_grad():
+        g.module("h_to_y").bias.zero_()
+    assert_unchanged(c, snap)
+    assert c.step == 0 and "x_to_y" in c.edges
 
 
 def test_parallel_edges_and_identity_skip():
