@@ -65,6 +65,7 @@ class Proposal:
     node_name: str | None = None          # new_node: the name the new node will get
     weight: torch.Tensor | None = None     # new_edge: (d_v × (d_u + 1)), bias column last
     updates: dict[str, NodeUpdate] = field(default_factory=dict)  # δW* at the targets
+    projected: bool = True  # False: solved on V, not V⊥ (the projected problem was empty)
 
     @property
     def kind(self) -> Kind:
@@ -101,7 +102,8 @@ class Proposal:
 
     def __repr__(self) -> str:
         lam = ", ".join(f"{x:.3g}" for x in self.eigenvalues[:4])
-        return (f"Proposal({self.where}, init={self.init}, neurons={self.num_neurons}, λ=[{lam}], "
+        note = "" if self.projected else ", unprojected"
+        return (f"Proposal({self.where}, init={self.init}{note}, neurons={self.num_neurons}, λ=[{lam}], "
                 f"first_order_gain={self.first_order_gain:.4g})")
 
 
@@ -171,8 +173,14 @@ def propose(
     rel_threshold: float = 1e-3,
     rel_tol: float = 1e-10,
     generator: torch.Generator | None = None,
+    unprojected_fallback: bool = True,
 ) -> list["Proposal"]:
     """Solve every candidate; returns proposals, best first (by first-order gain, then Σλ²).
+
+    With ``unprojected_fallback`` (default), a TINY candidate whose projected problem is empty
+    (its targets already read its sources through linear edges, so V⊥ ⟂ B_U) is solved on V
+    instead of V⊥; such proposals have ``projected=False`` and their Σλ² is the decrease of
+    (1/n)‖V − ΩAᵀB‖², not of the bottleneck.
 
     Candidates whose statistics were not collected are an error (collect with a plan that
     includes them); candidates with nothing to gain (K = 0) are dropped.
@@ -190,7 +198,7 @@ def propose(
     proposals = []
     for cand in candidates:
         p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
-                         rel_threshold, rel_tol, generator, memo)
+                         rel_threshold, rel_tol, generator, memo, unprojected_fallback)
         if p is not None:
             proposals.append(p)
     proposals.sort(key=lambda p: (-p.first_order_gain, -p.bottleneck_decrease))
@@ -198,7 +206,7 @@ def propose(
 
 
 def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_node_activation,
-                 rel_threshold, rel_tol, generator, memo) -> Proposal | None:
+                 rel_threshold, rel_tol, generator, memo, unprojected_fallback) -> Proposal | None:
     sources, targets = list(cand.sources), list(cand.targets)
     bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
     S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
@@ -234,11 +242,21 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
     sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
                         rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=min_decrease,
                         generator=generator, decomposition=decomposition)
+    projected = True
+    if sol.fan_in.shape[1] == 0 and init == "tiny" and unprojected_fallback:
+        # V⊥ is orthogonal to B_U when the targets already read U linearly (e.g. a skip u→v):
+        # the projected problem is empty, so solve the unprojected one (N = M, MATH §5 with
+        # V instead of V⊥). Its neurons act, to first order, like a low-rank step on the
+        # existing linear map, and training can then use their non-linearity.
+        sol = solve_neurons(init, S=S, N=M, M=M, max_neurons=max_neurons, rel_threshold=rel_threshold,
+                            rel_tol=rel_tol, min_decrease=min_decrease, decomposition=decomposition)
+        projected = False
     if sol.fan_in.shape[1] == 0:
         return None
     return Proposal(cand, init, [float(x) for x in sol.eigenvalues], float(sol.first_order_gain),
                     float(sol.bottleneck_decrease), fan_in=sol.fan_in, fan_out=sol.fan_out, bias=bias,
-                    activation=activation, activation_params=params, node_name=name, updates=target_updates)
+                    activation=activation, activation_params=params, node_name=name, updates=target_updates,
+                    projected=projected)
 
 
 def _stacked_fan_in(graph: "Graph", cand: Candidate, bias: bool) -> torch.Tensor:

@@ -91,10 +91,12 @@ def test_information_criterion_declines_when_the_penalty_wins(digits):
     bic = Grower(starting_graph(d.num_features, d.num_classes, [2]), loss="cross_entropy",
                  strategy=InformationCriterion("bic"))
     decision = bic.grow_step(train, next(iter(val)))
-    if 2 * n * drop < math.log(n) * added:
-        assert decision is None
-    else:
-        assert decision is not None
+    if decision is None:  # declined: then the largest loss drop did not pay for its parameters either
+        assert 2 * n * drop <= math.log(n) * added
+    else:  # accepted: the chosen change pays for its parameters
+        chosen_drop = -decision.measured_loss_change
+        chosen_added = decision.params_after - decision.params_before
+        assert 2 * n * chosen_drop > math.log(n) * chosen_added
 
 
 def test_a_user_strategy_object(digits):
