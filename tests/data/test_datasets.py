@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from daggrow.data import Dataset, list_datasets, load_dataset
-from daggrow.data.datasets import DatasetError, TensorLoader, UnknownDatasetError
+from daggrow.data import Dataset, DatasetError, TensorLoader, UnknownDatasetError, list_datasets, load_dataset
 from daggrow.errors import DaggrowError
 
 SHAPES = {"synthetic": (50, 10, 10_000), "digits": (64, 10, 1078), "mnist1d": (40, 10, 3500)}
