@@ -153,8 +153,14 @@ class Grower:
             # singular moments are normal while growing (dead ReLUs, linear dependencies): the
             # solver's pseudo-inverse answer is right; the count goes into the event's note
             warnings.simplefilter("always", RankDeficiencyWarning)
-            proposals = propose(graph, stats, self.neurons_per_step, init=self.init, candidates=candidates,
-                                new_node_activation=self.new_node_activation, generator=self.generator)
+            # TINY proper first; the unprojected fallback (see propose) only when no candidate
+            # has anything in V⊥, e.g. every target already reads every source linearly
+            for fallback in (False, True):
+                proposals = propose(graph, stats, self.neurons_per_step, init=self.init, candidates=candidates,
+                                    new_node_activation=self.new_node_activation, generator=self.generator,
+                                    unprojected_fallback=fallback)
+                if proposals or self.init != "tiny":
+                    break
             bottlenecks = bottleneck(graph, stats)
         singular = sum(issubclass(w.category, RankDeficiencyWarning) for w in caught)
         if self.max_parameters is not None:
