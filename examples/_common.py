@@ -50,3 +50,37 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def example_arguments(doc: str, dataset: str, steps: int):
+    """The command line every comparison example shares."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=dataset)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--out", default="examples/out")
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def compare(methods: dict[str, str], seeds: list[int], dataset: str, run) -> tuple[dict, list[dict]]:
+    """Run ``run(method, data, seed)`` for every method and seed; returns the mean curve per
+    label and, per method, its runs' final points and timings."""
+    from daggrow.data import load_dataset
+
+    series, summaries = {}, []
+    for method, label in methods.items():
+        runs = [run(method, load_dataset(dataset, seed=seed), seed) for seed in seeds]
+        curves = [r["curve"] for r in runs]
+        series[label] = mean_curve(curves)
+        finals = [c[-1] for c in curves]
+        summaries.append({"label": label, "curves": curves, "finals": finals,
+                          "params": statistics.mean(p for p, _ in finals),
+                          "accuracy": statistics.mean(a for _, a in finals),
+                          "sd": statistics.pstdev([a for _, a in finals]),
+                          "seconds": statistics.mean(r["seconds"] for r in runs)})
+        print(label, [f"{a:.3f}" for _, a in finals])
+    return series, summaries

@@ -11,42 +11,22 @@ parameters.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 from pathlib import Path
 
-from _common import grow_curve, markdown_table, mean_curve, write_svg
-
-from daggrow.data import load_dataset
+from _common import compare, example_arguments, grow_curve, markdown_table, write_svg
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--out", default="examples/out")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = example_arguments(__doc__, dataset="synthetic", steps=20)
     names = {"naive": "Naive", "max_eigenvalue": "MaxEigenValue", "amplitude": "AmplitudeFactor"}
-    series, rows = {}, []
-    for strategy, label in names.items():
-        runs = []
-        for seed in args.seeds:
-            data = load_dataset(args.dataset, seed=seed)
-            runs.append(grow_curve(data, seed=seed, steps=args.steps, mode="pure", strategy=strategy,
-                                   hidden=(1, 1), kinds=("expand_node",), neurons_per_step=1))
-        curves = [r["curve"] for r in runs]
-        series[label] = mean_curve(curves)
-        finals = [c[-1] for c in curves]
-        rows.append([label, len(args.seeds), f"{statistics.mean(p for p, _ in finals):,.0f}",
-                     f"{statistics.mean(a for _, a in finals):.4f}",
-                     f"{statistics.pstdev([a for _, a in finals]):.4f}",
-                     f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
-        print(label, [f"{a:.3f}" for _, a in finals])
+    series, summaries = compare(names, args.seeds, args.dataset, lambda strategy, data, seed: grow_curve(
+        data, seed=seed, steps=args.steps, mode="pure", strategy=strategy, hidden=(1, 1), kinds=("expand_node",),
+        neurons_per_step=1))
+    rows = [[s["label"], len(args.seeds), f"{s['params']:,.0f}", f"{s['accuracy']:.4f}", f"{s['sd']:.4f}",
+             f"{s['seconds']:.1f}"] for s in summaries]
     table = markdown_table(["strategy", "seeds", "final params (mean)", "test acc (mean)", "test acc (sd)",
                             "seconds/run"], rows)
+    out = Path(args.out)
     (out / f"strategies_{args.dataset}.md").write_text(table + "\n")
     write_svg(out / f"strategies_{args.dataset}.svg", series, title=f"pure growth on {args.dataset}",
               xlabel="parameters", ylabel="test accuracy")
