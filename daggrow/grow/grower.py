@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 import torch
 
 from ..errors import DaggrowError
+from ..history import GrowthEvent, History
 from ..solve import RankDeficiencyWarning
 from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
 from ..stats.collect import graph_device
@@ -30,13 +31,12 @@ from ..stats.losses import loss_name
 from .candidates import Kind, enumerate_candidates, statistics_plan
 from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
 from .optim import carry_optimizer
-from .propose import Proposal, bottleneck, node_update, propose
+from .propose import NodeUpdate, Proposal, bottleneck, node_update, propose
 from .rewrite import update_weights
 from .strategies import SelectionContext, Strategy, get_strategy
 
 if TYPE_CHECKING:
     from ..graph import Graph
-    from ..history import GrowthEvent, History
 
 
 def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int | None = None) -> tuple[float, float | None]:
@@ -88,8 +88,6 @@ class Grower:
         progress: bool = False,
         reuse_input_moments: bool = False,
     ) -> None:
-        from ..history import History
-
         self.graph = graph
         self.loss = loss
         self.strategy = get_strategy(strategy)
@@ -134,14 +132,12 @@ class Grower:
         ``held_out`` is the batch the amplitude line search minimises on (default: the first
         batch of ``loader``).
         """
-        from ..history import GrowthEvent
-
         start = time.perf_counter()
         attempt, self._attempts = self._attempts, self._attempts + 1
         graph = self.graph
+        if self.max_parameters is not None and graph.num_parameters() >= self.max_parameters:
+            return None
         candidates = enumerate_candidates(graph, self.kinds, **self.limits)
-        if self.max_parameters is not None:
-            candidates = [c for c in candidates if graph.num_parameters() < self.max_parameters]
         if not candidates:
             return None
         plan = statistics_plan(graph, candidates)
@@ -189,7 +185,7 @@ class Grower:
         params_before = graph.num_parameters()
         new = _apply(graph, p, result.amplitude)
         self.swap(new)
-        return self._record(GrowthEvent, action=p.kind, proposal=p, amplitude=result.amplitude,
+        return self._record(action=p.kind, proposal=p, amplitude=result.amplitude,
                             predicted=-result.amplitude * p.first_order_gain,
                             measured=result.loss_after - result.loss_before,
                             params_before=params_before, start=start,
@@ -198,8 +194,6 @@ class Grower:
 
     def best_update_step(self, loader: Iterable, held_out: Any | None = None) -> list["GrowthEvent"]:
         """Algorithm 1's training part: for every node in order, δW* with its own amplitude η*."""
-        from ..history import GrowthEvent
-
         events = []
         batch = held_out if held_out is not None else next(iter(loader))
         for node in self.graph.topological_order():
@@ -218,16 +212,14 @@ class Grower:
             def loss_at(eta: float) -> float:
                 if eta == 0.0:
                     return evaluator.base_loss
-                scaled = {e: (eta * dw, None if db is None else eta * db) for e, (dw, db) in upd.edges.items()}
-                return evaluator.loss(update_weights(graph, scaled, step=graph.step, record=False), {node})
+                return evaluator.loss(update_weights(graph, _scaled(upd, eta), step=graph.step, record=False), {node})
 
             eta, after, _ = golden_section(loss_at, self.amplitude_upper)
             if eta == 0.0:
                 continue
-            scaled = {e: (eta * dw, None if db is None else eta * db) for e, (dw, db) in upd.edges.items()}
             params = graph.num_parameters()
-            self.swap(update_weights(graph, scaled, step=graph.step + 1))
-            events.append(self._record(GrowthEvent, action="best_update", where=[node], amplitude=eta,
+            self.swap(update_weights(graph, _scaled(upd, eta), step=graph.step + 1))
+            events.append(self._record(action="best_update", where=[node], amplitude=eta,
                                        predicted=-eta * upd.first_order_gain, measured=after - evaluator.base_loss,
                                        params_before=params, start=start))
         return events
@@ -324,11 +316,11 @@ class Grower:
         if callback is not None:
             callback(event)
 
-    def _record(self, cls, *, action: str, proposal: Proposal | None = None, where: list[str] | None = None,
+    def _record(self, *, action: str, proposal: Proposal | None = None, where: list[str] | None = None,
                 amplitude: float | None = None, predicted: float | None = None, measured: float | None = None,
                 params_before: int, start: float, note: str = "") -> "GrowthEvent":
         p = proposal
-        event = cls(
+        event = GrowthEvent(
             step=self.graph.step, action=action,
             where=where if where is not None else ([p.candidate.node] if p and p.candidate.node else
                                                    [p.node_name] if p and p.node_name else []),
@@ -346,16 +338,17 @@ class Grower:
         return event
 
     def _record_start(self) -> "GrowthEvent":
-        from ..history import GrowthEvent
-
-        return self._record(GrowthEvent, action="start", params_before=self.graph.num_parameters(),
+        return self._record(action="start", params_before=self.graph.num_parameters(),
                             start=time.perf_counter(), note=f"loss={loss_name(self.loss)}")
 
     def _record_train(self) -> "GrowthEvent":
-        from ..history import GrowthEvent
-
-        return self._record(GrowthEvent, action="train", params_before=self.graph.num_parameters(),
+        return self._record(action="train", params_before=self.graph.num_parameters(),
                             start=time.perf_counter())
+
+
+def _scaled(update: "NodeUpdate", eta: float) -> dict:
+    """η·δW* per edge, in the form :func:`~daggrow.grow.rewrite.update_weights` takes."""
+    return {e: (eta * dw, None if db is None else eta * db) for e, (dw, db) in update.edges.items()}
 
 
 def _silent(proposal: Proposal) -> bool:

@@ -85,7 +85,7 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
         bar = tqdm(total=config.steps, desc=f"growing on {config.dataset}", unit="step")
 
     def on_event(event) -> None:
-        if bar is not None and event.action not in ("start", "train", "best_update"):
+        if bar is not None and event.is_growth:
             bar.update(1)
             acc = event.val_accuracy
             bar.set_postfix(params=event.params_after, val_acc=f"{acc:.3f}" if acc is not None else "-",
@@ -106,7 +106,7 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     grower.history.save(out, graph=grower.graph)
     return {
         "dataset": config.dataset, "strategy": config.strategy, "init": config.init,
-        "growth_steps": sum(e.action not in ("start", "train", "best_update") for e in grower.history.events),
+        "growth_steps": sum(e.is_growth for e in grower.history.events),
         "parameters": grower.graph.num_parameters(), "nodes": len(grower.graph), "edges": len(grower.graph.edges),
         "val_loss": val_loss, "val_accuracy": val_acc, "test_loss": test_loss, "test_accuracy": test_acc,
         "seconds": time.perf_counter() - start, "out": str(out),
