@@ -18,7 +18,18 @@ from .errors import (
     UnknownNameError,
     WidthMismatchError,
 )
-from .graph import EdgeSpec, FrozenBlock, Graph, IdentityBlock, LinearBlock, NodeSpec, NormSpec
+from .graph import (
+    ConvBlock,
+    EdgeSpec,
+    FlattenBlock,
+    FrozenBlock,
+    Graph,
+    IdentityBlock,
+    LinearBlock,
+    NodeSpec,
+    NormSpec,
+    PoolBlock,
+)
 from .api import collect_statistics
 from .grow import (
     Candidate,
@@ -43,8 +54,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
     "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose", "trace",
-    "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FrozenBlock", "Graph",
-    "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec",
+    "ConvBlock", "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
+    "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "PoolBlock",
     "PersistenceError", "RenderError", "StatisticsError", "TraceError", "UnknownNameError",
     "WidthMismatchError", "__version__",
 ]

@@ -24,7 +24,8 @@ import torch
 from torch import fx, nn
 
 from ..graph.activations import get_activation
-from ..graph.spec import IdentityBlock
+from ..graph.blocks import flattens_source, parameter_free_function
+from ..graph.spec import PARAMETER_FREE_KINDS, IdentityBlock
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -99,10 +100,15 @@ def compile_graph(graph: "Graph", device: torch.device | str | None = None, *, t
         terms: list[fx.Node] = []
         for edge in graph.in_edges(name):
             source = values[edge.source]
-            if isinstance(edge.block, IdentityBlock):
-                terms.append(source if edge.block.scale == 1.0 else
-                             code.call_function(operator.mul, (source, edge.block.scale)))
+            if isinstance(edge.block, IdentityBlock) and edge.block.scale == 1.0:
+                terms.append(source)
+            elif edge.block.kind in PARAMETER_FREE_KINDS:
+                fn, args, kwargs = parameter_free_function(edge.block)
+                terms.append(code.create_node("call_function", fn, (source, *args), kwargs,
+                                              name=_identifier(edge.name)))
             else:
+                if flattens_source(edge.block, graph.node(edge.source)):
+                    source = code.call_function(torch.flatten, (source, 1))
                 attr = add_module(edge.name, graph.module(edge.name))
                 edge_attrs[edge.name] = attr
                 terms.append(code.create_node("call_module", attr, (source,), name=_identifier(edge.name)))

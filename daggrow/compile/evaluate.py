@@ -10,9 +10,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
+from torch.nn import functional as F
 
 from ..graph.activations import get_activation
-from ..graph.spec import IdentityBlock
+from ..graph.blocks import edge_forward
+from ..graph.spec import is_growable
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -51,12 +53,11 @@ def node_values(graph: "Graph", inputs: tuple[torch.Tensor, ...], *, cache: dict
             continue
         spec = graph.node(name)
         if grown and name in grown and _can_append(graph, name, cache):
-            values[name] = torch.cat([cache[name], _new_neurons(graph, name, grown[name], values)], -1)
+            values[name] = torch.cat([cache[name], _new_neurons(graph, name, grown[name], values)], 1)
             continue
         z = None
         for e in graph.in_edges(name):
-            h = values[e.source]
-            term = h * e.block.scale if isinstance(e.block, IdentityBlock) else graph.module(e.name)(h)
+            term = edge_forward(e.block, graph.module(e.name), graph.node(e.source), values[e.source])
             z = term if z is None else z + term
         norm = graph.norm_module(name)
         if norm is not None:
@@ -71,19 +72,24 @@ def _can_append(graph: "Graph", name: str, cache: dict[str, torch.Tensor] | None
     eval_norm = norm is None or (isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) and not norm.training
                                  and norm.running_mean is not None)
     return (cache is not None and name in cache and eval_norm
-            and all(not isinstance(e.block, IdentityBlock) for e in graph.in_edges(name)))
+            and all(is_growable(e.block) for e in graph.in_edges(name)))
 
 
 def _new_neurons(graph: "Graph", name: str, start: int, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """The values of neurons ``start:`` of a widened node (its other neurons are unchanged)."""
     z = None
     for e in graph.in_edges(name):
-        m = graph.module(e.name)
-        term = torch.nn.functional.linear(values[e.source], m.weight[start:], None if m.bias is None else m.bias[start:])
+        m, h = graph.module(e.name), values[e.source]
+        bias = None if m.bias is None else m.bias[start:]
+        if isinstance(m, torch.nn.Linear):
+            term = F.linear(torch.flatten(h, 1) if h.ndim > 2 else h, m.weight[start:], bias)
+        else:  # a conv: the new output channels only
+            conv = F.conv1d if isinstance(m, torch.nn.Conv1d) else F.conv2d
+            term = conv(h, m.weight[start:], bias, m.stride, m.padding, m.dilation)
         z = term if z is None else z + term
     norm = graph.norm_module(name)
     if norm is not None:
-        z = torch.nn.functional.batch_norm(
+        z = F.batch_norm(
             z, norm.running_mean[start:], norm.running_var[start:],
             None if norm.weight is None else norm.weight[start:], None if norm.bias is None else norm.bias[start:],
             False, 0.0, norm.eps)

@@ -5,7 +5,9 @@ from .graph import Graph, make_norm_module
 from .spec import (
     FORMAT_VERSION,
     Block,
+    ConvBlock,
     EdgeSpec,
+    FlattenBlock,
     FrozenBlock,
     GraphSpec,
     GrowthRecord,
@@ -13,10 +15,11 @@ from .spec import (
     LinearBlock,
     NodeSpec,
     NormSpec,
+    PoolBlock,
 )
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Block", "EdgeSpec", "FORMAT_VERSION", "FrozenBlock", "Graph",
-    "GraphSpec", "GrowthRecord", "IdentityBlock", "LinearBlock", "NodeSpec", "NormSpec",
+    "ACTIVATIONS", "Activation", "Block", "ConvBlock", "EdgeSpec", "FlattenBlock", "FORMAT_VERSION", "FrozenBlock", "Graph",
+    "GraphSpec", "GrowthRecord", "IdentityBlock", "LinearBlock", "NodeSpec", "NormSpec", "PoolBlock",
     "get_activation", "make_norm_module",
 ]

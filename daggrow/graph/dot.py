@@ -16,6 +16,7 @@ digraph daggrow { ... }
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,7 +25,17 @@ from typing import TYPE_CHECKING, Any, Union
 import graphviz
 
 from ..errors import RenderError
-from .spec import FrozenBlock, GraphSpec, IdentityBlock, LinearBlock, NodeSpec
+from .spec import (
+    PARAMETER_FREE_KINDS,
+    ConvBlock,
+    FlattenBlock,
+    FrozenBlock,
+    GraphSpec,
+    IdentityBlock,
+    LinearBlock,
+    NodeSpec,
+    PoolBlock,
+)
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -53,13 +64,16 @@ def parameter_counts(graph: Union["Graph", GraphSpec]) -> dict[str, str]:
     """Edge name → parameter count as text ("?" for a frozen block known only by its spec)."""
     if not isinstance(graph, GraphSpec):
         return {e: str(sum(p.numel() for p in graph.module(e).parameters())) for e in graph.edges}
-    widths = {n.name: n.width for n in graph.nodes}
+    nodes = {n.name: n for n in graph.nodes}
     counts = {}
     for e in graph.edges:
+        u, v = nodes[e.source], nodes[e.target]
         if isinstance(e.block, LinearBlock):
-            d_u, d_v = widths[e.source], widths[e.target]
-            counts[e.name] = str(d_v * d_u + (d_v if e.block.bias else 0))
-        elif isinstance(e.block, IdentityBlock):
+            counts[e.name] = str(v.width * u.features + (v.width if e.block.bias else 0))
+        elif isinstance(e.block, ConvBlock):
+            kernel = math.prod(e.block.kernel_size)
+            counts[e.name] = str(v.width * (u.width // e.block.groups) * kernel + (v.width if e.block.bias else 0))
+        elif e.block.kind in PARAMETER_FREE_KINDS:
             counts[e.name] = "0"
         else:
             counts[e.name] = "?"
@@ -100,11 +114,19 @@ def to_dot(graph: Union["Graph", GraphSpec], *, highlight_step: int | None = Non
     for e in spec.edges:
         if isinstance(e.block, IdentityBlock):
             lines = ["identity" if e.block.scale == 1.0 else f"identity × {e.block.scale:g}"]
+        elif isinstance(e.block, ConvBlock):
+            lines = [f"conv{e.block.dim}d k{_size(e.block.kernel_size)} s{_size(e.block.stride)} "
+                     f"p{_size(e.block.padding)}", f"{counts[e.name]} params"]
+        elif isinstance(e.block, PoolBlock):
+            lines = [f"{e.block.op} pool " + (f"→ {_size(e.block.output_size)}" if e.block.op == "adaptive_avg"
+                                              else f"k{_size(e.block.kernel_size)} s{_size(e.block.stride)}")]
+        elif isinstance(e.block, FlattenBlock):
+            lines = ["flatten"]
         elif isinstance(e.block, FrozenBlock):
             lines = [f"frozen {e.block.module_type}", f"{counts[e.name]} params"]
         else:
             lines = [e.block.kind, f"{counts[e.name]} params"]
-        attrs = {"style": "dashed"} if isinstance(e.block, (IdentityBlock, FrozenBlock)) else {}
+        attrs = {"style": "dashed"} if e.block.kind in PARAMETER_FREE_KINDS | {"frozen"} else {}
         if e.name in new_edges:
             attrs.update(color=HIGHLIGHT, penwidth="2.5", fontcolor=HIGHLIGHT)
         dot.edge(_node_id(e.source), _node_id(e.target), _label(*lines), **attrs)
@@ -114,16 +136,25 @@ def to_dot(graph: Union["Graph", GraphSpec], *, highlight_step: int | None = Non
 def _node_look(node: NodeSpec, spec: GraphSpec) -> tuple[list[str], dict[str, Any]]:
     """Label lines and attributes of a node by its role (input, hidden, output)."""
     if node.name in spec.inputs:
-        return [node.name, f"input, width {node.width}"], dict(shape="invhouse", fillcolor="#d3f9d8",
+        return [node.name, f"input, {_size_of(node)}"], dict(shape="invhouse", fillcolor="#d3f9d8",
                                                                 color="#2b8a3e")
     act = node.activation + (f" + {node.norm.kind}" if node.norm else "")
-    lines = [node.name, f"width {node.width}", act]
+    lines = [node.name, _size_of(node), act]
     if node.dropout:
         lines.append(f"dropout {node.dropout:g}")
     if node.name in spec.outputs:
         lines[0] = f"{node.name} (output)"
         return lines, dict(shape="house", fillcolor="#d0ebff", color="#1864ab")
     return lines, {}
+
+
+def _size(values: tuple[int, ...]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else "×".join(map(str, values))
+
+
+def _size_of(node: NodeSpec) -> str:
+    """``width 8`` for a vector node, ``8 ch × 19`` / ``16 ch × 32×32`` for sequences/images."""
+    return f"width {node.width}" if not node.shape else f"{node.width} ch × {'×'.join(map(str, node.shape))}"
 
 
 def render(graph: Union["Graph", GraphSpec], path: str | Path, format: str = "svg", **options: Any) -> Path:

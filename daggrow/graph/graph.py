@@ -39,11 +39,12 @@ from ..errors import (
     WidthMismatchError,
 )
 from .activations import get_activation
+from .blocks import check_module, check_shapes, default_module
 from .spec import (
-    GROWABLE_KINDS,
+    is_growable,
     Block,
     EdgeSpec,
-    FrozenBlock,
+    FlattenBlock,
     GraphSpec,
     GrowthRecord,
     IdentityBlock,
@@ -56,10 +57,11 @@ if TYPE_CHECKING:
     from torch.fx import GraphModule
 
 
-def make_norm_module(norm: NormSpec, width: int) -> nn.Module:
-    """The torch module for a node's normalisation of ``width`` features."""
+def make_norm_module(norm: NormSpec, width: int, shape: tuple[int, ...] = ()) -> nn.Module:
+    """The torch module for a node's normalisation of ``width`` features (channels when the
+    node has a spatial ``shape``: BatchNorm1d for sequences, BatchNorm2d for images)."""
     if norm.kind == "batchnorm":
-        return nn.BatchNorm1d(
+        return (nn.BatchNorm2d if len(shape) == 2 else nn.BatchNorm1d)(
             width, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
             track_running_stats=norm.track_running_stats,
         )
@@ -73,7 +75,10 @@ def _block_from(block: str | Block, bias: bool) -> Block:
         return LinearBlock(bias=bias)
     if block == "identity":
         return IdentityBlock()
-    raise GraphError(f"unknown block {block!r}: use 'linear', 'identity' or a block spec object")
+    if block == "flatten":
+        return FlattenBlock()
+    raise GraphError(f"unknown block {block!r}: use 'linear', 'identity', 'flatten' or a block spec object "
+                     "such as ConvBlock(dim=2, kernel_size=3, padding=1)")
 
 
 class Graph:
@@ -91,9 +96,14 @@ class Graph:
         self.growth_log: list[GrowthRecord] = []
 
     # ------------------------------------------------------------------ building
-    def add_input(self, name: str, width: int) -> None:
-        """Declare an input tensor of ``width`` features (inputs are fed in declaration order)."""
-        self._insert_node(NodeSpec(name=name, width=width, born=self.step))
+    def add_input(self, name: str, width: int, shape: tuple[int, ...] = ()) -> None:
+        """Declare an input tensor of ``width`` features, or of ``width`` channels over a spatial
+        ``shape`` ((L,) for sequences, (H, W) for images); inputs are fed in declaration order."""
+        try:
+            spec = NodeSpec(name=name, width=width, shape=tuple(shape), born=self.step)
+        except ValueError as err:
+            raise GraphError(f"invalid input {name!r}: {err}") from None
+        self._insert_node(spec)
         self._inputs.append(name)
 
     def add_node(
@@ -102,14 +112,21 @@ class Graph:
         width: int,
         activation: str = "identity",
         *,
+        shape: tuple[int, ...] = (),
         activation_params: dict[str, float] | None = None,
         norm: NormSpec | Literal["batchnorm", "layernorm"] | None = None,
         dropout: float = 0.0,
     ) -> None:
-        """Add a hidden (or output) node: ``h = dropout(activation(norm(Σ in-edges)))``."""
+        """Add a hidden (or output) node: ``h = dropout(activation(norm(Σ in-edges)))``.
+
+        ``shape`` is the spatial shape of an image/sequence node (``width`` is then its channels).
+        """
         if isinstance(norm, str):
             norm = NormSpec(kind=norm)
-        spec = self._node_spec(name=name, width=width, activation=activation,
+        if norm is not None and norm.kind == "layernorm" and shape:
+            raise GraphError(f"node {name!r}: LayerNorm is supported on vector nodes only; use batchnorm "
+                             "on an image/sequence node")
+        spec = self._node_spec(name=name, width=width, shape=tuple(shape), activation=activation,
                                activation_params=dict(activation_params or {}), norm=norm,
                                dropout=dropout, born=self.step)
         self._insert_node(spec)
@@ -126,9 +143,11 @@ class Graph:
     ) -> str:
         """Join ``source`` to ``target`` with a block; returns the edge's name.
 
-        ``block`` is ``"linear"`` (default, a fresh ``nn.Linear`` unless ``module`` is given),
-        ``"identity"`` (a skip; widths must agree) or a block spec such as
-        ``FrozenBlock(...)`` together with its ``module``.
+        ``block`` is ``"linear"`` (default, a fresh ``nn.Linear`` unless ``module`` is given;
+        an image/sequence source is flattened first), ``"identity"`` (a skip; widths must
+        agree), ``"flatten"``, or a block spec such as ``ConvBlock(dim=2, kernel_size=3,
+        padding=1)``, ``PoolBlock(op="max", dim=2, kernel_size=2)`` or ``FrozenBlock(...)``
+        together with its ``module``.
         """
         block = _block_from(block, bias)
         name = name if name is not None else self._fresh_edge_name(source, target)
@@ -238,7 +257,7 @@ class Graph:
         return list(nx.lexicographical_topological_sort(self._nx, key=rank.__getitem__))
 
     def is_growable(self, edge: str) -> bool:
-        return self._require_edge(edge).block.kind in GROWABLE_KINDS
+        return is_growable(self._require_edge(edge).block)
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter of every edge and node norm, each once."""
@@ -323,7 +342,8 @@ class Graph:
             act = spec.activation + (f"+{spec.norm.kind}" if spec.norm else "")
             ins = ", ".join(
                 f"{e.source}[{e.block.kind},{_count(self._edge_modules[e.name])}]" for e in self.in_edges(n))
-            rows.append((n + role, str(spec.width), "-" if n in self._inputs else act, ins or "-"))
+            size = str(spec.width) + "".join(f"×{s}" for s in spec.shape)
+            rows.append((n + role, size, "-" if n in self._inputs else act, ins or "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -406,7 +426,7 @@ class Graph:
         self._nodes[spec.name] = spec
         self._nx.add_node(spec.name, spec=spec)
         if spec.norm is not None:
-            self._norm_modules[spec.name] = make_norm_module(spec.norm, spec.width)
+            self._norm_modules[spec.name] = make_norm_module(spec.norm, spec.width, spec.shape)
 
     def _attach_edge(self, spec: EdgeSpec, module: nn.Module) -> None:
         self._edges[spec.name] = spec
@@ -446,34 +466,13 @@ class Graph:
         self._check_edge_widths(spec)
 
     def _check_edge_widths(self, spec: EdgeSpec) -> None:
-        d_u, d_v = self._nodes[spec.source].width, self._nodes[spec.target].width
-        if isinstance(spec.block, IdentityBlock) and d_u != d_v:
-            raise WidthMismatchError(
-                f"identity edge {spec.name!r} joins {spec.source!r} (width {d_u}) to {spec.target!r} "
-                f"(width {d_v}); an identity needs equal widths: use a linear block instead")
+        check_shapes(spec.block, self._nodes[spec.source], self._nodes[spec.target], spec.name)
 
     def _default_module(self, spec: EdgeSpec) -> nn.Module:
-        d_u, d_v = self._nodes[spec.source].width, self._nodes[spec.target].width
-        if isinstance(spec.block, LinearBlock):
-            return nn.Linear(d_u, d_v, bias=spec.block.bias)
-        if isinstance(spec.block, IdentityBlock):
-            return nn.Identity()
-        raise GraphError(f"edge {spec.name!r} is a {spec.block.kind} block: pass its module=")
+        return default_module(spec.block, self._nodes[spec.source], self._nodes[spec.target])
 
     def _check_edge_module(self, spec: EdgeSpec, module: nn.Module) -> None:
-        if isinstance(spec.block, LinearBlock):
-            d_u, d_v = self._nodes[spec.source].width, self._nodes[spec.target].width
-            if not isinstance(module, nn.Linear):
-                raise GraphError(f"linear edge {spec.name!r} needs an nn.Linear, got {type(module).__name__}")
-            if tuple(module.weight.shape) != (d_v, d_u):
-                raise WidthMismatchError(
-                    f"linear edge {spec.name!r} from {spec.source!r} (width {d_u}) to {spec.target!r} "
-                    f"(width {d_v}) needs a weight of shape ({d_v}, {d_u}), got {tuple(module.weight.shape)}")
-            if (module.bias is not None) != spec.block.bias:
-                raise GraphError(f"linear edge {spec.name!r}: the block says bias={spec.block.bias} "
-                                 f"but the module {'has' if module.bias is not None else 'has no'} bias")
-        elif isinstance(spec.block, FrozenBlock) and not isinstance(module, nn.Module):
-            raise GraphError(f"frozen edge {spec.name!r} needs an nn.Module")
+        check_module(spec.block, module, self._nodes[spec.source], self._nodes[spec.target], spec.name)
 
     def __deepcopy__(self, memo: dict) -> "Graph":
         new = Graph.__new__(Graph)

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..errors import DaggrowError, PersistenceError
 from .graph import make_norm_module
-from .spec import FORMAT_VERSION, FrozenBlock, GraphSpec, LinearBlock
+from .blocks import default_module
+from .spec import FORMAT_VERSION, ConvBlock, FrozenBlock, GraphSpec, LinearBlock
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -273,23 +274,22 @@ def _rebuild(folder: Path, saved: SavedGraph, tensors: dict[str, torch.Tensor],
     for node in spec.nodes:
         g.step = node.born
         if node.name in spec.inputs:
-            g.add_input(node.name, node.width)
+            g.add_input(node.name, node.width, node.shape)
             continue
-        g.add_node(node.name, node.width, node.activation, activation_params=node.activation_params,
-                   norm=node.norm, dropout=node.dropout)
+        g.add_node(node.name, node.width, node.activation, shape=node.shape,
+                   activation_params=node.activation_params, norm=node.norm, dropout=node.dropout)
         if node.norm is not None:
             with torch.device("meta"):
-                norm = make_norm_module(node.norm, node.width)
+                norm = make_norm_module(node.norm, node.width, node.shape)
             _load_state(norm, f"norm:{node.name}.", tensors, saved)
             g._replace_node(g.node(node.name), norm)
-    widths = {n.name: n.width for n in spec.nodes}
     for edge in spec.edges:
         g.step = edge.born
-        g.node(edge.source), g.node(edge.target)  # unknown names: a clear error before any shape talk
+        source, target = g.node(edge.source), g.node(edge.target)  # unknown names: a clear error first
         module = None
-        if isinstance(edge.block, LinearBlock):
+        if isinstance(edge.block, (LinearBlock, ConvBlock)):
             with torch.device("meta"):
-                module = nn.Linear(widths[edge.source], widths[edge.target], bias=edge.block.bias)
+                module = default_module(edge.block, source, target)
             _load_state(module, f"edge:{edge.name}.", tensors, saved)
         elif isinstance(edge.block, FrozenBlock):
             module = frozen[edge.name]

@@ -7,9 +7,9 @@ The specs hold no tensors; the graph keeps each edge's ``nn.Module`` beside its 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FORMAT_VERSION = 1
 
@@ -19,10 +19,93 @@ class _Frozen(BaseModel):
 
 
 class LinearBlock(_Frozen):
-    """``f(h) = W h + b``; W has shape (width of target, width of source). Growable."""
+    """``f(h) = W h + b``; W has shape (width of target, features of source). Growable.
+
+    A source with a spatial shape (an image or sequence node) is flattened first, channel-major
+    (``torch.flatten(h, 1)``), so "conv → flatten → linear" is one linear edge.
+    """
 
     kind: Literal["linear"] = "linear"
     bias: bool = True
+
+
+def _tuple(value: int | tuple[int, ...] | list[int], dim: int, name: str) -> tuple[int, ...]:
+    out = (value,) * dim if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(out) != dim:
+        raise ValueError(f"{name} needs {dim} entries for a {dim}-d block, got {value!r}")
+    return out
+
+
+class ConvBlock(_Frozen):
+    """``nn.Conv1d`` / ``nn.Conv2d`` from one image/sequence node to another. Growable when
+    ``groups == 1`` (new channels are new output rows / input columns of the kernel)."""
+
+    kind: Literal["conv"] = "conv"
+    dim: Literal[1, 2]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = Field(default=1, ge=1)
+    bias: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dim" in data:
+            dim = int(data["dim"])
+            data = dict(data)
+            for name, default in (("kernel_size", None), ("stride", 1), ("padding", 0), ("dilation", 1)):
+                value = data.get(name, default)
+                if value is None:
+                    raise ValueError("a conv block needs kernel_size")
+                data[name] = _tuple(value if value != () else default, dim, name)
+        return data
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Spatial output shape for a spatial input shape (PyTorch's formula)."""
+        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
+                     zip(shape, self.kernel_size, self.stride, self.padding, self.dilation))
+
+
+class PoolBlock(_Frozen):
+    """A parameter-free pooling: ``max``/``avg`` (kernel, stride, padding) or ``adaptive_avg``
+    (``output_size``), 1-d or 2-d; channels pass through unchanged."""
+
+    kind: Literal["pool"] = "pool"
+    op: Literal["max", "avg", "adaptive_avg"]
+    dim: Literal[1, 2]
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    output_size: tuple[int, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dim" in data:
+            dim, data = int(data["dim"]), dict(data)
+            if data.get("op") == "adaptive_avg":
+                data["output_size"] = _tuple(data.get("output_size", 1), dim, "output_size")
+            else:
+                if "kernel_size" not in data:
+                    raise ValueError("a max/avg pool needs kernel_size")
+                data["kernel_size"] = _tuple(data["kernel_size"], dim, "kernel_size")
+                stride = data.get("stride") or data["kernel_size"]
+                data["stride"] = _tuple(stride, dim, "stride")
+                data["padding"] = _tuple(data.get("padding", 0), dim, "padding")
+        return data
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.op == "adaptive_avg":
+            return self.output_size
+        return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(shape, self.kernel_size, self.stride, self.padding))
+
+
+class FlattenBlock(_Frozen):
+    """``torch.flatten(h, 1)``: an image/sequence node to a vector node of C·Π(shape) features."""
+
+    kind: Literal["flatten"] = "flatten"
 
 
 class IdentityBlock(_Frozen):
@@ -39,14 +122,21 @@ class FrozenBlock(_Frozen):
     module_type: str = "Module"
 
 
-Block = Annotated[Union[LinearBlock, IdentityBlock, FrozenBlock], Field(discriminator="kind")]
-GROWABLE_KINDS = frozenset({"linear"})
+Block = Annotated[Union[LinearBlock, ConvBlock, IdentityBlock, PoolBlock, FlattenBlock, FrozenBlock],
+                  Field(discriminator="kind")]
+GROWABLE_KINDS = frozenset({"linear", "conv"})
+PARAMETER_FREE_KINDS = frozenset({"identity", "pool", "flatten"})
+
+
+def is_growable(block: "Block") -> bool:
+    """Linear blocks, and convolutions with ``groups == 1``."""
+    return block.kind in GROWABLE_KINDS and getattr(block, "groups", 1) == 1
 
 
 class NormSpec(_Frozen):
     """A normalisation applied to the node's pre-activation sum, before the activation."""
 
-    kind: Literal["batchnorm", "layernorm"]
+    kind: Literal["batchnorm", "layernorm"]  # batchnorm: 1-d for vectors and sequences, 2-d for images
     eps: float = 1e-5
     momentum: float | None = 0.1
     affine: bool = True
@@ -55,12 +145,28 @@ class NormSpec(_Frozen):
 
 class NodeSpec(_Frozen):
     name: str
-    width: int = Field(ge=1)
+    width: int = Field(ge=1)             # features of a vector node; channels of an image/sequence node
+    shape: tuple[int, ...] = ()          # spatial shape: () vector, (L,) sequence, (H, W) image
     activation: str = "identity"
     activation_params: dict[str, float] = Field(default_factory=dict)
     norm: NormSpec | None = None
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     born: int = 0  # growth step that created the node (0: the starting graph)
+
+    @property
+    def features(self) -> int:
+        """Numbers per sample: width × Π(shape)."""
+        out = self.width
+        for s in self.shape:
+            out *= s
+        return out
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) > 2 or any(s < 1 for s in shape):
+            raise ValueError(f"shape must be () , (L,) or (H, W) with positive sizes, got {shape}")
+        return shape
 
     @field_validator("name")
     @classmethod
