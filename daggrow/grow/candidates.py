@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from ..graph.spec import GROWABLE_KINDS
+from ..graph.spec import is_growable
 from ..stats import StatisticsPlan, plan_for
+from ..stats.plan import full_kernel
+from ..stats.views import edge_view
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -48,7 +50,8 @@ class Candidate:
 
 
 def expandable(graph: "Graph", node: str) -> bool:
-    """A hidden node whose in- and out-edges are all growable, that a new neuron can't break.
+    """A hidden node whose in- and out-edges are all growable (linear, conv with groups=1), that a
+    new neuron can't break. An image/sequence node's out-edges must share one geometry.
 
     LayerNorm nodes are excluded: a new feature would change the mean and variance that the
     existing features are normalised by, so even amplitude 0 would change the function.
@@ -61,8 +64,10 @@ def expandable(graph: "Graph", node: str) -> bool:
     ins, outs = graph.in_edges(node), graph.out_edges(node)
     if not ins or not outs:
         return False
-    if any(e.block.kind not in GROWABLE_KINDS for e in ins + outs):
+    if not all(is_growable(e.block) for e in ins + outs):
         return False
+    if spec.shape and len({edge_view(graph, e).key for e in outs}) > 1:
+        return False  # new channels share one S only when every out-edge has the same geometry
     return len({e.target for e in outs}) == len(outs)
 
 
@@ -97,18 +102,26 @@ def enumerate_candidates(
         return out
     for u in order:
         for v in order:
-            if u == v or v in graph.inputs or graph.is_ancestor(v, u):
+            if u == v or v in graph.inputs or graph.node(v).shape or graph.is_ancestor(v, u):
                 continue
             if max_fan_in is not None and len(graph.in_edges(v)) >= max_fan_in:
                 continue
             if "new_node" in pair_kinds and (max_nodes is None or len(graph) < max_nodes):
                 out.append(Candidate("new_node", (u,), (v,)))
             if "new_edge" in pair_kinds and not any(
-                    e.target == v and e.block.kind in GROWABLE_KINDS for e in graph.out_edges(u)):
+                    e.target == v and is_growable(e.block) for e in graph.out_edges(u)):
                 out.append(Candidate("new_edge", (u,), (v,)))
     return out
 
 
 def statistics_plan(graph: "Graph", candidates: Iterable[Candidate]) -> StatisticsPlan:
     """The moments one pass must collect for Ψ of every node and for every candidate."""
-    return plan_for(graph, [(c.sources, c.targets) for c in candidates])
+    from .propose import source_keys
+
+    vector, channels = [], []
+    for c in candidates:
+        if c.kind == "expand_node" and graph.node(c.node).shape:
+            channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
+        else:
+            vector.append((source_keys(graph, c), c.targets))
+    return plan_for(graph, vector, full_kernels=channels)

@@ -127,7 +127,10 @@ class ScaledChange:
                     if m.bias is not None:
                         self._keep(m.bias, rows, 0.5)
                 for e in self.graph.out_edges(node):
-                    self._keep(self.graph.module(e.name).weight, (slice(None), slice(start, stop)), 0.5)
+                    weight = self.graph.module(e.name).weight
+                    # a linear edge that flattens an image node holds P columns per channel
+                    rest = weight.shape[1] // stop if weight.ndim == 2 else 1
+                    self._keep(weight, (slice(None), slice(start * rest, stop * rest)), 0.5)
             if record.action == "new_edge":
                 for name in record.edges:
                     for p in self.graph.module(name).parameters():

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Iterable, Literal
 import torch
 
 from ..errors import GraphError
-from ..graph.spec import GROWABLE_KINDS
+from ..graph.spec import is_growable
 from ..solve import BestUpdate, Decomposition, activation_layout, best_update, solve_neurons, sym_pinv_sqrt
 from ..solve import new_edge as solve_new_edge
 from ..stats import Statistics, update_sources
+from ..stats.plan import full_kernel
+from ..stats.views import edge_view
 from .candidates import KINDS, Candidate, Kind, enumerate_candidates
 
 if TYPE_CHECKING:
@@ -108,7 +110,16 @@ class Proposal:
 
 
 def _has_bias(graph: "Graph", node: str) -> bool:
-    return any(e.block.kind in GROWABLE_KINDS and e.block.bias for e in graph.in_edges(node))
+    return any(is_growable(e.block) and e.block.bias for e in graph.in_edges(node))
+
+
+def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
+    """The views a candidate's fan-in reads (MATH §5): its in-edges' views when it widens a node,
+    else its source node (flattened when it is an image/sequence node)."""
+    if cand.kind == "expand_node":
+        return [edge_view(graph, graph.edge(e)).key for e in cand.in_edges]
+    u = cand.sources[0]
+    return [u if not graph.node(u).shape else f"{u}|flatten"]
 
 
 def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[str], bias: bool, rel_tol: float,
@@ -130,8 +141,8 @@ def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[st
 def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10,
                 memo: dict | None = None) -> NodeUpdate:
     """δW* at ``node``, jointly over its linear in-edges (MATH §4)."""
-    edges = [e for e in graph.in_edges(node) if e.block.kind in GROWABLE_KINDS]
-    sources = [e.source for e in edges]
+    edges = [e for e in graph.in_edges(node) if is_growable(e.block)]
+    sources = update_sources(graph, node)
     bias = _has_bias(graph, node)
     g = stats.grad_energy(node)
     if not sources and not bias:
@@ -142,8 +153,8 @@ def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1
     sol = best_update(S, M, g, rel_tol=rel_tol, decomposition=decomposition)
     split: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     offset, bias_given = 0, False
-    for e in edges:
-        d = graph.node(e.source).width
+    for e, key in zip(edges, sources):
+        d = stats.widths[key]
         db = None
         if e.block.bias and not bias_given:
             db, bias_given = sol.delta[:, -1], True
@@ -207,20 +218,23 @@ def propose(
 
 def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_node_activation,
                  rel_threshold, rel_tol, generator, memo, unprojected_fallback) -> Proposal | None:
-    sources, targets = list(cand.sources), list(cand.targets)
+    sources, targets = source_keys(graph, cand), list(cand.targets)
     bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
-    S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
-    M = stats.grad_moment(sources, targets, bias)
-    blocks = []
-    for v in targets:
-        upd = update(v)
-        in_sources = update_sources(graph, v)
-        if upd.solution.delta.shape[1] == 0:
-            blocks.append(stats.grad_moment(sources, [v], bias))
-            continue
-        P = stats.moment(sources, in_sources, bias, _has_bias(graph, v))
-        blocks.append(stats.grad_moment(sources, [v], bias) - P @ upd.solution.delta.T.to(P.dtype))
-    N = torch.cat(blocks, 1)
+    if cand.kind == "expand_node" and graph.node(cand.node).shape:
+        S, decomposition, M, N = _channel_problem(graph, stats, cand, update, bias, rel_tol, memo)
+    else:
+        S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
+        M = stats.grad_moment(sources, targets, bias)
+        blocks = []
+        for v in targets:
+            upd = update(v)
+            in_sources = update_sources(graph, v)
+            if upd.solution.delta.shape[1] == 0:
+                blocks.append(stats.grad_moment(sources, [v], bias))
+                continue
+            P = stats.moment(sources, in_sources, bias, _has_bias(graph, v))
+            blocks.append(stats.grad_moment(sources, [v], bias) - P @ upd.solution.delta.T.to(P.dtype))
+        N = torch.cat(blocks, 1)
     target_updates = {v: update(v) for v in dict.fromkeys(targets)}
     # below this bottleneck decrease a direction is float64 round-off, not a real gain
     min_decrease = ROUND_OFF * sum(stats.grad_energy(v) for v in targets)
@@ -259,12 +273,41 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
                     projected=projected)
 
 
+def _channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update, bias: bool, rel_tol: float,
+                     memo: dict) -> tuple[torch.Tensor, Decomposition, torch.Tensor, torch.Tensor]:
+    """(S, decomposition, M, N) for new channels in an image/sequence node (MATH §7).
+
+    Each out-edge's offsets o are extra observations of S (its border-aware weighted covariance);
+    columns (c, o) of M and N pair target channel c with offset o, and
+    N[:, (c, o)] = M[:, (c, o)] − Σ_j P[j, :, o] δW*[c, j] projects out the target's best update.
+    The out-edges share one S (``expandable`` requires one geometry), so one SVD serves them all.
+    """
+    blocks_m, blocks_n, S = [], [], None
+    keep = slice(None) if bias else slice(0, -1)
+    for e in cand.out_edges:
+        fk = full_kernel(graph, cand.node, e)
+        S_e, M_e, P_e = stats.full_kernel_moments(fk.key)
+        S = S_e if S is None else S
+        M_e = M_e.flatten(2)                                                 # C_v × D × offsets
+        upd = update(fk.target)
+        delta = upd.solution.delta.to(M_e.dtype)                             # C_v × (D_T [+1])
+        P_e = P_e.flatten(2)[: delta.shape[1]] if _has_bias(graph, fk.target) else P_e.flatten(2)[:-1]
+        N_e = M_e - torch.einsum("jdo,cj->cdo", P_e[: delta.shape[1]], delta) if delta.shape[1] else M_e
+        blocks_m.append(M_e[:, keep].permute(1, 0, 2).reshape(M_e[:, keep].shape[1], -1))
+        blocks_n.append(N_e[:, keep].permute(1, 0, 2).reshape(N_e[:, keep].shape[1], -1))
+    S = S[keep, keep]
+    key = ("channels", cand.node, bias, rel_tol)
+    if key not in memo:
+        memo[key] = sym_pinv_sqrt(S, rel_tol)
+    return S, memo[key], torch.cat(blocks_m, 1), torch.cat(blocks_n, 1)
+
+
 def _stacked_fan_in(graph: "Graph", cand: Candidate, bias: bool) -> torch.Tensor:
     """The existing neurons' fan-in as (Σd_U [+1]) × d_w, rows aligned with the candidate's B_U."""
     blocks, bias_col = [], None
     for e in cand.in_edges:
         m = graph.module(e)
-        blocks.append(m.weight.detach().double().T)
+        blocks.append(m.weight.detach().double().flatten(1).T)
         if m.bias is not None:
             bias_col = m.bias.detach().double()[None, :] if bias_col is None else bias_col + m.bias.detach().double()
     if bias:
@@ -296,7 +339,7 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
     cand = proposal.candidate
     if cand.kind == "new_edge":
         w = proposal.weight * amplitude
-        d_u = graph.node(cand.sources[0]).width
+        d_u = graph.node(cand.sources[0]).features
         new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step)
     else:
         layout = activation_layout(proposal.activation, proposal.activation_params)
@@ -306,7 +349,7 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
             new = rewrite.add_neurons(graph, cand.node, *_split_expansion(graph, cand, fan_in, fan_out,
                                                                           proposal.bias), step=step)
         else:
-            d_u = graph.node(cand.sources[0]).width
+            d_u = graph.node(cand.sources[0]).features
             new = rewrite.new_node(graph, cand.sources[0], cand.targets[0], proposal.node_name,
                                    fan_in[:, :d_u], fan_out, fan_in[:, d_u], activation=proposal.activation,
                                    activation_params=proposal.activation_params, step=step)
@@ -322,17 +365,24 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
 
 
 def _split_expansion(graph: "Graph", cand: Candidate, fan_in: torch.Tensor, fan_out: torch.Tensor, bias: bool):
+    """Cut the stacked fan-in (K' × D) and fan-out (Σ targets × K') into per-edge tensors shaped
+    like the new rows of each in-edge weight and the new channel columns of each out-edge."""
     fan_in_by_edge, bias_by_edge, offset = {}, {}, 0
+    k = fan_in.shape[0]
     for e in cand.in_edges:
-        d = graph.node(graph.edge(e).source).width
-        fan_in_by_edge[e] = fan_in[:, offset: offset + d]
+        weight = graph.module(e).weight
+        d = weight[0].numel()
+        fan_in_by_edge[e] = fan_in[:, offset: offset + d].reshape(k, *weight.shape[1:])
         offset += d
     if bias:
         first = next(e for e in cand.in_edges if graph.edge(e).block.bias)
         bias_by_edge[first] = fan_in[:, offset]
     fan_out_by_edge, offset = {}, 0
+    width = graph.node(cand.node).width
     for e in cand.out_edges:
-        d = graph.node(graph.edge(e).target).width
-        fan_out_by_edge[e] = fan_out[offset: offset + d]
-        offset += d
+        weight = graph.module(e).weight
+        rows, rest = weight.shape[0], weight[0].numel() // width  # rest: kernel offsets or flattened positions
+        block = fan_out[offset: offset + rows * rest].reshape(rows, rest, k).transpose(1, 2)
+        fan_out_by_edge[e] = block.reshape(rows, k, *weight.shape[2:]) if weight.ndim > 2 else block.reshape(rows, -1)
+        offset += rows * rest
     return fan_in_by_edge, fan_out_by_edge, bias_by_edge

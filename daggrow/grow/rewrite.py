@@ -15,11 +15,31 @@ import torch
 from torch import nn
 
 from ..errors import GraphError
-from ..graph.spec import GrowthRecord, LinearBlock
+from ..graph.spec import GrowthRecord, is_growable
 from .candidates import expandable
 
 if TYPE_CHECKING:
     from ..graph import Graph
+
+
+def _rebuilt(old: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A module of ``old``'s kind (Linear or ConvNd, same geometry) holding ``weight`` and ``bias``."""
+    if isinstance(old, nn.Linear):
+        return _linear(weight, bias)
+    layer = type(old)(weight.shape[1] * old.groups, weight.shape[0], old.kernel_size, stride=old.stride,
+                      padding=old.padding, dilation=old.dilation, groups=old.groups, bias=bias is not None,
+                      device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def _by_channel(weight: torch.Tensor, width: int) -> torch.Tensor:
+    """An out-edge weight as (rows, channels of the source, rest): rest is 1 for a linear edge from
+    a vector node, the kernel offsets of a conv, the flattened positions of a linear from an image."""
+    return weight.reshape(weight.shape[0], width, -1)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -51,41 +71,57 @@ def add_neurons(
     step: int | None = None,
     action: str = "expand_node",
 ) -> "Graph":
-    """Append K neurons to ``node``: rows ``fan_in[e]`` (K × d_u) on every in-edge e, columns
-    ``fan_out[e]`` (d_v × K) on every out-edge e, and new bias entries ``bias[e]`` (K,) (zero
-    where not given). Edges left out of ``fan_in``/``fan_out`` get zeros. A BatchNorm at the
-    node gains identity entries (weight 1, bias 0, running mean 0, running variance 1).
+    """Append K neurons (channels, for an image/sequence node) to ``node``: rows ``fan_in[e]``
+    (K × the rest of e's weight shape: K × d_u for a linear edge, K × C_u × k for a conv) on every
+    in-edge e, columns ``fan_out[e]`` on every out-edge e (d_v × K for a linear edge, C_v × K × k
+    for a conv, d_v × K·P channel-major for a linear edge that flattens ``node``), and new bias
+    entries ``bias[e]`` (K,) (zero where not given). Edges left out of ``fan_in``/``fan_out`` get
+    zeros. A BatchNorm at the node gains identity entries (weight 1, bias 0, running mean 0,
+    running variance 1).
     """
     if not expandable(graph, node):
         raise GraphError(f"node {node!r} cannot gain neurons: it must be a hidden node whose in- and out-edges "
-                         "are all linear, without LayerNorm, and with at most one out-edge per target")
+                         "are all linear or conv (groups=1), without LayerNorm, with at most one out-edge per "
+                         "target and, for an image/sequence node, one geometry for all out-edges")
     ins, outs = graph.in_edges(node), graph.out_edges(node)
     names_in, names_out = {e.name for e in ins}, {e.name for e in outs}
     stray = (set(fan_in) - names_in) | (set(fan_out) - names_out) | (set(bias or {}) - names_in)
     if stray:
         raise GraphError(f"edges {sorted(stray)} are not in-/out-edges of {node!r}")
-    sizes = {t.shape[0] for t in fan_in.values()} | {t.shape[1] for t in fan_out.values()}
+    width = graph.node(node).width
+    rests = {e: graph.module(e).weight[0].numel() // width for e in fan_out}
+    sizes = {t.shape[0] for t in fan_in.values()} | {t[0].numel() // rests[e] for e, t in fan_out.items()}
     if len(sizes) != 1:
         raise GraphError(f"fan-in and fan-out disagree on the number of new neurons: {sorted(sizes)}")
     k = sizes.pop()
     new = graph.copy()
     new.step = graph.step if step is None else step
-    width = graph.node(node).width
     for e in ins:
         old = graph.module(e.name)
-        rows = _like(fan_in[e.name], old.weight) if e.name in fan_in else old.weight.new_zeros(k, old.weight.shape[1])
+        shape = (k, *old.weight.shape[1:])
+        rows = _like(fan_in[e.name], old.weight) if e.name in fan_in else old.weight.new_zeros(shape)
+        if tuple(rows.shape) != shape:
+            raise GraphError(f"fan-in of edge {e.name!r} has shape {tuple(rows.shape)}, expected {shape}")
         b = None
         if old.bias is not None:
             extra = _like(bias[e.name], old.bias) if bias and e.name in bias else old.bias.new_zeros(k)
             b = torch.cat([old.bias.detach(), extra])
         elif bias and e.name in bias:
             raise GraphError(f"edge {e.name!r} has no bias; cannot give the new neurons a bias through it")
-        new._replace_edge_module(e.name, _linear(torch.cat([old.weight.detach(), rows]), b))
+        new._replace_edge_module(e.name, _rebuilt(old, torch.cat([old.weight.detach(), rows]), b))
     for e in outs:
         old = graph.module(e.name)
-        cols = _like(fan_out[e.name], old.weight) if e.name in fan_out else old.weight.new_zeros(old.weight.shape[0], k)
-        new._replace_edge_module(e.name, _linear(torch.cat([old.weight.detach(), cols], 1),
-                                                 None if old.bias is None else old.bias.detach().clone()))
+        grouped = _by_channel(old.weight.detach(), width)
+        if e.name in fan_out:
+            cols = _like(fan_out[e.name], old.weight)
+            if cols.numel() != grouped.shape[0] * k * grouped.shape[2]:
+                raise GraphError(f"fan-out of edge {e.name!r} has shape {tuple(cols.shape)}: expected "
+                                 f"{grouped.shape[0]} × {k} × {grouped.shape[2]} values")
+            cols = cols.reshape(grouped.shape[0], k, grouped.shape[2])
+        else:
+            cols = grouped.new_zeros(grouped.shape[0], k, grouped.shape[2])
+        weight = torch.cat([grouped, cols], 1).reshape(old.weight.shape[0], -1, *old.weight.shape[2:])
+        new._replace_edge_module(e.name, _rebuilt(old, weight, None if old.bias is None else old.bias.detach().clone()))
     spec = graph.node(node)
     new._replace_node(spec.model_copy(update={"width": width + k}), _widen_norm(graph.norm_module(node), k))
     return _finish(new, GrowthRecord(step=new.step, action=action, nodes=[node], neurons={node: (width, width + k)}))
@@ -154,21 +190,24 @@ def new_edge(graph: "Graph", source: str, target: str, weight: torch.Tensor, bia
 
 def update_weights(graph: "Graph", deltas: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
                    *, step: int | None = None, record: bool = True) -> "Graph":
-    """Add ``(δW, δb)`` to the weights of linear edges (the best update of MATH §4).
+    """Add ``(δW, δb)`` to the weights of linear or conv edges (the best update of MATH §4; a
+    conv's δW may be given as a (C_v × C_u·Πk) matrix over unfolded patches).
 
     ``record=False`` when the update is part of a growth step that already has its record."""
     new = graph.copy()
     new.step = graph.step if step is None else step
     for name, (dw, db) in deltas.items():
-        if not isinstance(graph.edge(name).block, LinearBlock):
-            raise GraphError(f"edge {name!r} is not linear; only linear edges take a best update")
+        if not is_growable(graph.edge(name).block):
+            raise GraphError(f"edge {name!r} is a {graph.edge(name).block.kind} block; only linear and conv "
+                             "(groups=1) edges take a best update")
         old = graph.module(name)
-        if tuple(dw.shape) != tuple(old.weight.shape):
+        if tuple(dw.shape) != tuple(old.weight.shape) and tuple(dw.shape) != (old.weight.shape[0], old.weight[0].numel()):
             raise GraphError(f"update of edge {name!r} has shape {tuple(dw.shape)}, weight is {tuple(old.weight.shape)}")
+        dw = dw.reshape(old.weight.shape)
         if db is not None and old.bias is None:
             raise GraphError(f"edge {name!r} has no bias to update")
         b = None if old.bias is None else old.bias.detach() + (_like(db, old.bias) if db is not None else 0)
-        new._replace_edge_module(name, _linear(old.weight.detach() + _like(dw, old.weight), b))
+        new._replace_edge_module(name, _rebuilt(old, old.weight.detach() + _like(dw, old.weight), b))
     if not record:
         new.validate(complete=True)
         return new
@@ -191,11 +230,12 @@ def remove_neurons(graph: "Graph", node: str, indices: Sequence[int], *, step: i
     for e in graph.in_edges(node):
         old = graph.module(e.name)
         k = keep.to(old.weight.device)
-        new._replace_edge_module(e.name, _linear(old.weight.detach()[k], None if old.bias is None else old.bias.detach()[k]))
+        new._replace_edge_module(e.name, _rebuilt(old, old.weight.detach()[k], None if old.bias is None else old.bias.detach()[k]))
     for e in graph.out_edges(node):
         old = graph.module(e.name)
         k = keep.to(old.weight.device)
-        new._replace_edge_module(e.name, _linear(old.weight.detach()[:, k], None if old.bias is None else old.bias.detach().clone()))
+        weight = _by_channel(old.weight.detach(), width)[:, k].reshape(old.weight.shape[0], -1, *old.weight.shape[2:])
+        new._replace_edge_module(e.name, _rebuilt(old, weight, None if old.bias is None else old.bias.detach().clone()))
     norm = graph.norm_module(node)
     if norm is not None:
         norm = _select_norm(norm, keep)

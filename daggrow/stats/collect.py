@@ -9,14 +9,15 @@ the model's dtype, added into float64 sums; nothing of a batch outlives its iter
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
 from ..errors import StatisticsError
 from .losses import LossLike, per_sample_loss
-from .plan import StatisticsPlan, plan_for
+from .plan import FullKernel, StatisticsPlan, plan_for
 from .statistics import Statistics, empty_statistics
+from .views import View, as_rows, positions
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -64,17 +65,22 @@ def collect_statistics(
     device = torch.device(device) if device is not None else graph_device(graph)
     module = graph.compile(taps=True)
     flags = [(m, m.training) for m in module.modules()]
-    widths = {n: s.width for n, s in graph.nodes.items()}
+    views = plan.views
+    widths = {t: graph.node(t).width for t in plan.grads}
+    widths.update({k: views[k].features(graph) for k in plan.values})
     stats = empty_statistics(widths, plan.values, plan.value_pairs, plan.grads, plan.grad_pairs, device=device)
+    stats.positions = {t: positions(graph, t) for t in plan.grads}
+    stats.positions.update({k: _view_positions(graph, views[k]) for k in plan.values})
+    kernels = [_KernelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]
     grads_order = sorted(plan.grads)
-    inputs = set(graph.inputs)
+    inputs = {k for k in plan.values if views[k].node in graph.inputs}
     copied = set()
     if reuse is not None:
         for u, w in plan.value_pairs:
             if u in inputs and w in inputs and (u, w) in reuse.hh:
                 stats.hh[(u, w)].copy_(reuse.hh[(u, w)])
                 copied.add((u, w))
-        for u in plan.values & inputs:
+        for u in inputs:
             if u in reuse.h:
                 stats.h[u].copy_(reuse.h[u])
         stats.data_cache.update(reuse.data_cache)
@@ -103,7 +109,7 @@ def collect_statistics(
         return hook
 
     taps = module.daggrow_tap_attrs
-    for node in plan.values:
+    for node in {views[k].node for k in plan.values}:
         handles.append(module.get_submodule(taps[(node, "value")]).register_forward_hook(value_hook(node)))
     for node in plan.grads:
         handles.append(module.get_submodule(taps[(node, "pre")]).register_forward_hook(pre_hook(node)))
@@ -133,12 +139,20 @@ def collect_statistics(
                     raise StatisticsError(f"batch {index}: the loss is NaN or infinite")
                 zs = [pre[t] for t in grads_order]
                 grads = torch.autograd.grad(losses.sum(), zs, allow_unused=True) if zs else []
-            moves = {t: (-g if g is not None else torch.zeros_like(z)).flatten(1)
+            moves = {t: (-g if g is not None else torch.zeros_like(z)).detach()
                      for t, z, g in zip(grads_order, zs, grads)}
-            _accumulate(stats, {k: v.flatten(1) for k, v in values.items()}, moves,
-                        pairs_by_source, grads_by_source, compute_dtype,
-                        skip_sums=inputs if reuse is not None else set())
-            stats.n += xs[0].shape[0]
+            n = xs[0].shape[0]
+            for lo in range(0, n, chunk := _chunk_size(n, plan, stats)):
+                part = slice(lo, lo + chunk)
+                vals = {k: v[part] for k, v in values.items()}
+                mov = {t: m[part] for t, m in moves.items()}
+                rows = {k: views[k].rows(vals[views[k].node]) for k in plan.values}
+                _accumulate(stats, rows, {t: as_rows(m) for t, m in mov.items()},
+                            pairs_by_source, grads_by_source, compute_dtype,
+                            skip_sums=inputs if reuse is not None else set())
+                for sums in kernels:
+                    sums.add(vals, mov, compute_dtype)
+            stats.n += n
     finally:
         for h in handles:
             h.remove()
@@ -177,3 +191,75 @@ def _add_products(left: torch.Tensor, rights: list[torch.Tensor], sums: list[tor
     for s in sums:
         s += product[:, offset: offset + s.shape[1]]
         offset += s.shape[1]
+
+
+ROWS_PER_CHUNK = 1 << 24  # values per view tensor of one chunk (64 MB in float32)
+
+
+def _chunk_size(n: int, plan: StatisticsPlan, stats: Statistics) -> int:
+    """Samples per chunk, so that the unfolded patches of a chunk stay within ROWS_PER_CHUNK."""
+    widest = max([stats.positions[k] * (stats.widths[k] + 1) for k in plan.values] + [1])
+    for fk in plan.full_kernels.values():
+        widest = max(widest, stats.positions[fk.sources[0]] * sum(stats.widths[k] + 1 for k in fk.sources))
+    return max(1, min(n, ROWS_PER_CHUNK // widest))
+
+
+def _view_positions(graph: "Graph", view: View) -> int:
+    if view.kind != "patches":
+        return 1
+    shape = graph.node(view.node).shape
+    out = 1
+    for s, k, st, p, d in zip(shape, view.kernel, view.stride, view.padding, view.dilation):
+        out *= (s + 2 * p - d * (k - 1) - 1) // st + 1
+    return out
+
+
+class _KernelSums:
+    """Streams the sums of one new-channel expansion (MATH §7) with conv weight-gradient ops:
+    the (samples × positions × offsets × D) tensor of shifted patches is never built."""
+
+    def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,
+                 device: torch.device) -> None:
+        self.fk, self.views = fk, views
+        ov = fk.out_view
+        self.node_shape, self.target_shape = graph.node(fk.node).shape, graph.node(fk.target).shape
+        self.dim = ov.dim
+        self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
+        self.d_in = sum(stats.widths[k] for k in fk.sources) + 1
+        self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
+        c_v = graph.node(fk.target).width
+        out_shape = self.target_shape or (1,) * self.dim
+        grad_input = torch.nn.grad.conv1d_input if self.dim == 1 else torch.nn.grad.conv2d_input
+        # c(q): how many (target position, offset) pairs read node position q (border-aware)
+        self.counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
+                                 torch.ones(1, 1, *out_shape, dtype=torch.float64), **self.geometry).flatten()
+        self.counts = self.counts.to(device)
+        self.weight_grad = torch.nn.grad.conv1d_weight if self.dim == 1 else torch.nn.grad.conv2d_weight
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.S = stats.expansion[(fk.key, "S")] = z(self.d_in, self.d_in)
+        self.M = stats.expansion[(fk.key, "M")] = z(c_v, self.d_in, *ov.kernel)
+        self.P = stats.expansion[(fk.key, "P")] = z(self.d_target, self.d_in, *ov.kernel)
+        self.out_shape = out_shape
+
+    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], shape: tuple[int, ...],
+                like: torch.Tensor) -> torch.Tensor:
+        parts = [self.views[k].signal(values[self.views[k].node]) for k in keys]
+        parts = [p.reshape(p.shape[0], p.shape[1], *shape) for p in parts]
+        ones = like.new_ones(like.shape[0], 1, *shape)
+        return torch.cat([*parts, ones], 1)
+
+    def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
+            compute_dtype: torch.dtype | None) -> None:
+        fk = self.fk
+        move = moves[fk.target]
+        move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
+        b = self._signal(fk.sources, values, self.node_shape, move)
+        target_in = self._signal(fk.target_sources, values, self.out_shape, move)
+        if compute_dtype is not None:
+            b, move, target_in = b.to(compute_dtype), move.to(compute_dtype), target_in.to(compute_dtype)
+        rows = as_rows(b)
+        weights = self.counts.to(rows.dtype).repeat(b.shape[0])
+        self.S += (rows * weights[:, None]).T @ rows
+        kernel = tuple(self.M.shape[2:])
+        self.M += self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
+        self.P += self.weight_grad(b, (target_in.shape[1], b.shape[1], *kernel), target_in, **self.geometry)

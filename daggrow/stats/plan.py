@@ -12,43 +12,98 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from ..graph.spec import GROWABLE_KINDS
+from ..graph.spec import is_growable
+from .views import View, edge_view
 
 if TYPE_CHECKING:
     from ..graph import Graph
 
 
+def in_views(graph: "Graph", node: str) -> list[View]:
+    """The views read by ``node``'s growable in-edges, one per edge (the rows of B_in, MATH §4)."""
+    return [edge_view(graph, e) for e in graph.in_edges(node) if is_growable(e.block)]
+
+
 def update_sources(graph: "Graph", node: str) -> list[str]:
-    """Sources of ``node``'s growable in-edges, one entry per edge (the rows of B_in, MATH §4)."""
-    return [e.source for e in graph.in_edges(node) if e.block.kind in GROWABLE_KINDS]
+    """Keys of the views of ``node``'s growable in-edges (a plain view's key is its node's name)."""
+    return [v.key for v in in_views(graph, node)]
+
+
+@dataclass(frozen=True)
+class FullKernel:
+    """New channels in image/sequence node ``node`` written into ``target`` through ``out_edge``
+    (MATH §7): their fan-in reads ``sources`` (views, at the node's positions); the out-edge's
+    geometry ``out_view`` (a conv, or a flatten into a linear edge) spreads each channel over
+    the target's positions."""
+
+    node: str
+    sources: tuple[str, ...]
+    out_edge: str
+    target: str
+    out_view: View
+    target_sources: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.node}=>{self.out_edge}"
+
+
+def full_kernel(graph: "Graph", node: str, out_edge: str) -> FullKernel:
+    """The :class:`FullKernel` description of new channels in ``node`` leaving through ``out_edge``."""
+    edge = graph.edge(out_edge)
+    view = edge_view(graph, edge)
+    if view.kind == "flatten":  # a linear edge reads every position: a kernel as large as the node
+        shape = graph.node(node).shape
+        view = View(node, "patches", len(shape), shape, (1,) * len(shape), (0,) * len(shape), (1,) * len(shape))
+    return FullKernel(node, tuple(update_sources(graph, node)), out_edge, edge.target, view,
+                      tuple(update_sources(graph, edge.target)))
 
 
 @dataclass
 class StatisticsPlan:
     """Nodes whose values/desired moves are summed, and the pairs whose products are summed."""
 
-    values: set[str] = field(default_factory=set)
-    grads: set[str] = field(default_factory=set)
+    values: set[str] = field(default_factory=set)          # view keys
+    grads: set[str] = field(default_factory=set)           # nodes whose desired move is summed
     value_pairs: set[tuple[str, str]] = field(default_factory=set)
     grad_pairs: set[tuple[str, str]] = field(default_factory=set)
+    views: dict[str, View] = field(default_factory=dict)   # key → view, for every key in ``values``
+    full_kernels: dict[str, FullKernel] = field(default_factory=dict)
 
     def add_value_pair(self, u: str, w: str, order: dict[str, int]) -> None:
-        a, b = (u, w) if order[u] <= order[w] else (w, u)
+        a, b = (u, w) if (order[self.views[u].node], u) <= (order[self.views[w].node], w) else (w, u)
         self.values.update((a, b))
         self.value_pairs.add((a, b))
+
+    def _register(self, graph: "Graph", node: str) -> None:
+        for view in in_views(graph, node):
+            self.views.setdefault(view.key, view)
 
     def add_best_update(self, graph: "Graph", v: str, order: dict[str, int]) -> None:
         """Moments for δW* and Ψ at ``v``."""
         self.grads.add(v)
+        self._register(graph, v)
         sources = update_sources(graph, v)
         for i, u in enumerate(sources):
             self.grad_pairs.add((u, v))
             for w in sources[i:]:
                 self.add_value_pair(u, w, order)
 
+    def add_full_kernel(self, graph: "Graph", fk: FullKernel, order: dict[str, int]) -> None:
+        """Sums for new channels through one out-edge (MATH §7), and δW* at its target."""
+        self._register(graph, fk.node)
+        self.add_best_update(graph, fk.target, order)
+        self.values.update(fk.sources)
+        self.values.update(fk.target_sources)
+        self.full_kernels[fk.key] = fk
+
     def add_expansion(self, graph: "Graph", sources: Sequence[str], targets: Sequence[str],
                       order: dict[str, int]) -> None:
-        """Moments for new neurons reading ``sources`` and writing into ``targets``."""
+        """Moments for new neurons reading ``sources`` (view keys; a vector node's name is its
+        plain view) and writing into the vector nodes ``targets``."""
+        for u in sources:
+            if u not in self.views:
+                self.views[u] = View(u) if not graph.node(u).shape else View(u, "flatten", len(graph.node(u).shape))
         for i, u in enumerate(sources):
             for w in sources[i:]:
                 self.add_value_pair(u, w, order)
@@ -59,16 +114,15 @@ class StatisticsPlan:
                 for w in update_sources(graph, v):
                     self.add_value_pair(u, w, order)
 
-    def cost(self, widths: dict[str, int]) -> int:
-        """Multiply-adds per sample spent on products (a rough size of the pass)."""
-        return (sum((widths[u] + 1) * (widths[w] + 1) for u, w in self.value_pairs)
-                + sum((widths[u] + 1) * widths[v] for u, v in self.grad_pairs))
+
 
 
 def plan_for(graph: "Graph", expansions: Iterable[tuple[Sequence[str], Sequence[str]]] = (),
-             bottleneck_nodes: Iterable[str] | None = None) -> StatisticsPlan:
-    """The plan for Ψ at ``bottleneck_nodes`` (default: every non-input node) and for each
-    expansion given as ``(sources, targets)``."""
+             bottleneck_nodes: Iterable[str] | None = None,
+             full_kernels: Iterable[FullKernel] = ()) -> StatisticsPlan:
+    """The plan for Ψ at ``bottleneck_nodes`` (default: every non-input node), for each
+    expansion into vector nodes given as ``(sources, targets)``, and for each new-channel
+    expansion of an image/sequence node given as a :class:`FullKernel`."""
     order = {n: i for i, n in enumerate(graph.topological_order())}
     plan = StatisticsPlan()
     nodes = [n for n in graph.nodes if n not in graph.inputs] if bottleneck_nodes is None else bottleneck_nodes
@@ -76,4 +130,6 @@ def plan_for(graph: "Graph", expansions: Iterable[tuple[Sequence[str], Sequence[
         plan.add_best_update(graph, v, order)
     for sources, targets in expansions:
         plan.add_expansion(graph, sources, targets, order)
+    for fk in full_kernels:
+        plan.add_full_kernel(graph, fk, order)
     return plan

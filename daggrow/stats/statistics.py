@@ -23,6 +23,7 @@ import torch
 from ..errors import StatisticsError
 
 Pair = tuple[str, str]
+SUMS = ("h", "hh", "v", "vv", "hv", "expansion")
 
 
 @dataclass
@@ -36,6 +37,10 @@ class Statistics:
     v: dict[str, torch.Tensor] = field(default_factory=dict)
     vv: dict[str, torch.Tensor] = field(default_factory=dict)
     hv: dict[Pair, torch.Tensor] = field(default_factory=dict)
+    # new-channel sums of image/sequence nodes (MATH §7), keyed by (FullKernel.key, "S" | "M" | "P")
+    expansion: dict[Pair, torch.Tensor] = field(default_factory=dict)
+    # observations per sample of each view key and each target node (Π of the target's shape)
+    positions: dict[str, int] = field(default_factory=dict)
     # quantities derived from data-only moments (e.g. the solver's decomposition of S_x); like
     # those moments they stay valid for another pass over the same samples (``reuse=``)
     data_cache: dict[tuple, object] = field(default_factory=dict)
@@ -46,8 +51,8 @@ class Statistics:
             return NotImplemented
         if self._layout() != other._layout():
             raise StatisticsError("cannot merge statistics collected with different plans or widths")
-        out = Statistics(widths=dict(self.widths), n=self.n + other.n)
-        for name in ("h", "hh", "v", "vv", "hv"):
+        out = Statistics(widths=dict(self.widths), n=self.n + other.n, positions=dict(self.positions))
+        for name in SUMS:
             mine, theirs = getattr(self, name), getattr(other, name)
             setattr(out, name, {k: mine[k] + theirs[k] for k in mine})
         return out
@@ -57,7 +62,7 @@ class Statistics:
         import torch.distributed as dist
 
         # sorted keys: every process must flatten in the same order (set order depends on hash seeds)
-        tensors = [getattr(self, name)[k] for name in ("h", "hh", "v", "vv", "hv") for k in sorted(getattr(self, name))]
+        tensors = [getattr(self, name)[k] for name in SUMS for k in sorted(getattr(self, name))]
         device = tensors[0].device if tensors else torch.device("cpu")
         flat = torch.cat([t.reshape(-1) for t in tensors] + [torch.tensor([float(self.n)], dtype=torch.float64, device=device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -69,8 +74,8 @@ class Statistics:
         return self
 
     def _layout(self) -> tuple:
-        return (tuple(sorted(self.widths.items())),
-                *(tuple(sorted(getattr(self, k))) for k in ("h", "hh", "v", "vv", "hv")))
+        return (tuple(sorted(self.widths.items())), tuple(sorted(self.positions.items())),
+                *(tuple(sorted(getattr(self, k))) for k in SUMS))
 
     # ----------------------------------------------------------------- reading
     def _check_n(self) -> None:
@@ -102,7 +107,8 @@ class Statistics:
         if bias_u:
             last = [self._value_sum(w)[None, :] for w in W]
             if bias_w:
-                last.append(torch.full((1, 1), float(self.n), dtype=torch.float64, device=self._device()))
+                count = float(self.n * self.positions.get((list(U) or list(W) or [""])[0], 1))
+                last.append(torch.full((1, 1), count, dtype=torch.float64, device=self._device()))
             rows.append(torch.cat(last, 1))
         return torch.cat(rows, 0) / self.n
 
@@ -134,6 +140,20 @@ class Statistics:
             raise StatisticsError(f"the desired move of node {t!r} was not collected")
         return float(self.vv[t]) / self.n
 
+    def full_kernel_moments(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, M, P) of a new-channel expansion (MATH §7), as means over samples:
+
+        S = (1/n) Σ_{i,q} c(q) b(q) b(q)ᵀ (D × D, c(q) = how many (position, offset) pairs of the
+        out-edge read position q), M[c, :, o] = (1/n) Σ_{i,p} v_c(p) b(p+o) (C_v × D × offsets),
+        P[j, :, o] = (1/n) Σ_{i,p} b_in,j(p) b(p+o) for the target's in-views plus a constant last.
+        """
+        self._check_n()
+        try:
+            return tuple(self.expansion[(key, part)] / self.n for part in ("S", "M", "P"))
+        except KeyError:
+            raise StatisticsError(f"the new-channel sums of {key!r} were not collected; add the candidate "
+                                  "that needs them to the statistics plan") from None
+
     def _device(self) -> torch.device:
         for d in (self.h, self.v):
             for t in d.values():
@@ -141,8 +161,8 @@ class Statistics:
         return torch.device("cpu")
 
     def to(self, device: torch.device | str) -> "Statistics":
-        out = Statistics(widths=dict(self.widths), n=self.n)
-        for name in ("h", "hh", "v", "vv", "hv"):
+        out = Statistics(widths=dict(self.widths), n=self.n, positions=dict(self.positions))
+        for name in SUMS:
             setattr(out, name, {k: t.to(device) for k, t in getattr(self, name).items()})
         return out
 

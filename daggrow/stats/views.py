@@ -1,0 +1,113 @@
+"""What a growable edge reads from its source: the rows b_u of MATH §2 and §7.
+
+Every growable edge is linear in a *view* of its source's value, one row per observation:
+
+- ``plain``: a linear edge from a vector node reads h_u itself (one row per sample); its key
+  is the node's name.
+- ``flatten``: a linear edge from an image/sequence node reads ``flatten(h_u)``.
+- ``patches``: a conv edge reads the unfolded patch (C_u·Πk values, channel-major as in the
+  kernel ``weight.reshape(C_v, -1)``) at each of the target's P positions.
+
+**Count convention** (one for every layer type): statistics sum over positions and average
+over samples, ``S = (1/n) Σ_i Σ_p b(i,p) b(i,p)ᵀ`` with n the number of samples. With the
+per-sample loss ℓ_i (MATH §1) the first-order loss change of a linear or conv edge update is
+then ``−tr(δWᵀ M)`` in both cases, so gains compare across layer types.
+
+>>> View("x").key, View("x", "patches", dim=1, kernel=(3,), stride=(1,), padding=(1,), dilation=(1,)).key
+('x', 'x|conv k3 s1 p1 d1')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch.nn import functional as F
+
+from ..graph.spec import ConvBlock, EdgeSpec, LinearBlock
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+
+@dataclass(frozen=True)
+class View:
+    node: str
+    kind: Literal["plain", "flatten", "patches"] = "plain"
+    dim: int = 0
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> str:
+        if self.kind == "plain":
+            return self.node
+        if self.kind == "flatten":
+            return f"{self.node}|flatten"
+        size = lambda t: "x".join(map(str, t))  # noqa: E731
+        return (f"{self.node}|conv k{size(self.kernel)} s{size(self.stride)} p{size(self.padding)} "
+                f"d{size(self.dilation)}")
+
+    def features(self, graph: "Graph") -> int:
+        """Values per row (without the constant 1 of the bias)."""
+        spec = graph.node(self.node)
+        if self.kind == "patches":
+            out = spec.width
+            for k in self.kernel:
+                out *= k
+            return out
+        return spec.features
+
+    def signal(self, h: torch.Tensor) -> torch.Tensor:
+        """The view as a multi-channel signal (n, D, *target positions): patches as channels."""
+        if self.kind != "patches":
+            return h.reshape(h.shape[0], -1, *([1] * max(self.dim, 1)))
+        if self.dim == 2:
+            cols = F.unfold(h, self.kernel, dilation=self.dilation, padding=self.padding, stride=self.stride)
+            out_shape = tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
+                              zip(h.shape[2:], self.kernel, self.stride, self.padding, self.dilation))
+            return cols.reshape(h.shape[0], cols.shape[1], *out_shape)
+        (k,), (s,), (p,), (d,) = self.kernel, self.stride, self.padding, self.dilation
+        x = F.pad(h, (p, p)) if p else h
+        span = d * (k - 1) + 1
+        windows = x.unfold(2, span, s)                      # n × C × P × span
+        if d > 1:
+            windows = windows[..., ::d]
+        n, c, positions, _ = windows.shape
+        return windows.permute(0, 1, 3, 2).reshape(n, c * k, positions)
+
+    def rows(self, h: torch.Tensor) -> torch.Tensor:
+        """One row per observation: (n·P) × D, samples outer, positions inner."""
+        if self.kind == "plain":
+            return h
+        if self.kind == "flatten":
+            return h.flatten(1)
+        return as_rows(self.signal(h))
+
+
+def as_rows(signal: torch.Tensor) -> torch.Tensor:
+    """(n, C, *positions) → (n·P) × C: samples outer, positions inner."""
+    if signal.ndim == 2:
+        return signal
+    return signal.flatten(2).transpose(1, 2).reshape(-1, signal.shape[1])
+
+
+def edge_view(graph: "Graph", edge: EdgeSpec) -> View:
+    """The view of its source that a growable edge is linear in."""
+    block, source = edge.block, graph.node(edge.source)
+    if isinstance(block, ConvBlock):
+        return View(edge.source, "patches", block.dim, block.kernel_size, block.stride, block.padding, block.dilation)
+    if isinstance(block, LinearBlock) and source.shape:
+        return View(edge.source, "flatten", len(source.shape))
+    return View(edge.source)
+
+
+def positions(graph: "Graph", node: str) -> int:
+    """Observations per sample at a node: Π(shape) (1 for a vector node)."""
+    out = 1
+    for s in graph.node(node).shape:
+        out *= s
+    return out
