@@ -127,14 +127,19 @@ def add_neurons(
     return _finish(new, GrowthRecord(step=new.step, action=action, nodes=[node], neurons={node: (width, width + k)}))
 
 
+def _norm_like(norm: nn.Module, features: int) -> nn.Module:
+    """A fresh BatchNorm of ``norm``'s kind, options, device and dtype with ``features`` features."""
+    ref = next(iter(norm.parameters()), next(iter(norm.buffers()), torch.zeros(())))
+    return type(norm)(features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+                      track_running_stats=norm.track_running_stats, device=ref.device, dtype=ref.dtype)
+
+
 def _widen_norm(norm: nn.Module | None, k: int) -> nn.Module | None:
     if norm is None:
         return None
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         raise GraphError(f"cannot widen a {type(norm).__name__}")
-    new = type(norm)(norm.num_features + k, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                     track_running_stats=norm.track_running_stats)
-    new = new.to(next(iter(norm.buffers()), torch.zeros(())).device)
+    new = _norm_like(norm, norm.num_features + k)
     state = norm.state_dict()
     with torch.no_grad():
         for key, value in new.state_dict().items():
@@ -244,8 +249,7 @@ def remove_neurons(graph: "Graph", node: str, indices: Sequence[int], *, step: i
 
 
 def _select_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = type(norm)(len(keep), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                     track_running_stats=norm.track_running_stats)
+    new = _norm_like(norm, len(keep))
     state = norm.state_dict()
     new.load_state_dict({k: (v if v.ndim == 0 else v[keep.to(v.device)]) for k, v in state.items()})
     new.train(norm.training)

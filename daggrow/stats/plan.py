@@ -103,7 +103,9 @@ class StatisticsPlan:
         plain view) and writing into the vector nodes ``targets``."""
         for u in sources:
             if u not in self.views:
-                self.views[u] = View(u) if not graph.node(u).shape else View(u, "flatten", len(graph.node(u).shape))
+                node = u.removesuffix("|flatten")
+                shape = graph.node(node).shape
+                self.views[u] = View(node, "flatten", len(shape)) if shape else View(node)
         for i, u in enumerate(sources):
             for w in sources[i:]:
                 self.add_value_pair(u, w, order)
