@@ -21,7 +21,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     config = RunConfig(
         dataset=args.dataset, strategy=args.strategy, init=args.init, steps=args.steps,
         neurons_per_step=args.neurons_per_step, epochs_between=args.epochs_between, mode=args.mode,
-        hidden=args.hidden, activation=args.activation, kinds=args.kinds, lr=args.lr, batch_size=args.batch_size,
+        model=args.model, hidden=args.hidden, channels=args.channels, activation=args.activation, kinds=args.kinds, lr=args.lr, batch_size=args.batch_size,
         final_epochs=args.final_epochs, max_parameters=args.max_parameters, seed=args.seed, device=args.device,
         out=args.out,
     )
@@ -85,10 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--mode", default="sgd", choices=["sgd", "pure", "grow_only"],
                       help="sgd: Adam epochs between steps; pure: the talk's Algorithm 1 (best updates, no "
                            "gradient step); grow_only: Algorithm 3 (neurons only)")
+    grow.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
+                      help="starting network: an MLP chain (--hidden) or a CNN (--channels; mnist1d, digits)")
     grow.add_argument("--hidden", type=int, nargs="*", default=[1], help="widths of the starting chain")
+    grow.add_argument("--channels", type=int, nargs="+", default=[2, 2, 2],
+                      help="channels of the starting CNN's conv layers (--model cnn)")
     grow.add_argument("--activation", default="relu")
-    grow.add_argument("--kinds", nargs="+", default=["expand_node", "new_node"],
-                      choices=["expand_node", "new_node", "new_edge"])
+    grow.add_argument("--kinds", nargs="+", default=None, choices=["expand_node", "new_node", "new_edge"],
+                      help="where growth may happen (default: expand_node new_node; cnn: expand_node)")
     grow.add_argument("--lr", type=float, default=3e-3)
     grow.add_argument("--batch-size", type=int, default=256)
     grow.add_argument("--final-epochs", type=int, default=0, help="training epochs after the last step")

@@ -80,10 +80,19 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    spatial_shape: tuple[int, ...] = ()  # the features' layout: (40,) for MNIST-1D, (8, 8) for digits
 
     @property
     def num_features(self) -> int:
-        return int(self.x_train.shape[1])
+        return int(self.x_train[0].numel())
+
+    def as_signals(self) -> "Dataset":
+        """A copy whose inputs are 1-channel signals (n, 1, *spatial_shape), the input of a CNN."""
+        if not self.spatial_shape:
+            raise DatasetError(f"{self.name} has no spatial layout (its features are unordered); "
+                               "use an MLP on it, or a data set such as mnist1d or digits")
+        return replace(self, **{k: getattr(self, k).reshape(-1, 1, *self.spatial_shape)
+                                for k in ("x_train", "x_val", "x_test")})
 
     def loaders(self, batch_size: int, *, shuffle: bool = True,
                 seed: int = 0) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
@@ -103,12 +112,13 @@ class Dataset:
                 f"train={len(self.y_train)}, val={len(self.y_val)}, test={len(self.y_test)})")
 
 
-def _standardise(name: str, splits: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...], num_classes: int) -> Dataset:
+def _standardise(name: str, splits: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...], num_classes: int,
+                 spatial_shape: tuple[int, ...] = ()) -> Dataset:
     x_train = splits[0]
     mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
     xs = [((x - mean) / std).float().contiguous() for x in splits]
     ys = [y.long().contiguous() for y in labels]
-    return Dataset(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], num_classes)
+    return Dataset(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], num_classes, spatial_shape)
 
 
 def synthetic(seed: int = 0, n_train: int = 10_000, n_val: int = 2_000, n_test: int = 2_000) -> Dataset:
@@ -146,7 +156,7 @@ def digits(seed: int = 0, n_train: int | None = None, n_test: int | None = None)
             raise DatasetError(f"digits has {len(order[i])} {key[2:]} samples (its 60/20/20 split of 1797), "
                                f"{key}={wanted} asked for more; pass {key} ≤ {len(order[i])} or leave it None")
         order[i] = order[i][:wanted]
-    return _standardise("digits", tuple(x[o] for o in order), tuple(y[o] for o in order), 10)
+    return _standardise("digits", tuple(x[o] for o in order), tuple(y[o] for o in order), 10, (8, 8))
 
 
 def mnist1d(seed: int = 0, n_train: int = 3500, n_test: int = 1000, n_val: int = 500) -> Dataset:
@@ -159,7 +169,7 @@ def mnist1d(seed: int = 0, n_train: int = 3500, n_test: int = 1000, n_val: int =
     x, y = make_mnist1d(num_samples=n, seed=seed)
     cut = [0, n_train, n_train + n_val, n]
     return _standardise("mnist1d", tuple(x[a:b] for a, b in zip(cut, cut[1:])),
-                        tuple(y[a:b] for a, b in zip(cut, cut[1:])), 10)
+                        tuple(y[a:b] for a, b in zip(cut, cut[1:])), 10, (40,))
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "digits": digits, "mnist1d": mnist1d}

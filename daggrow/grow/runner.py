@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..graph import Graph
+from ..graph import ConvBlock, Graph
 from .grower import Grower, evaluate
 
 
@@ -31,9 +31,11 @@ class RunConfig(BaseModel):
     neurons_per_step: int = Field(default=2, ge=1)
     epochs_between: int = Field(default=1, ge=0)
     mode: Literal["sgd", "pure", "grow_only"] = "sgd"
+    model: Literal["mlp", "cnn"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [1])
+    channels: list[int] = Field(default_factory=lambda: [2, 2, 2])  # cnn: channels of the starting conv nodes
     activation: str = "relu"
-    kinds: list[str] = Field(default_factory=lambda: ["expand_node", "new_node"])
+    kinds: list[str] | None = None  # default: expand_node and new_node for an MLP, expand_node for a CNN
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     lr: float = 3e-3
     batch_size: int = 256
@@ -61,6 +63,33 @@ def starting_graph(num_features: int, num_classes: int, hidden: list[int], activ
     return g
 
 
+def starting_cnn(in_channels: int, shape: tuple[int, ...], num_classes: int, channels: list[int],
+                 activation: str = "relu") -> Graph:
+    """A thin CNN: input → conv nodes of the given channels → linear output reading the last one.
+
+    1-d (the MNIST-1D paper's CNN geometry): kernel 5 then 3, stride 2, padding 1. 2-d: kernel 3,
+    padding 1, stride 1 for the first layer and 2 after.
+    """
+    if not channels:
+        raise ValueError("a CNN needs at least one conv layer: pass channels, e.g. [2, 2, 2]")
+    g = Graph()
+    g.add_input("x", in_channels, shape=shape)
+    previous = "x"
+    for i, width in enumerate(channels, start=1):
+        if len(shape) == 1:
+            block = ConvBlock(dim=1, kernel_size=5 if i == 1 else 3, stride=2, padding=1)
+        else:
+            block = ConvBlock(dim=2, kernel_size=3, stride=1 if i == 1 else 2, padding=1)
+        shape = block.output_shape(shape)
+        g.add_node(f"c{i}", width, activation, shape=shape)
+        g.add_edge(previous, f"c{i}", block)
+        previous = f"c{i}"
+    g.add_node("y", num_classes)
+    g.add_edge(previous, "y")
+    g.set_output("y")
+    return g
+
+
 def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     """Run ``config``; writes the run folder and returns a summary dict."""
     from ..data import load_dataset
@@ -71,10 +100,15 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.model_dump_json(indent=2))
     data = load_dataset(config.dataset, seed=config.seed)
+    if config.model == "cnn":
+        data = data.as_signals()
+        graph = starting_cnn(1, data.spatial_shape, data.num_classes, config.channels, config.activation)
+    else:
+        graph = starting_graph(data.num_features, data.num_classes, config.hidden, config.activation)
     train, val, test = data.loaders(config.batch_size, seed=config.seed)
-    graph = starting_graph(data.num_features, data.num_classes, config.hidden, config.activation)
     graph.compile(device=config.device)
-    grower = Grower(graph, loss=config.loss, strategy=config.strategy, init=config.init, kinds=config.kinds,
+    kinds = config.kinds or (["expand_node"] if config.model == "cnn" else ["expand_node", "new_node"])
+    grower = Grower(graph, loss=config.loss, strategy=config.strategy, init=config.init, kinds=kinds,
                     neurons_per_step=config.neurons_per_step, new_node_activation=config.activation,
                     max_parameters=config.max_parameters, max_width=config.max_width, max_nodes=config.max_nodes,
                     lr=config.lr, seed=config.seed,

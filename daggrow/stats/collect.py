@@ -146,12 +146,15 @@ def collect_statistics(
                 part = slice(lo, lo + chunk)
                 vals = {k: v[part] for k, v in values.items()}
                 mov = {t: m[part] for t, m in moves.items()}
-                rows = {k: views[k].rows(vals[views[k].node]) for k in plan.values}
+                # unfold each patch view once per chunk: its rows and the new-channel sums share it
+                signals = {k: views[k].signal(vals[views[k].node]) for k in plan.values if views[k].kind == "patches"}
+                rows = {k: as_rows(signals[k]) if k in signals else views[k].rows(vals[views[k].node])
+                        for k in plan.values}
                 _accumulate(stats, rows, {t: as_rows(m) for t, m in mov.items()},
                             pairs_by_source, grads_by_source, compute_dtype,
                             skip_sums=inputs if reuse is not None else set())
                 for sums in kernels:
-                    sums.add(vals, mov, compute_dtype)
+                    sums.add(vals, signals, mov, compute_dtype)
             stats.n += n
     finally:
         for h in handles:
@@ -241,20 +244,20 @@ class _KernelSums:
         self.P = stats.expansion[(fk.key, "P")] = z(self.d_target, self.d_in, *ov.kernel)
         self.out_shape = out_shape
 
-    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], shape: tuple[int, ...],
-                like: torch.Tensor) -> torch.Tensor:
-        parts = [self.views[k].signal(values[self.views[k].node]) for k in keys]
+    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor],
+                shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        parts = [signals[k] if k in signals else self.views[k].signal(values[self.views[k].node]) for k in keys]
         parts = [p.reshape(p.shape[0], p.shape[1], *shape) for p in parts]
         ones = like.new_ones(like.shape[0], 1, *shape)
         return torch.cat([*parts, ones], 1)
 
-    def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
+    def add(self, values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
             compute_dtype: torch.dtype | None) -> None:
         fk = self.fk
         move = moves[fk.target]
         move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
-        b = self._signal(fk.sources, values, self.node_shape, move)
-        target_in = self._signal(fk.target_sources, values, self.out_shape, move)
+        b = self._signal(fk.sources, values, signals, self.node_shape, move)
+        target_in = self._signal(fk.target_sources, values, signals, self.out_shape, move)
         if compute_dtype is not None:
             b, move, target_in = b.to(compute_dtype), move.to(compute_dtype), target_in.to(compute_dtype)
         rows = as_rows(b)
