@@ -149,3 +149,16 @@ def test_nodes_with_mixed_out_geometries_or_grouped_convs_are_not_expandable():
     h.remove_edge("c1_to_c2")
     h.add_edge("c1", "c2", dg.ConvBlock(dim=1, kernel_size=3, stride=2, padding=1, groups=1))
     assert "c1" in [c.node for c in enumerate_candidates(h, ["expand_node"])]
+
+
+def test_run_growth_grows_a_cnn_on_digits(tmp_path):
+    from daggrow.grow.runner import RunConfig, run_growth
+
+    result = run_growth(RunConfig(dataset="digits", model="cnn", channels=[2, 2], steps=3, neurons_per_step=2,
+                                  epochs_between=1, lr=1e-2, out=str(tmp_path / "run")), progress=False)
+    g = result["graph"]
+    assert g.node("x").shape == (8, 8) and g.node("c1").shape == (8, 8)
+    assert result["growth_steps"] >= 1
+    assert g.node("c1").width + g.node("c2").width > 4          # conv nodes gained channels
+    assert result["test_accuracy"] > 0.3                          # chance is 0.1
+    assert (tmp_path / "run" / "report.html").exists() or (tmp_path / "run" / "history.json").exists()

@@ -39,3 +39,24 @@ def test_growth_step_and_training_on_cuda():
     assert event is not None
     assert all(p.device.type == "cuda" for p in grower.graph.parameters())
     grower.train_epoch(train)
+
+
+def test_cnn_compile_statistics_and_growth_step_on_cuda():
+    from daggrow.grow.runner import starting_cnn
+
+    torch.manual_seed(0)
+    d = load_dataset("mnist1d", n_train=600, n_test=100).as_signals()
+    g = starting_cnn(1, d.spatial_shape, 10, [2, 2, 2])
+    batch = (d.x_train[:300], d.y_train[:300])
+    cands = dg.enumerate_candidates(g, ["expand_node"])
+    cpu = dg.collect_statistics(g, [batch], "cross_entropy", candidates=cands)
+    gpu_graph = g.copy()
+    module = gpu_graph.compile(device="cuda")
+    torch.testing.assert_close(module(batch[0].cuda()).cpu(), g.compile()(batch[0]), rtol=1e-4, atol=1e-5)
+    gpu = dg.collect_statistics(gpu_graph, [batch], "cross_entropy", candidates=cands)
+    for key, t in cpu.expansion.items():
+        torch.testing.assert_close(gpu.expansion[key].cpu(), t, rtol=1e-3, atol=1e-4)
+    grower = Grower(gpu_graph, loss="cross_entropy", kinds=["expand_node"], neurons_per_step=2)
+    event = grower.grow_step([batch], held_out=(d.x_val.cuda(), d.y_val.cuda()))
+    assert event is None or event.params_after > event.params_before
+    assert next(grower.graph.parameters()).is_cuda
