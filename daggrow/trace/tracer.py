@@ -11,6 +11,9 @@
 >>> [(n, s.width, s.activation) for n, s in g.nodes.items()]
 [('x', 40, 'identity'), ('relu', 8, 'relu'), ('relu_1', 8, 'relu'), ('add', 8, 'identity'), ('c', 10, 'identity')]
 
+Convolutional models trace too: Conv1d/Conv2d, poolings and flatten become edges between
+image/sequence nodes (see :mod:`daggrow.trace.builder`).
+
 Steps: unwrap ``DataParallel``; trace symbolically (torch.fx, stack traces recorded, leaf
 modules kept whole); run ``ShapeProp`` on the example inputs (model in eval mode, no grad)
 to learn every tensor's shape; walk the fx graph with :class:`GraphBuilder`.
@@ -131,7 +134,9 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
           leaf_modules: Iterable[type | str] = (), concrete_args: dict[str, Any] | None = None) -> Graph:
     """Trace ``model`` into a :class:`Graph` whose compiled module computes the same outputs.
 
-    ``example_inputs``: one ``(batch, features)`` tensor per tensor argument of ``forward``.
+    ``example_inputs``: one tensor per tensor argument of ``forward``: ``(batch, features)``, or
+    ``(batch, channels, length)`` / ``(batch, channels, height, width)`` for convolutional models
+    (the graph's image/sequence nodes keep the example's spatial sizes).
     ``leaf_modules``: module classes or qualified names (``"body.gate"``) kept whole as frozen
     opaque edges (each holds a deep copy of the module; growth never touches it).
     ``concrete_args``: passed to torch.fx to fix Python arguments that steer control flow; the
@@ -144,7 +149,7 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         got = ", ".join(type(x).__name__ for x in inputs) or "nothing"
         raise TraceError(f"cannot trace {type(model).__name__}: example_inputs must be a tensor or a tuple of "
-                         f"tensors, got {got}.\n  fix: pass one (batch, features) tensor per tensor argument of "
+                         f"tensors, got {got}.\n  fix: pass one tensor (batch, ...) per tensor argument of "
                          "forward")
     leaf_types, leaf_names = _leaf_spec(model, leaf_modules)
     fx_graph = _symbolic_trace(model, _Tracer(leaf_types, leaf_names), concrete_args)

@@ -1,5 +1,8 @@
 """What an fx value is while the builder walks the graph: a node, a pending sum, or not a tensor.
 
+A value has the layout of an IR node: ``width`` features (channels of an image/sequence
+tensor) over a spatial ``shape`` (``()`` for a ``(batch, features)`` tensor).
+
 >>> p = Pending([Term("identity", "h"), Term("identity", "h", scale=-2.0)], origin="sub", width=8)
 >>> [(t.source, t.scale) for t in merge_identities(p.terms)]     # h - 2h: one edge of scale -1
 [('h', -1.0)]
@@ -17,14 +20,18 @@ from ..graph import NormSpec
 
 @dataclass(frozen=True)
 class Term:
-    """One in-edge of a pending sum: ``scale · f(h_source)``; ``module`` is the user's module."""
+    """One in-edge of a pending sum: ``scale · f(h_source)``; ``module`` is the user's module.
 
-    kind: Literal["linear", "identity", "frozen"]
+    ``block`` is the edge's spec for the kinds that need one (conv, pool, flatten).
+    """
+
+    kind: Literal["linear", "identity", "frozen", "conv", "pool", "flatten"]
     source: str
     scale: float = 1.0
     module: nn.Module | None = None
-    name: str | None = None       # edge name: the module's qualified path
+    name: str | None = None       # edge name: the module's qualified path (or the fx node's name)
     origin: str = ""              # fx node name of the call
+    block: Any = None
 
     def scaled(self, factor: float) -> "Term":
         return replace(self, scale=self.scale * factor)
@@ -40,7 +47,8 @@ class Pending:
 
     terms: list[Term]
     origin: str                   # fx node name, used to name the node if one is made
-    width: int
+    width: int                    # features, or channels when ``shape`` is not ()
+    shape: tuple[int, ...] = ()   # spatial shape: (L,) for sequences, (H, W) for images
     norm: tuple[NormSpec, nn.Module] | None = None
     materialised: str | None = field(default=None, repr=False)
 
