@@ -162,3 +162,34 @@ def test_run_growth_grows_a_cnn_on_digits(tmp_path):
     assert g.node("c1").width + g.node("c2").width > 4          # conv nodes gained channels
     assert result["test_accuracy"] > 0.3                          # chance is 0.1
     assert (tmp_path / "run" / "report.html").exists() or (tmp_path / "run" / "history.json").exists()
+
+
+def test_a_traced_resnet_grows_inside_its_blocks():
+    """Inner nodes of traced ResNet basic blocks (conv-bn-relu between two convs) widen; the
+    residual streams (identity edges) do not; amplitude 0 keeps the function, and the
+    first-order gain matches finite differences of the real loss (eval-mode BatchNorm)."""
+    from tests.trace.test_cnn import SmallResNet
+
+    torch.manual_seed(0)
+    model = SmallResNet(width=4).double().eval()
+    X = torch.randn(24, 3, 8, 8, dtype=F64)
+    Y = torch.randint(0, 10, (24,))
+    g = dg.trace(model, X[:2])
+    cands = enumerate_candidates(g, ["expand_node"])
+    widened = {c.node for c in cands}
+    assert len(widened) == 4                       # the conv1 node of each of the 4 basic blocks
+    assert all(g.node(n).norm is not None and g.node(n).shape for n in widened)
+    stats = dg.collect_statistics(g, [(X, Y)], "cross_entropy", candidates=cands)
+    props = propose(g, stats, max_neurons=2, candidates=cands)
+    assert props
+
+    def loss(graph) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(graph.compile().eval()(X), Y))
+
+    for p in props[:2]:
+        with torch.no_grad():
+            assert torch.allclose(apply(g, p, 0.0).compile().eval()(X), g.compile().eval()(X), atol=1e-12)
+        eps = 1e-6
+        measured = (loss(g) - loss(apply(g, p, eps))) / eps
+        assert measured == pytest.approx(p.first_order_gain, rel=0.03)
