@@ -85,8 +85,12 @@ def collect_statistics(
                 stats.h[u].copy_(reuse.h[u])
         stats.data_cache.update(reuse.data_cache)
     pairs_by_source: dict[str, list[str]] = defaultdict(list)
+    grams: list[str] = []  # S_u blocks: symmetric, so only their upper block triangle is multiplied
     for u, w in sorted(plan.value_pairs - copied):
-        pairs_by_source[u].append(w)
+        if u == w:
+            grams.append(u)
+        else:
+            pairs_by_source[u].append(w)
     grads_by_source: dict[str, list[str]] = defaultdict(list)
     for u, t in sorted(plan.grad_pairs):
         grads_by_source[u].append(t)
@@ -151,7 +155,7 @@ def collect_statistics(
                 rows = {k: as_rows(signals[k]) if k in signals else views[k].rows(vals[views[k].node])
                         for k in plan.values}
                 _accumulate(stats, rows, {t: as_rows(m) for t, m in mov.items()},
-                            pairs_by_source, grads_by_source, compute_dtype,
+                            pairs_by_source, grads_by_source, grams, compute_dtype,
                             skip_sums=inputs if reuse is not None else set())
                 for sums in kernels:
                     sums.add(vals, signals, mov, compute_dtype)
@@ -163,6 +167,8 @@ def collect_statistics(
             m.training = flag
     if stats.n == 0:
         raise StatisticsError("the loader yielded no batch")
+    for u in grams:
+        _mirror_lower_blocks(stats.hh[(u, u)])
     if reuse is not None and reuse.n != stats.n:
         raise StatisticsError(f"reuse= statistics cover {reuse.n} samples but this pass saw {stats.n}: "
                               "input moments can only be reused over the same samples")
@@ -170,7 +176,7 @@ def collect_statistics(
 
 
 def _accumulate(stats: Statistics, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
-                pairs_by_source: dict[str, list[str]], grads_by_source: dict[str, list[str]],
+                pairs_by_source: dict[str, list[str]], grads_by_source: dict[str, list[str]], grams: list[str],
                 compute_dtype: torch.dtype | None, skip_sums: set[str] = frozenset()) -> None:
     cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)  # noqa: E731
     values = {k: cast(v) for k, v in values.items()}
@@ -180,7 +186,9 @@ def _accumulate(stats: Statistics, values: dict[str, torch.Tensor], moves: dict[
             stats.h[u] += values[u].sum(0, dtype=torch.float64)
     for t in stats.v:
         stats.v[t] += moves[t].sum(0, dtype=torch.float64)
-        stats.vv[t] += moves[t].double().pow(2).sum()
+        stats.vv[t] += (moves[t] * moves[t]).sum(dtype=torch.float64)
+    for u in grams:
+        _add_gram(values[u], stats.hh[(u, u)])
     for u, ws in pairs_by_source.items():
         _add_products(values[u], [values[w] for w in ws], [stats.hh[(u, w)] for w in ws])
     for u, ts in grads_by_source.items():
@@ -194,6 +202,24 @@ def _add_products(left: torch.Tensor, rights: list[torch.Tensor], sums: list[tor
     for s in sums:
         s += product[:, offset: offset + s.shape[1]]
         offset += s.shape[1]
+
+
+GRAM_BLOCK = 256  # columns per block row of a Gram matrix
+
+
+def _add_gram(left: torch.Tensor, total: torch.Tensor) -> None:
+    """total += leftᵀ left, computing only the block rows' upper part (≈ half the multiply-adds
+    of one GEMM for wide inputs); :func:`_mirror_lower_blocks` fills the rest once per pass."""
+    d = left.shape[1]
+    for start in range(0, d, GRAM_BLOCK):
+        stop = min(start + GRAM_BLOCK, d)
+        total[start:stop, start:] += left[:, start:stop].T @ left[:, start:]
+
+
+def _mirror_lower_blocks(total: torch.Tensor) -> None:
+    """Copy the transposed upper blocks of a Gram sum built by :func:`_add_gram` below its diagonal."""
+    for start in range(GRAM_BLOCK, total.shape[0], GRAM_BLOCK):
+        total[start:, start - GRAM_BLOCK:start] = total[start - GRAM_BLOCK:start, start:].T
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -204,3 +204,25 @@ def test_reused_pass_gives_the_same_proposals():
         assert a.where == b.where
         torch.testing.assert_close(a.fan_in, b.fan_in, rtol=1e-9, atol=1e-10)
         assert a.first_order_gain == pytest.approx(b.first_order_gain, rel=1e-9)
+
+
+def test_wide_gram_blocks_equal_the_full_product(monkeypatch):
+    """S_u of a wide node is summed block row by block row (upper part only) and mirrored."""
+    from daggrow.stats import collect as collect_module
+
+    monkeypatch.setattr(collect_module, "GRAM_BLOCK", 7)  # several blocks, a ragged last one
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 30)
+    g.add_node("h", 3, "tanh")
+    g.add_node("y", 2)
+    g.add_edge("x", "h"), g.add_edge("h", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.double()
+    X, Y = torch.randn(50, 30, dtype=torch.float64) + 0.5, torch.randn(50, 2, dtype=torch.float64)
+    stats = collect_statistics(g, [(X[:20], Y[:20]), (X[20:], Y[20:])], "mse")
+    S = stats.moment(["x"], ["x"])
+    B = torch.cat([X, torch.ones(50, 1, dtype=torch.float64)], 1)
+    assert torch.allclose(S, B.T @ B / 50, atol=1e-12)
+    assert torch.allclose(S, S.T, atol=1e-12, rtol=0)
