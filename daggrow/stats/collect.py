@@ -9,15 +9,16 @@ the model's dtype, added into float64 sums; nothing of a batch outlives its iter
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
 from ..errors import StatisticsError
 from .losses import LossLike, per_sample_loss
-from .plan import FullKernel, StatisticsPlan, plan_for
+from .channels import ChannelSums, view_positions
+from .plan import StatisticsPlan, plan_for
 from .statistics import Statistics, empty_statistics
-from .views import View, as_rows, positions
+from .views import as_rows, positions
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -70,8 +71,8 @@ def collect_statistics(
     widths.update({k: views[k].features(graph) for k in plan.values})
     stats = empty_statistics(widths, plan.values, plan.value_pairs, plan.grads, plan.grad_pairs, device=device)
     stats.positions = {t: positions(graph, t) for t in plan.grads}
-    stats.positions.update({k: _view_positions(graph, views[k]) for k in plan.values})
-    kernels = [_KernelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]
+    stats.positions.update({k: view_positions(graph, views[k]) for k in plan.values})
+    kernels = [ChannelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]
     grads_order = sorted(plan.grads)
     inputs = {k for k in plan.values if views[k].node in graph.inputs}
     copied = set()
@@ -238,64 +239,3 @@ def _chunk_size(n: int, plan: StatisticsPlan, stats: Statistics) -> int:
     for fk in plan.full_kernels.values():
         widest = max(widest, stats.positions[fk.sources[0]] * sum(stats.widths[k] + 1 for k in fk.sources))
     return max(1, min(n, ROWS_PER_CHUNK // widest))
-
-
-def _view_positions(graph: "Graph", view: View) -> int:
-    if view.kind != "patches":
-        return 1
-    shape = graph.node(view.node).shape
-    out = 1
-    for s, k, st, p, d in zip(shape, view.kernel, view.stride, view.padding, view.dilation):
-        out *= (s + 2 * p - d * (k - 1) - 1) // st + 1
-    return out
-
-
-class _KernelSums:
-    """Streams the sums of one new-channel expansion (MATH §7) with conv weight-gradient ops:
-    the (samples × positions × offsets × D) tensor of shifted patches is never built."""
-
-    def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,
-                 device: torch.device) -> None:
-        self.fk, self.views = fk, views
-        ov = fk.out_view
-        self.node_shape, self.target_shape = graph.node(fk.node).shape, graph.node(fk.target).shape
-        self.dim = ov.dim
-        self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
-        self.d_in = sum(stats.widths[k] for k in fk.sources) + 1
-        self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
-        c_v = graph.node(fk.target).width
-        out_shape = self.target_shape or (1,) * self.dim
-        grad_input = torch.nn.grad.conv1d_input if self.dim == 1 else torch.nn.grad.conv2d_input
-        # c(q): how many (target position, offset) pairs read node position q (border-aware)
-        self.counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
-                                 torch.ones(1, 1, *out_shape, dtype=torch.float64), **self.geometry).flatten()
-        self.counts = self.counts.to(device)
-        self.weight_grad = torch.nn.grad.conv1d_weight if self.dim == 1 else torch.nn.grad.conv2d_weight
-        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.S = stats.expansion[(fk.key, "S")] = z(self.d_in, self.d_in)
-        self.M = stats.expansion[(fk.key, "M")] = z(c_v, self.d_in, *ov.kernel)
-        self.P = stats.expansion[(fk.key, "P")] = z(self.d_target, self.d_in, *ov.kernel)
-        self.out_shape = out_shape
-
-    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor],
-                shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        parts = [signals[k] if k in signals else self.views[k].signal(values[self.views[k].node]) for k in keys]
-        parts = [p.reshape(p.shape[0], p.shape[1], *shape) for p in parts]
-        ones = like.new_ones(like.shape[0], 1, *shape)
-        return torch.cat([*parts, ones], 1)
-
-    def add(self, values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
-            compute_dtype: torch.dtype | None) -> None:
-        fk = self.fk
-        move = moves[fk.target]
-        move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
-        b = self._signal(fk.sources, values, signals, self.node_shape, move)
-        target_in = self._signal(fk.target_sources, values, signals, self.out_shape, move)
-        if compute_dtype is not None:
-            b, move, target_in = b.to(compute_dtype), move.to(compute_dtype), target_in.to(compute_dtype)
-        rows = as_rows(b)
-        weights = self.counts.to(rows.dtype).repeat(b.shape[0])
-        self.S += (rows * weights[:, None]).T @ rows
-        kernel = tuple(self.M.shape[2:])
-        self.M += self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
-        self.P += self.weight_grad(b, (target_in.shape[1], b.shape[1], *kernel), target_in, **self.geometry)

@@ -51,6 +51,13 @@ class View:
         return (f"{self.node}|conv k{size(self.kernel)} s{size(self.stride)} p{size(self.padding)} "
                 f"d{size(self.dilation)}")
 
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The positions a patch view is read at (the conv's output shape; () otherwise)."""
+        if self.kind != "patches":
+            return ()
+        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
+                     zip(shape, self.kernel, self.stride, self.padding, self.dilation))
+
     def features(self, graph: "Graph") -> int:
         """Values per row (without the constant 1 of the bias)."""
         spec = graph.node(self.node)
@@ -67,9 +74,7 @@ class View:
             return h.reshape(h.shape[0], -1, *([1] * max(self.dim, 1)))
         if self.dim == 2:
             cols = F.unfold(h, self.kernel, dilation=self.dilation, padding=self.padding, stride=self.stride)
-            out_shape = tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
-                              zip(h.shape[2:], self.kernel, self.stride, self.padding, self.dilation))
-            return cols.reshape(h.shape[0], cols.shape[1], *out_shape)
+            return cols.reshape(h.shape[0], cols.shape[1], *self.output_shape(tuple(h.shape[2:])))
         (k,), (s,), (p,), (d,) = self.kernel, self.stride, self.padding, self.dilation
         x = F.pad(h, (p, p)) if p else h
         span = d * (k - 1) + 1

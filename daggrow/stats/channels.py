@@ -1,0 +1,87 @@
+"""Sums for new channels in an image/sequence node (MATH §7), streamed batch by batch.
+
+New channels in node w read the views ``sources`` (unfolded patches at w's positions q, plus a
+constant channel) and write into a target through an out-edge of kernel k2. Treating the
+out-edge's offsets o as extra observations:
+
+    S = Σ_{i,q} c(q) b(q) b(q)ᵀ            c(q): how many (target position, offset) pairs read q
+    M[c, :, o] = Σ_{i,p} v_c(p) b(s·p + d·o − pad)
+    P[j, :, o] = Σ_{i,p} b_in,j(p) b(s·p + d·o − pad)   (the target's own in-views, constant last)
+
+S is one weighted GEMM of the unfolded patches; M and P are conv weight-gradients
+(``torch.nn.grad.conv{1,2}d_weight``) of the unfolded input against the desired move and
+against the target's in-views, so the (samples × positions × offsets × D) tensor is never built.
+A linear out-edge that flattens w is the same with one "kernel" covering every position.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .plan import FullKernel
+from .statistics import Statistics
+from .views import View, as_rows
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+
+def view_positions(graph: "Graph", view: View) -> int:
+    """Observations per sample of a view: the conv's output positions (1 unless patches)."""
+    out = 1
+    for s in view.output_shape(graph.node(view.node).shape):
+        out *= s
+    return out
+
+
+class ChannelSums:
+    """Streams the sums of one new-channel expansion (MATH §7) with conv weight-gradient ops:
+    the (samples × positions × offsets × D) tensor of shifted patches is never built."""
+
+    def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,
+                 device: torch.device) -> None:
+        self.fk, self.views = fk, views
+        ov = fk.out_view
+        self.node_shape, self.target_shape = graph.node(fk.node).shape, graph.node(fk.target).shape
+        self.dim = ov.dim
+        self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
+        self.d_in = sum(stats.widths[k] for k in fk.sources) + 1
+        self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
+        c_v = graph.node(fk.target).width
+        out_shape = self.target_shape or (1,) * self.dim
+        grad_input = torch.nn.grad.conv1d_input if self.dim == 1 else torch.nn.grad.conv2d_input
+        # c(q): how many (target position, offset) pairs read node position q (border-aware)
+        self.counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
+                                 torch.ones(1, 1, *out_shape, dtype=torch.float64), **self.geometry).flatten()
+        self.counts = self.counts.to(device)
+        self.weight_grad = torch.nn.grad.conv1d_weight if self.dim == 1 else torch.nn.grad.conv2d_weight
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.S = stats.expansion[(fk.key, "S")] = z(self.d_in, self.d_in)
+        self.M = stats.expansion[(fk.key, "M")] = z(c_v, self.d_in, *ov.kernel)
+        self.P = stats.expansion[(fk.key, "P")] = z(self.d_target, self.d_in, *ov.kernel)
+        self.out_shape = out_shape
+
+    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor],
+                shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        parts = [signals[k] if k in signals else self.views[k].signal(values[self.views[k].node]) for k in keys]
+        parts = [p.reshape(p.shape[0], p.shape[1], *shape) for p in parts]
+        ones = like.new_ones(like.shape[0], 1, *shape)
+        return torch.cat([*parts, ones], 1)
+
+    def add(self, values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
+            compute_dtype: torch.dtype | None) -> None:
+        fk = self.fk
+        move = moves[fk.target]
+        move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
+        b = self._signal(fk.sources, values, signals, self.node_shape, move)
+        target_in = self._signal(fk.target_sources, values, signals, self.out_shape, move)
+        if compute_dtype is not None:
+            b, move, target_in = b.to(compute_dtype), move.to(compute_dtype), target_in.to(compute_dtype)
+        rows = as_rows(b)
+        weights = self.counts.to(rows.dtype).repeat(b.shape[0])
+        self.S += (rows * weights[:, None]).T @ rows
+        kernel = tuple(self.M.shape[2:])
+        self.M += self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
+        self.P += self.weight_grad(b, (target_in.shape[1], b.shape[1], *kernel), target_in, **self.geometry)
