@@ -28,14 +28,6 @@ if TYPE_CHECKING:
     from ..graph import Graph
 
 
-def view_positions(graph: "Graph", view: View) -> int:
-    """Observations per sample of a view: the conv's output positions (1 unless patches)."""
-    out = 1
-    for s in view.output_shape(graph.node(view.node).shape):
-        out *= s
-    return out
-
-
 class ChannelSums:
     """Streams the sums of one new-channel expansion (MATH §7) with conv weight-gradient ops:
     the (samples × positions × offsets × D) tensor of shifted patches is never built."""

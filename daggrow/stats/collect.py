@@ -15,10 +15,10 @@ import torch
 
 from ..errors import StatisticsError
 from .losses import LossLike, per_sample_loss
-from .channels import ChannelSums, view_positions
+from .channels import ChannelSums
 from .plan import StatisticsPlan, plan_for
 from .statistics import Statistics, empty_statistics
-from .views import as_rows, positions
+from .views import as_rows, positions, view_positions
 
 if TYPE_CHECKING:
     from ..graph import Graph

@@ -116,3 +116,11 @@ def positions(graph: "Graph", node: str) -> int:
     for s in graph.node(node).shape:
         out *= s
     return out
+
+
+def view_positions(graph: "Graph", view: View) -> int:
+    """Observations per sample of a view: the conv's output positions (1 unless patches)."""
+    out = 1
+    for s in view.output_shape(graph.node(view.node).shape):
+        out *= s
+    return out
