@@ -8,6 +8,7 @@ cannot be carried (a pruned tensor) is dropped with a warning.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,16 @@ def _grown(old: torch.Tensor, new_shape: torch.Size) -> torch.Tensor | None:
     return out
 
 
+def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's defaults that its constructor accepts (AdamW, for one, records a
+    ``decoupled_weight_decay`` default its ``__init__`` does not take); the param groups carry
+    every hyper-parameter anyway."""
+    params = inspect.signature(type(optimizer).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(optimizer.defaults)
+    return {k: v for k, v in optimizer.defaults.items() if k in params}
+
+
 def carry_optimizer(optimizer: torch.optim.Optimizer, old: "Graph", new: "Graph") -> torch.optim.Optimizer:
     """A new optimizer of the same class and hyper-parameters over ``new``'s parameters,
     with the state of ``optimizer`` (built over ``old``'s parameters) carried by name."""
@@ -42,7 +53,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, old: "Graph", new: "Graph"
     if fresh:
         groups[0]["params"] = groups[0]["params"] + fresh
     groups = [g for g in groups if g["params"]]
-    carried = type(optimizer)(groups, **optimizer.defaults)
+    carried = type(optimizer)(groups, **_constructor_defaults(optimizer))
     for p_old, state in optimizer.state.items():
         name = old_names.get(id(p_old))
         if name is None or name not in new_params or not state:

@@ -64,3 +64,25 @@ def test_sgd_momentum_is_carried():
     new = rewrite.add_neurons(g, "h", {"x_to_h": torch.zeros(1, 4)}, {"h_to_y": torch.zeros(2, 1)}, step=1)
     carried = carry_optimizer(opt, g, new)
     assert torch.equal(carried.state[new.module("h_to_y").weight]["momentum_buffer"][:, :3], buf)
+
+
+def test_adamw_and_other_optimizers_are_carried_with_their_hyper_parameters():
+    g, _ = trained_graph()
+    for make in (lambda ps: torch.optim.AdamW(ps, lr=3e-3, weight_decay=0.1),
+                 lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
+                 lambda ps: torch.optim.Adagrad(ps, lr=0.1)):
+        opt = make(g.parameters())
+        g.compile()(torch.randn(8, 4)).pow(2).sum().backward()
+        opt.step()
+        new = rewrite.add_neurons(g, "h", {"x_to_h": torch.zeros(1, 4)}, {"h_to_y": torch.zeros(2, 1)}, step=1)
+        carried = carry_optimizer(opt, g, new)
+        assert type(carried) is type(opt)
+        assert {k: v for k, v in carried.param_groups[0].items() if k != "params"} == \
+            {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        weight = new.module("x_to_h").weight
+        for key, value in opt.state[g.module("x_to_h").weight].items():
+            if value.ndim:
+                assert torch.equal(carried.state[weight][key][:3], value)
+        carried.step()
+        for p in g.parameters():
+            p.grad = None
