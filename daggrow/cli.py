@@ -22,6 +22,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         dataset=args.dataset, strategy=args.strategy, init=args.init, steps=args.steps,
         neurons_per_step=args.neurons_per_step, epochs_between=args.epochs_between, mode=args.mode,
         model=args.model, hidden=args.hidden, channels=args.channels, activation=args.activation, kinds=args.kinds, lr=args.lr, batch_size=args.batch_size,
+        weight_decay=args.weight_decay, keep_best=args.keep_best,
         final_epochs=args.final_epochs, max_parameters=args.max_parameters, seed=args.seed, device=args.device,
         out=args.out,
     )
@@ -38,6 +39,9 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     print(f"{result['dataset']}: {result['growth_steps']} growth steps, {result['parameters']:,} parameters, "
           f"test accuracy {'-' if acc is None else f'{acc:.4f}'}, test loss {result['test_loss']:.4f}, "
           f"{result['seconds']:.1f} s")
+    if result.get("best_epoch") is not None:
+        print(f"kept the weights of final epoch {result['best_epoch']} of {args.final_epochs} "
+              "(best validation accuracy)")
     print(f"run folder: {result['out']}  (report: {Path(result['out']) / 'report.html'})")
     return 0
 
@@ -94,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--kinds", nargs="+", default=None, choices=["expand_node", "new_node", "new_edge"],
                       help="where growth may happen (default: expand_node new_node; cnn: expand_node)")
     grow.add_argument("--lr", type=float, default=3e-3)
+    grow.add_argument("--weight-decay", type=float, default=0.0, help="> 0: AdamW with this weight decay")
+    grow.add_argument("--keep-best", action="store_true",
+                      help="after the final epochs, keep the weights of the best validation accuracy")
     grow.add_argument("--batch-size", type=int, default=256)
     grow.add_argument("--final-epochs", type=int, default=0, help="training epochs after the last step")
     grow.add_argument("--max-parameters", type=int, default=None)

@@ -85,3 +85,20 @@ def test_console_script(tmp_path):
     assert out.returncode == 0 and "2 edges" in out.stdout
     out = subprocess.run([str(exe), "show", str(tmp_path / "nothing")], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("daggrow: error:") and "Traceback" not in out.stderr
+
+
+def test_grow_with_weight_decay_keeps_the_best_validation_weights(tmp_path, capsys):
+    from daggrow.grow import evaluate
+    from daggrow.grow.runner import RunConfig, run_growth
+
+    config = RunConfig(dataset="digits", steps=2, final_epochs=3, weight_decay=0.1, keep_best=True, lr=1e-2,
+                       out=str(tmp_path / "run"))
+    result = run_growth(config, progress=False)
+    assert result["best_epoch"] in range(0, 4)
+    # the kept weights are those of the best validation epoch: no later epoch beat them
+    data = dg.data.load_dataset("digits")
+    _, val, _ = data.loaders(config.batch_size, seed=config.seed)
+    assert evaluate(result["graph"], val, "cross_entropy")[1] == pytest.approx(result["val_accuracy"])
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--final-epochs", "2", "--weight-decay", "0.1",
+                 "--keep-best", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    assert '"weight_decay": 0.1' in (tmp_path / "cli" / "config.json").read_text()

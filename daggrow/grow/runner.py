@@ -38,6 +38,8 @@ class RunConfig(BaseModel):
     kinds: list[str] | None = None  # default: expand_node and new_node for an MLP, expand_node for a CNN
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     lr: float = 3e-3
+    weight_decay: float = Field(default=0.0, ge=0.0)  # > 0: AdamW with this decoupled weight decay
+    keep_best: bool = False  # after the final epochs, keep the weights of the best validation accuracy
     batch_size: int = 256
     final_epochs: int = Field(default=0, ge=0)
     max_parameters: int | None = None
@@ -90,6 +92,13 @@ def starting_cnn(in_channels: int, shape: tuple[int, ...], num_classes: int, cha
     return g
 
 
+def _optimizer(config: RunConfig):
+    """Adam (the Grower's default) or, with ``weight_decay``, AdamW."""
+    if config.weight_decay <= 0:
+        return None
+    return lambda params: torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     """Run ``config``; writes the run folder and returns a summary dict."""
     from ..data import load_dataset
@@ -111,7 +120,7 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     grower = Grower(graph, loss=config.loss, strategy=config.strategy, init=config.init, kinds=kinds,
                     neurons_per_step=config.neurons_per_step, new_node_activation=config.activation,
                     max_parameters=config.max_parameters, max_width=config.max_width, max_nodes=config.max_nodes,
-                    lr=config.lr, seed=config.seed,
+                    lr=config.lr, seed=config.seed, optimizer=_optimizer(config),
                     reuse_input_moments=True)  # our loaders yield the same samples every epoch
     bar = None
     if progress:
@@ -128,8 +137,15 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
     start = time.perf_counter()
     grower.fit(train, val, growth_steps=config.steps, epochs_between=config.epochs_between, mode=config.mode,
                callback=on_event)
-    for _ in range(config.final_epochs):
+    best = (evaluate(grower.graph, val, config.loss)[1], grower.graph.copy(), 0) if config.keep_best else None
+    for epoch in range(1, config.final_epochs + 1):
         grower.train_epoch(train)
+        if best is not None:
+            accuracy = evaluate(grower.graph, val, config.loss)[1]
+            if accuracy > best[0]:
+                best = (accuracy, grower.graph.copy(), epoch)
+    if best is not None and best[2] != config.final_epochs:
+        grower.swap(best[1])  # same architecture, the weights of the best validation epoch
     if bar is not None:
         accepted = bar.n
         bar.update(bar.total - bar.n)  # the remaining attempts were declined (nothing lowered the held-out loss)
@@ -144,5 +160,6 @@ def run_growth(config: RunConfig, *, progress: bool = True) -> dict:
         "parameters": grower.graph.num_parameters(), "nodes": len(grower.graph), "edges": len(grower.graph.edges),
         "val_loss": val_loss, "val_accuracy": val_acc, "test_loss": test_loss, "test_accuracy": test_acc,
         "seconds": time.perf_counter() - start, "out": str(out),
+        "best_epoch": None if best is None else best[2],
         "graph": grower.graph,
     }
