@@ -14,13 +14,14 @@ from daggrow.grow.runner import starting_graph
 
 def grow_curve(data, *, seed: int, steps: int, mode: str, strategy: str = "amplitude", init: str = "tiny",
                hidden=(1,), kinds=("expand_node",), neurons_per_step: int = 1, epochs_between: int = 1,
-               activation: str = "relu", lr: float = 3e-3, batch_size: int = 256) -> dict:
+               activation: str = "relu", lr: float = 3e-3, batch_size: int = 256, weight_decay: float = 0.0) -> dict:
     """Grow from a thin chain; returns the curve [(parameters, test accuracy)] after every growth step."""
     torch.manual_seed(seed)
     train, val, test = data.loaders(batch_size, seed=seed)
     graph = starting_graph(data.num_features, data.num_classes, list(hidden), activation)
     grower = Grower(graph, loss="cross_entropy", strategy=strategy, init=init, kinds=kinds,
-                    neurons_per_step=neurons_per_step, new_node_activation=activation, lr=lr, seed=seed)
+                    neurons_per_step=neurons_per_step, new_node_activation=activation, lr=lr, seed=seed,
+                    optimizer=optimizer(lr, weight_decay))
     curve = [(graph.num_parameters(), evaluate(graph, test, "cross_entropy")[1])]
 
     def on_event(event) -> None:
@@ -32,6 +33,13 @@ def grow_curve(data, *, seed: int, steps: int, mode: str, strategy: str = "ampli
     if mode == "sgd" or curve[-1][0] != grower.graph.num_parameters():
         curve.append((grower.graph.num_parameters(), evaluate(grower.graph, test, "cross_entropy")[1]))
     return {"curve": curve, "seconds": time.perf_counter() - start, "grower": grower}
+
+
+def optimizer(lr: float, weight_decay: float):
+    """Adam, or AdamW when ``weight_decay`` > 0 (the same rule as ``daggrow grow --weight-decay``)."""
+    if weight_decay > 0:
+        return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return lambda params: torch.optim.Adam(params, lr=lr)
 
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[float, float]]:

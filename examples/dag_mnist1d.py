@@ -16,28 +16,40 @@ import time
 from pathlib import Path
 
 import torch
-from _common import grow_curve, markdown_table, write_svg
+from _common import grow_curve, markdown_table, optimizer, write_svg
 from torch import nn
 
 from daggrow.data import load_dataset
 
 
-def train_fixed(data, widths: list[int], epochs: int, seed: int, lr: float = 3e-3, batch_size: int = 256):
+def train_fixed(data, widths: list[int], epochs: int, seed: int, lr: float = 3e-3, batch_size: int = 256,
+                weight_decay: float = 0.0, keep_best: bool = False):
+    """A fixed MLP trained for ``epochs``; with ``keep_best``, the test accuracy of the epoch with
+    the best validation accuracy (the rule ``--keep-best`` applies to the grown network)."""
     torch.manual_seed(seed)
     layers, previous = [], data.num_features
     for w in widths:
         layers += [nn.Linear(previous, w), nn.ReLU()]
         previous = w
     model = nn.Sequential(*layers, nn.Linear(previous, data.num_classes))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = optimizer(lr, weight_decay)(model.parameters())
     train, _, _ = data.loaders(batch_size, seed=seed)
+
+    def accuracy(x, y):
+        with torch.no_grad():
+            return float((model(x).argmax(1) == y).float().mean())
+
+    best = (-1.0, 0.0)
     for _ in range(epochs):
         for x, y in train:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-    with torch.no_grad():
-        acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+        if keep_best:
+            val = accuracy(data.x_val, data.y_val)
+            if val > best[0]:
+                best = (val, accuracy(data.x_test, data.y_test))
+    acc = best[1] if keep_best else accuracy(data.x_test, data.y_test)
     return sum(p.numel() for p in model.parameters()), acc
 
 
@@ -48,6 +60,13 @@ def main() -> None:
     ap.add_argument("--epochs-between", type=int, default=1)
     ap.add_argument("--final-epochs", type=int, default=20)
     ap.add_argument("--neurons-per-step", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="> 0: AdamW, for the grown and the fixed networks")
+    ap.add_argument("--keep-best", action="store_true",
+                    help="report the test accuracy at the best validation epoch (final epochs of the grown "
+                         "network, all epochs of the fixed ones)")
+    ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--out", default="examples/out")
     args = ap.parse_args()
     out = Path(args.out)
@@ -58,22 +77,30 @@ def main() -> None:
         start = time.perf_counter()
         run = grow_curve(data, seed=seed, steps=args.steps, mode="sgd", hidden=(1,),
                          kinds=("expand_node", "new_node"), neurons_per_step=args.neurons_per_step,
-                         epochs_between=args.epochs_between)
+                         epochs_between=args.epochs_between, lr=args.lr, batch_size=args.batch_size,
+                         weight_decay=args.weight_decay)
         grower = run["grower"]
-        for _ in range(args.final_epochs):
-            grower.train_epoch(data.loaders(256, seed=seed)[0])
         from daggrow.grow import evaluate
 
-        acc = evaluate(grower.graph, data.loaders(256)[2], "cross_entropy")[1]
+        train, val, test = data.loaders(args.batch_size, seed=seed)
+        best = (evaluate(grower.graph, val, "cross_entropy")[1], evaluate(grower.graph, test, "cross_entropy")[1])
+        for _ in range(args.final_epochs):
+            grower.train_epoch(train)
+            if args.keep_best:
+                v = evaluate(grower.graph, val, "cross_entropy")[1]
+                if v > best[0]:
+                    best = (v, evaluate(grower.graph, test, "cross_entropy")[1])
+        acc = best[1] if args.keep_best else evaluate(grower.graph, test, "cross_entropy")[1]
         params = grower.graph.num_parameters()
         # every fit iteration trains (whether or not it grew): count the epochs actually run
         epochs = sum(e.action == "train" for e in grower.history) * args.epochs_between + args.final_epochs
         grown.append((params, acc, epochs, time.perf_counter() - start, len(grower.graph), len(grower.graph.edges)))
         if seed == args.seeds[0]:
-            grower.history.save(out / "dag_mnist1d_run", graph=grower.graph)
+            grower.history.save(out / f"dag_mnist1d{args.tag}_run", graph=grower.graph)
         same = max(1, round((params - data.num_classes) / (data.num_features + 1 + data.num_classes)))
-        for widths in ([same], [16], [32], [64], [128], [256], [32, 32], [64, 64], [128, 128]):
-            p, a = train_fixed(data, widths, epochs, seed)
+        for widths in ([same], [16], [32], [64], [128], [256], [32, 32], [64, 64], [100, 100], [128, 128]):
+            p, a = train_fixed(data, widths, epochs, seed, lr=args.lr, batch_size=args.batch_size,
+                               weight_decay=args.weight_decay, keep_best=args.keep_best)
             fixed_points.setdefault(tuple(widths), []).append((p, a))
         print(f"seed {seed}: grown {params:,} params, {sum(e.is_growth for e in grower.history)} growth steps, "
               f"test acc {acc:.4f}, {epochs} epochs")
@@ -89,11 +116,11 @@ def main() -> None:
     extra = (f"\n\ngrown networks: {statistics.mean(g[4] for g in grown):.1f} nodes, "
              f"{statistics.mean(g[5] for g in grown):.1f} edges on average; "
              f"{statistics.mean(g[3] for g in grown):.0f} s per run (growth + training, 2 CPU cores)\n")
-    (out / "dag_mnist1d.md").write_text(table + extra)
+    (out / f"dag_mnist1d{args.tag}.md").write_text(table + extra)
     series = {"grown": [(p, a) for p, a, *_ in grown],
               "fixed MLP": sorted((statistics.mean(p for p, _ in pts), statistics.mean(a for _, a in pts))
                                   for pts in fixed_points.values())}
-    write_svg(out / "dag_mnist1d.svg", series, title="MNIST-1D: grown DAG vs fixed MLPs", xlabel="parameters",
+    write_svg(out / f"dag_mnist1d{args.tag}.svg", series, title="MNIST-1D: grown DAG vs fixed MLPs", xlabel="parameters",
               ylabel="test accuracy")
     print(table + extra)
 
