@@ -64,6 +64,26 @@ def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int 
     return total / count, (correct / count if labelled else None)
 
 
+HELD_OUT_SAMPLES = 2048
+
+
+def held_out_batch(val: Iterable, max_samples: int = HELD_OUT_SAMPLES) -> Any:
+    """The line search's held-out batch: validation batches joined up to ``max_samples`` samples
+    (one small batch makes γ* noisy, and growth then stops on noise)."""
+    xs, ys, n = [], [], 0
+    for batch in val:
+        x, y = split_batch(batch)
+        xs.append(x), ys.append(y)
+        n += y.shape[0]
+        if n >= max_samples:
+            break
+    if not xs:
+        raise DaggrowError("the validation loader yielded no batch")
+    joined = tuple(torch.cat([x[i] for x in xs])[:max_samples] for i in range(len(xs[0])))
+    y = torch.cat(ys)[:max_samples]
+    return (joined if len(joined) > 1 else joined[0], y)
+
+
 class Grower:
     """Grow ``graph`` where its expressivity bottleneck is, keeping a :class:`History`."""
 
@@ -258,11 +278,12 @@ class Grower:
         talk's Algorithm 1), or only grow (``"grow_only"``, Algorithm 3).
 
         Stops after ``growth_steps``, when the parameter budget is reached or no proposal is
-        found, or when validation loss has not improved for ``patience`` growth steps.
+        found, or when validation loss has not improved for ``patience`` growth steps. The
+        amplitude line search minimises on up to 2,048 samples of ``val`` (:func:`held_out_batch`).
         """
         if mode not in ("sgd", "pure", "grow_only"):
             raise DaggrowError(f"unknown mode {mode!r}: use 'sgd', 'pure' or 'grow_only'")
-        held_out = next(iter(val)) if val is not None else None
+        held_out = held_out_batch(val) if val is not None else None
         self._evaluate(train, val)
         if not self.history.events:
             self._emit(self._record_start(), callback)

@@ -145,3 +145,16 @@ def test_a_failing_rewrite_changes_nothing(digits, monkeypatch):
     assert grower.graph.spec() == spec and grower.history.events == events and grower.optimizer is optimizer
     for p, st in optimizer.state.items():
         assert all(torch.equal(v, state[p][k]) for k, v in st.items())
+
+
+def test_the_held_out_batch_joins_validation_batches_up_to_a_limit():
+    from daggrow.grow.grower import held_out_batch
+
+    x, y = torch.arange(50.0).reshape(25, 2), torch.arange(25)
+    batches = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 25, 10)]
+    hx, hy = held_out_batch(batches, max_samples=15)
+    assert torch.equal(hx, x[:15]) and torch.equal(hy, y[:15])
+    hx, hy = held_out_batch(batches)
+    assert torch.equal(hx, x) and torch.equal(hy, y)
+    (a, b), _ = held_out_batch([((x[:5], x[:5] + 1), y[:5])])
+    assert torch.equal(b, x[:5] + 1)
