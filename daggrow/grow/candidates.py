@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Literal
 from ..graph.spec import is_growable
 from ..stats import StatisticsPlan, plan_for
 from ..stats.plan import full_kernel
-from ..stats.views import edge_view
+from ..stats.views import edge_view, node_view
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -47,6 +47,14 @@ class Candidate:
     def touches(self) -> tuple[str, ...]:
         """Existing nodes this candidate changes or connects."""
         return ((self.node,) if self.node else ()) + tuple(dict.fromkeys(self.sources + self.targets))
+
+
+def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
+    """The views a candidate's fan-in reads (MATH §5): its in-edges' views when it widens a node,
+    else its source node (flattened when it is an image/sequence node)."""
+    if cand.kind == "expand_node":
+        return [edge_view(graph, graph.edge(e)).key for e in cand.in_edges]
+    return [node_view(graph, cand.sources[0]).key]
 
 
 def expandable(graph: "Graph", node: str) -> bool:
@@ -116,8 +124,6 @@ def enumerate_candidates(
 
 def statistics_plan(graph: "Graph", candidates: Iterable[Candidate]) -> StatisticsPlan:
     """The moments one pass must collect for Ψ of every node and for every candidate."""
-    from .propose import source_keys
-
     vector, channels = [], []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).shape:

@@ -21,8 +21,7 @@ from ..solve import BestUpdate, Decomposition, activation_layout, best_update, s
 from ..solve import new_edge as solve_new_edge
 from ..stats import Statistics, update_sources
 from ..stats.plan import full_kernel
-from ..stats.views import edge_view
-from .candidates import KINDS, Candidate, Kind, enumerate_candidates
+from .candidates import KINDS, Candidate, Kind, enumerate_candidates, source_keys
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -111,15 +110,6 @@ class Proposal:
 
 def _has_bias(graph: "Graph", node: str) -> bool:
     return any(is_growable(e.block) and e.block.bias for e in graph.in_edges(node))
-
-
-def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
-    """The views a candidate's fan-in reads (MATH §5): its in-edges' views when it widens a node,
-    else its source node (flattened when it is an image/sequence node)."""
-    if cand.kind == "expand_node":
-        return [edge_view(graph, graph.edge(e)).key for e in cand.in_edges]
-    u = cand.sources[0]
-    return [u if not graph.node(u).shape else f"{u}|flatten"]
 
 
 def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[str], bias: bool, rel_tol: float,
@@ -291,8 +281,9 @@ def _channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update,
         M_e = M_e.flatten(2)                                                 # C_v × D × offsets
         upd = update(fk.target)
         delta = upd.solution.delta.to(M_e.dtype)                             # C_v × (D_T [+1])
-        P_e = P_e.flatten(2)[: delta.shape[1]] if _has_bias(graph, fk.target) else P_e.flatten(2)[:-1]
-        N_e = M_e - torch.einsum("jdo,cj->cdo", P_e[: delta.shape[1]], delta) if delta.shape[1] else M_e
+        # P's rows: the target's in-views, then its constant; δW* has a bias column only if the target does
+        P_e = P_e.flatten(2)[: delta.shape[1]]
+        N_e = M_e - torch.einsum("jdo,cj->cdo", P_e, delta) if delta.shape[1] else M_e
         blocks_m.append(M_e[:, keep].permute(1, 0, 2).reshape(M_e[:, keep].shape[1], -1))
         blocks_n.append(N_e[:, keep].permute(1, 0, 2).reshape(N_e[:, keep].shape[1], -1))
     S = S[keep, keep]

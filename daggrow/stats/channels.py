@@ -36,24 +36,21 @@ class ChannelSums:
                  device: torch.device) -> None:
         self.fk, self.views = fk, views
         ov = fk.out_view
-        self.node_shape, self.target_shape = graph.node(fk.node).shape, graph.node(fk.target).shape
-        self.dim = ov.dim
+        self.node_shape = graph.node(fk.node).shape
+        self.out_shape = graph.node(fk.target).shape or (1,) * ov.dim  # a vector target: one position
         self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
-        self.d_in = sum(stats.widths[k] for k in fk.sources) + 1
-        self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
-        c_v = graph.node(fk.target).width
-        out_shape = self.target_shape or (1,) * self.dim
-        grad_input = torch.nn.grad.conv1d_input if self.dim == 1 else torch.nn.grad.conv2d_input
+        d_in = sum(stats.widths[k] for k in fk.sources) + 1
+        d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
+        grad_input = torch.nn.grad.conv1d_input if ov.dim == 1 else torch.nn.grad.conv2d_input
         # c(q): how many (target position, offset) pairs read node position q (border-aware)
         self.counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
-                                 torch.ones(1, 1, *out_shape, dtype=torch.float64), **self.geometry).flatten()
-        self.counts = self.counts.to(device)
-        self.weight_grad = torch.nn.grad.conv1d_weight if self.dim == 1 else torch.nn.grad.conv2d_weight
+                                 torch.ones(1, 1, *self.out_shape, dtype=torch.float64),
+                                 **self.geometry).flatten().to(device)
+        self.weight_grad = torch.nn.grad.conv1d_weight if ov.dim == 1 else torch.nn.grad.conv2d_weight
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.S = stats.expansion[(fk.key, "S")] = z(self.d_in, self.d_in)
-        self.M = stats.expansion[(fk.key, "M")] = z(c_v, self.d_in, *ov.kernel)
-        self.P = stats.expansion[(fk.key, "P")] = z(self.d_target, self.d_in, *ov.kernel)
-        self.out_shape = out_shape
+        self.S = stats.expansion[(fk.key, "S")] = z(d_in, d_in)
+        self.M = stats.expansion[(fk.key, "M")] = z(graph.node(fk.target).width, d_in, *ov.kernel)
+        self.P = stats.expansion[(fk.key, "P")] = z(d_target, d_in, *ov.kernel)
 
     def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor],
                 shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ..graph.spec import is_growable
-from .views import View, edge_view
+from .views import View, edge_view, node_view
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -103,9 +103,7 @@ class StatisticsPlan:
         plain view) and writing into the vector nodes ``targets``."""
         for u in sources:
             if u not in self.views:
-                node = u.removesuffix("|flatten")
-                shape = graph.node(node).shape
-                self.views[u] = View(node, "flatten", len(shape)) if shape else View(node)
+                self.views[u] = node_view(graph, u.removesuffix("|flatten"))
         for i, u in enumerate(sources):
             for w in sources[i:]:
                 self.add_value_pair(u, w, order)
@@ -115,8 +113,6 @@ class StatisticsPlan:
                 self.grad_pairs.add((u, v))
                 for w in update_sources(graph, v):
                     self.add_value_pair(u, w, order)
-
-
 
 
 def plan_for(graph: "Graph", expansions: Iterable[tuple[Sequence[str], Sequence[str]]] = (),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch.nn import functional as F
 
-from ..graph.spec import ConvBlock, EdgeSpec, LinearBlock
+from ..graph.spec import ConvBlock, EdgeSpec
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -100,14 +100,18 @@ def as_rows(signal: torch.Tensor) -> torch.Tensor:
     return signal.flatten(2).transpose(1, 2).reshape(-1, signal.shape[1])
 
 
+def node_view(graph: "Graph", node: str) -> View:
+    """What a linear block reads from ``node``: its value, flattened when it has a spatial shape."""
+    shape = graph.node(node).shape
+    return View(node, "flatten", len(shape)) if shape else View(node)
+
+
 def edge_view(graph: "Graph", edge: EdgeSpec) -> View:
     """The view of its source that a growable edge is linear in."""
-    block, source = edge.block, graph.node(edge.source)
+    block = edge.block
     if isinstance(block, ConvBlock):
         return View(edge.source, "patches", block.dim, block.kernel_size, block.stride, block.padding, block.dilation)
-    if isinstance(block, LinearBlock) and source.shape:
-        return View(edge.source, "flatten", len(source.shape))
-    return View(edge.source)
+    return node_view(graph, edge.source)
 
 
 def positions(graph: "Graph", node: str) -> int:
