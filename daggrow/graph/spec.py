@@ -36,6 +36,13 @@ def _tuple(value: int | tuple[int, ...] | list[int], dim: int, name: str) -> tup
     return out
 
 
+def conv_output_shape(shape: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+                      padding: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    """Spatial output shape of a convolution (PyTorch's formula), per dimension."""
+    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, k, st, p, d in zip(shape, kernel, stride, padding, dilation))
+
+
 class ConvBlock(_Frozen):
     """``nn.Conv1d`` / ``nn.Conv2d`` from one image/sequence node to another. Growable when
     ``groups == 1`` (new channels are new output rows / input columns of the kernel)."""
@@ -64,8 +71,7 @@ class ConvBlock(_Frozen):
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Spatial output shape for a spatial input shape (PyTorch's formula)."""
-        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
-                     zip(shape, self.kernel_size, self.stride, self.padding, self.dilation))
+        return conv_output_shape(shape, self.kernel_size, self.stride, self.padding, self.dilation)
 
 
 class PoolBlock(_Frozen):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch.nn import functional as F
 
-from ..graph.spec import ConvBlock, EdgeSpec
+from ..graph.spec import ConvBlock, EdgeSpec, conv_output_shape
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -55,8 +55,7 @@ class View:
         """The positions a patch view is read at (the conv's output shape; () otherwise)."""
         if self.kind != "patches":
             return ()
-        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
-                     zip(shape, self.kernel, self.stride, self.padding, self.dilation))
+        return conv_output_shape(shape, self.kernel, self.stride, self.padding, self.dilation)
 
     def features(self, graph: "Graph") -> int:
         """Values per row (without the constant 1 of the bias)."""
