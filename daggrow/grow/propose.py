@@ -17,7 +17,7 @@ import torch
 
 from ..errors import GraphError
 from ..graph.spec import is_growable
-from ..solve import BestUpdate, Decomposition, activation_layout, best_update, solve_neurons, sym_pinv_sqrt
+from ..solve import BestUpdate, Decomposition, activation_layout, best_update, solve_neurons, whitening
 from ..solve import new_edge as solve_new_edge
 from ..stats import Statistics, update_sources
 from ..stats.plan import full_kernel
@@ -114,7 +114,7 @@ def _has_bias(graph: "Graph", node: str) -> bool:
 
 def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[str], bias: bool, rel_tol: float,
                              memo: dict | None = None) -> tuple[torch.Tensor, Decomposition]:
-    """S_U and its ``sym_pinv_sqrt``, decomposed once: per call through ``memo``, and across
+    """S_U and its ``whitening``, decomposed once: per call through ``memo``, and across
     passes over the same samples through ``stats.data_cache`` when U holds only inputs."""
     key = (tuple(sources), bias, rel_tol)
     data_only = set(sources) <= set(graph.inputs)
@@ -122,7 +122,7 @@ def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[st
     if cache is not None and key in cache:
         return cache[key]
     S = stats.moment(sources, sources, bias, bias)
-    value = (S, sym_pinv_sqrt(S, rel_tol))
+    value = (S, whitening(S, rel_tol))
     if cache is not None:
         cache[key] = value
     return value
@@ -289,7 +289,7 @@ def _channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update,
     S = S[keep, keep]
     key = ("channels", cand.node, bias, rel_tol)
     if key not in memo:
-        memo[key] = sym_pinv_sqrt(S, rel_tol)
+        memo[key] = whitening(S, rel_tol)
     return S, memo[key], torch.cat(blocks_m, 1), torch.cat(blocks_n, 1)
 
 

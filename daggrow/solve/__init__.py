@@ -7,6 +7,8 @@ bias) and V (d × n) the desired moves of the targets.
 
 * :func:`best_update` — δW* = Mᵀ S⁺, gain tr(Mᵀ S⁺ M), bottleneck Ψ = g − gain (§4).
 * :func:`projected_moment` — N = M_{U,T} − P_{U,in} δW*ᵀ, one target block at a time (§5).
+* :func:`whitening` — a factor F with F S Fᵀ = I and Fᵀ F = S⁺ (Cholesky when S is well
+  conditioned, the spectral cut otherwise); it stands for S^{-1/2} below.
 * :func:`tiny_neurons` and :func:`solve_neurons` — new neurons from the SVD of S^{-1/2} N (§5).
 * :func:`new_edge` — least-squares weight of a direct edge, W = Nᵀ S⁺ (§5).
 * :func:`activation_layout` — one neuron or a (+, −) pair per direction, exact to first order.
@@ -14,7 +16,15 @@ bias) and V (d × n) the desired moves of the targets.
 
 from .best_update import BestUpdate, best_update, bottleneck_value, projected_moment
 from .layout import NeuronLayout, activation_layout
-from .linalg import Decomposition, RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt
+from .linalg import (
+    Decomposition,
+    RankDeficiencyWarning,
+    SolverInputError,
+    Whitening,
+    psd_eigh,
+    sym_pinv_sqrt,
+    whitening,
+)
 from .neurons import (
     INITS,
     NeuronSolution,
@@ -32,5 +42,5 @@ __all__ = [
     "BestUpdate", "EdgeSolution", "INITS", "NeuronLayout", "NeuronSolution", "RankDeficiencyWarning",
     "SolverInputError", "activation_layout", "best_update", "bottleneck_value", "gradmax_neurons", "new_edge",
     "north_neurons", "projected_moment", "psd_eigh", "random_neurons", "solve_neurons", "sym_pinv_sqrt",
-    "tiny_neurons", "zero_neurons",
+    "tiny_neurons", "whitening", "Whitening", "zero_neurons",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import Decomposition, as_float64_matrix, sym_pinv_sqrt
+from .linalg import Decomposition, as_float64_matrix, whitening
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,14 @@ def best_update(S: torch.Tensor, M: torch.Tensor, g: float, rel_tol: float = 1e-
 
     A singular S (rank < D) warns with :class:`RankDeficiencyWarning` and gives the minimum-norm
     least-squares δW*; eigenvalues of S below ``rel_tol·λ_max`` count as zero. ``decomposition``:
-    ``sym_pinv_sqrt(S, rel_tol)`` when the caller already has it (it is not recomputed).
+    ``whitening(S, rel_tol)`` when the caller already has it (it is not recomputed).
     """
     S = as_float64_matrix("S", S)
     M = as_float64_matrix("M", M, rows=S.shape[0])
     if S.numel() == 0:
         return BestUpdate(M.new_zeros(M.shape[1], 0), 0.0, bottleneck_value(g, 0.0))
-    _, pinv, _ = decomposition if decomposition is not None else sym_pinv_sqrt(S, rel_tol)
-    delta = M.T @ pinv
+    white = decomposition if decomposition is not None else whitening(S, rel_tol)
+    delta = white.solve(M).T
     gain = float((delta * M.T).sum())
     return BestUpdate(delta, gain, bottleneck_value(g, gain))
 

@@ -8,6 +8,15 @@ For a symmetric positive semi-definite S = E diag(μ) Eᵀ, keep the eigenvalues
 These are the minimum-norm least-squares answers when S = (1/n) B Bᵀ is singular (dead neurons,
 duplicated or constant inputs); a :class:`RankDeficiencyWarning` says so.
 
+The solver does not need S^{-1/2} itself, only *a* whitening factor F (r × D) with
+
+    F S Fᵀ = I_r,     Fᵀ F = S⁺,
+
+since every answer is invariant under F → Q F (Q orthogonal). :func:`whitening` takes F = L⁻¹
+from a float64 Cholesky factor S = L Lᵀ (D³/3 flops, about 15× cheaper than ``eigh`` at D = 785)
+whenever that gives the same answer as the spectral cut — every kept eigenvalue, i.e. S well
+conditioned on the coordinates with S_ii > 0 — and F = diag(μ_r^{-1/2}) E_rᵀ otherwise.
+
 >>> S = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
 >>> inv_sqrt, pinv, rank = sym_pinv_sqrt(S, warn=False)
 >>> inv_sqrt.tolist(), pinv.tolist(), rank
@@ -17,6 +26,8 @@ duplicated or constant inputs); a :class:`RankDeficiencyWarning` says so.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -66,13 +77,8 @@ def psd_eigh(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> tupl
     keep = evals > rel_tol * top if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
     rank = int(keep.sum())
     if warn and rank < D:
-        warnings.warn(f"moment matrix of size {D} has rank {rank} (relative tolerance {rel_tol:g}): using "
-                      "the pseudo-inverse (dead neurons, duplicated or constant inputs)",
-                      RankDeficiencyWarning, stacklevel=4)
+        _warn_rank(D, rank, rel_tol)
     return evals[keep], evecs[:, keep]
-
-
-Decomposition = tuple[torch.Tensor, torch.Tensor, int]  # (S^{-1/2}, S⁺, rank), as sym_pinv_sqrt returns
 
 
 def sym_pinv_sqrt(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> Decomposition:
@@ -85,3 +91,118 @@ def sym_pinv_sqrt(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) ->
     inv_sqrt = (E * mu.rsqrt()) @ E.T
     pinv = (E / mu) @ E.T
     return inv_sqrt, pinv, int(mu.numel())
+
+
+# Cholesky is used only when the estimate of λ_min(S) exceeds this many times the spectral cut
+# rel_tol·‖S‖_F ≥ rel_tol·λ_max: the estimate is within a small factor of the truth, so every
+# eigenvalue is then certainly kept by the cut and both factors give the same answers.
+CHOLESKY_MARGIN = 1e2
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """A whitening factor F (r × D) of a symmetric PSD S: F S Fᵀ = I_r and Fᵀ F = S⁺ (float64).
+
+    ``method`` is ``"cholesky"`` (F = L⁻¹ on the coordinates with S_ii > 0, zero on the others)
+    or ``"eigh"`` (F = diag(μ_r^{-1/2}) E_rᵀ, the kept eigenpairs). Apply it, never form it:
+
+    >>> W = whitening(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
+    >>> W.method, W.rank, W.solve(torch.tensor([[4.0], [1.0]])).flatten().tolist()
+    ('cholesky', 2, [1.0, 1.0])
+    """
+
+    method: Literal["cholesky", "eigh"]
+    rank: int
+    size: int
+    factor: torch.Tensor                 # cholesky: L (r × r, lower); eigh: E_r diag(μ_r^{-1/2}) (D × r)
+    active: torch.Tensor | None = None   # cholesky: the r coordinates with S_ii > 0 (None: all of them)
+
+    def whiten(self, N: torch.Tensor) -> torch.Tensor:
+        """F N (r × d) for N (D × d)."""
+        if self.method == "eigh":
+            return self.factor.T @ N
+        rows = N if self.active is None else N[self.active]
+        return torch.linalg.solve_triangular(self.factor, rows, upper=False)
+
+    def unwhiten(self, A: torch.Tensor) -> torch.Tensor:
+        """Fᵀ A (D × k) for A (r × k): maps whitened directions back to fan-in weights."""
+        if self.method == "eigh":
+            return self.factor @ A
+        out = torch.linalg.solve_triangular(self.factor.T, A, upper=True)
+        if self.active is None:
+            return out
+        full = out.new_zeros(self.size, A.shape[1])
+        full[self.active] = out
+        return full
+
+    def solve(self, M: torch.Tensor) -> torch.Tensor:
+        """S⁺ M = Fᵀ F M (D × d): the minimum-norm least-squares solution."""
+        return self.unwhiten(self.whiten(M))
+
+
+def whitening(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True,
+              method: Literal["auto", "eigh"] = "auto") -> Whitening:
+    """The :class:`Whitening` of a symmetric PSD S, float64, with the spectral cut of :func:`psd_eigh`.
+
+    ``"auto"``: Cholesky of S restricted to the coordinates with S_ii > 0 (a dead neuron or a
+    constant-zero input is exactly such a coordinate) when it succeeds and that block's estimated
+    condition number is below 1/(CHOLESKY_MARGIN·rel_tol); the eigendecomposition otherwise
+    (duplicated inputs, near-singular S). ``"eigh"`` always decomposes.
+    """
+    S = as_float64_matrix("S", S)
+    D = S.shape[0]
+    if S.shape[1] != D:
+        raise SolverInputError(f"S must be square, got shape {tuple(S.shape)}")
+    if method not in ("auto", "eigh"):
+        raise SolverInputError(f"method must be 'auto' or 'eigh', got {method!r}")
+    if method == "auto" and D > 0:
+        found = _cholesky_whitening(S, rel_tol)
+        if found is not None:
+            if warn and found.rank < D:
+                _warn_rank(D, found.rank, rel_tol)
+            return found
+    mu, E = psd_eigh(S, rel_tol, warn)
+    return Whitening("eigh", int(mu.numel()), D, E * mu.rsqrt())
+
+
+def _cholesky_whitening(S: torch.Tensor, rel_tol: float) -> Whitening | None:
+    diag = torch.diagonal(S)
+    active = diag > 0
+    r = int(active.sum())
+    if r == 0:
+        return None
+    block = S if r == S.shape[0] else S[active][:, active]
+    L, info = torch.linalg.cholesky_ex((block + block.T) / 2)
+    if int(info) != 0:
+        return None
+    low, high = _extreme_eigenvalue_estimates(block, L)
+    if not low > CHOLESKY_MARGIN * rel_tol * high:
+        return None
+    index = None if r == S.shape[0] else active.nonzero().flatten()
+    return Whitening("cholesky", r, S.shape[0], L, index)
+
+
+def _extreme_eigenvalue_estimates(S: torch.Tensor, L: torch.Tensor, iterations: int = 6,
+                                  block: int = 8) -> tuple[float, float]:
+    """(≥ λ_min, ≥ λ_max) of S = L Lᵀ.
+
+    λ_min: 1 / the top Rayleigh–Ritz value of S⁻¹ after block inverse iteration from a random
+    block (within a small factor of the truth after a few iterations; O(D²·block) each).
+    λ_max: the Frobenius norm ‖S‖_F, a guaranteed bound at most √D times too large.
+    """
+    r = S.shape[0]
+    gen = torch.Generator(device=S.device).manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(r, min(block, r), generator=gen, dtype=S.dtype, device=S.device)).Q
+    for _ in range(iterations):
+        Q = torch.linalg.qr(torch.cholesky_solve(Q, L)).Q
+    top_of_inverse = float(torch.linalg.eigvalsh(Q.T @ torch.cholesky_solve(Q, L))[-1])
+    return 1.0 / top_of_inverse, float(torch.linalg.matrix_norm(S))
+
+
+def _warn_rank(D: int, rank: int, rel_tol: float) -> None:
+    warnings.warn(f"moment matrix of size {D} has rank {rank} (relative tolerance {rel_tol:g}): using "
+                  "the pseudo-inverse (dead neurons, duplicated or constant inputs)",
+                  RankDeficiencyWarning, stacklevel=5)
+
+
+Decomposition = Whitening  # what the solver functions accept as a precomputed ``decomposition``

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from .linalg import Decomposition, SolverInputError, as_float64_matrix, psd_eigh, sym_pinv_sqrt
+from .linalg import Decomposition, SolverInputError, as_float64_matrix, psd_eigh, whitening
 
 Init = Literal["tiny", "gradmax", "north", "random", "zero"]
 INITS: tuple[str, ...] = ("tiny", "gradmax", "north", "random", "zero")
@@ -96,7 +96,8 @@ def tiny_neurons(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons:
     ``min_decrease`` is an absolute floor on a direction's bottleneck decrease λ_k²: pass a tiny
     fraction of (1/n)‖V_T‖² so that round-off directions (N ≈ 0) are not proposed. ``rel_tol``
     cuts the eigenvalues of S (relative to the largest) in S^{-1/2}; ``decomposition`` is
-    ``sym_pinv_sqrt(S, rel_tol)`` when the caller already has it.
+    ``whitening(S, rel_tol)`` when the caller already has it. Any whitening factor F of S
+    (F S Fᵀ = I) may stand for S^{-1/2}: the SVD of F N gives the same λ_k, α_k and ω_k.
     """
     max_neurons = _check_max_neurons(max_neurons)
     S = as_float64_matrix("S", S)
@@ -105,12 +106,12 @@ def tiny_neurons(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons:
     D, d = N.shape
     if D == 0 or d == 0:
         return _empty(D, d)
-    inv_sqrt, _, rank = decomposition if decomposition is not None else sym_pinv_sqrt(S, rel_tol)
-    a, lam, ct = torch.linalg.svd(inv_sqrt @ N, full_matrices=False)
+    white = decomposition if decomposition is not None else whitening(S, rel_tol)
+    a, lam, ct = torch.linalg.svd(white.whiten(N), full_matrices=False)
     lam = _drop_round_off(lam)
-    k = min(_count(lam, max_neurons, rel_threshold, min_decrease), rank)
+    k = min(_count(lam, max_neurons, rel_threshold, min_decrease), white.rank)
     root = lam[:k].sqrt()
-    fan_in, fan_out = _fix_signs(inv_sqrt @ a[:, :k] * root, ct[:k].T * root)
+    fan_in, fan_out = _fix_signs(white.unwhiten(a[:, :k]) * root, ct[:k].T * root)
     gain = float(((fan_in.T @ M) * fan_out.T).sum())
     return NeuronSolution(fan_in, fan_out, lam[:k].clone(), lam, gain, float((lam[:k] ** 2).sum()))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import Decomposition, as_float64_matrix, sym_pinv_sqrt
+from .linalg import Decomposition, as_float64_matrix, whitening
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,6 @@ def new_edge(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, rel_tol: float =
     M = as_float64_matrix("M", M, rows=S.shape[0], cols=N.shape[1])
     if S.numel() == 0:
         return EdgeSolution(N.new_zeros(N.shape[1], 0), 0.0, 0.0)
-    _, pinv, _ = decomposition if decomposition is not None else sym_pinv_sqrt(S, rel_tol)
-    weight = N.T @ pinv
+    white = decomposition if decomposition is not None else whitening(S, rel_tol)
+    weight = white.solve(N).T
     return EdgeSolution(weight, float((weight * N.T).sum()), float((weight * M.T).sum()))

@@ -1,4 +1,5 @@
-"""sym_pinv_sqrt: S⁺ and S^{-1/2} from the kept eigenvalues μ > rel_tol·μ_max, against torch references."""
+"""sym_pinv_sqrt and whitening: S⁺, S^{-1/2} and whitening factors from the kept eigenvalues
+μ > rel_tol·μ_max, against torch references (inv, pinv, lstsq)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 from daggrow.errors import DaggrowError
-from daggrow.solve import RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt
+from daggrow.solve import RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt, tiny_neurons, whitening
 
-from .reference import F64, features, ones
+from .reference import F64, features, moments, ones, targets
 
 
 def test_full_rank_matches_inverse_and_inverse_square_root():
@@ -86,3 +87,89 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(SolverInputError, match="NaN"):
         sym_pinv_sqrt(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
     assert issubclass(SolverInputError, DaggrowError) and issubclass(SolverInputError, ValueError)
+
+
+def _check_factor(white, S: torch.Tensor, rank: int) -> None:
+    """F S Fᵀ = I_r and Fᵀ F = S⁺ (columns of the identity through unwhiten ∘ whiten)."""
+    D = S.shape[0]
+    eye = torch.eye(D, dtype=F64)
+    F = white.whiten(eye)                                      # r × D
+    assert white.rank == rank and F.shape == (rank, D)
+    torch.testing.assert_close(F @ S @ F.T, torch.eye(rank, dtype=F64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(white.unwhiten(torch.eye(rank, dtype=F64)), F.T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(white.solve(eye), torch.linalg.pinv(S, hermitian=True, rtol=1e-10),
+                               rtol=1e-8, atol=1e-9)
+
+
+def test_whitening_of_a_well_conditioned_matrix_is_a_cholesky_factor_that_solves_least_squares():
+    gen = torch.Generator().manual_seed(3)
+    B = torch.cat([features(200, 7, gen), ones(200)])
+    V = targets(B[:-1], 3, gen)
+    S, M, _ = moments(B, V)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RankDeficiencyWarning)
+        white = whitening(S)
+    assert white.method == "cholesky"
+    _check_factor(white, S, 8)
+    reference = torch.linalg.lstsq(B.T, V.T).solution             # min ‖Bᵀ X − Vᵀ‖ over the samples
+    torch.testing.assert_close(white.solve(M), reference, rtol=1e-9, atol=1e-10)
+
+
+def test_whitening_drops_exactly_zero_coordinates_without_decomposing():
+    """A dead neuron or a constant-zero input is a zero row and column of S: Cholesky of the rest."""
+    gen = torch.Generator().manual_seed(4)
+    H = features(120, 4, gen)
+    B = torch.cat([H[:2], torch.zeros(1, 120, dtype=F64), H[2:], ones(120)])
+    S = B @ B.T / 120
+    with pytest.warns(RankDeficiencyWarning, match="rank 5"):
+        white = whitening(S)
+    assert white.method == "cholesky"
+    _check_factor(white, S, 5)
+    assert torch.count_nonzero(white.whiten(torch.eye(6, dtype=F64))[:, 2]) == 0
+
+
+@pytest.mark.parametrize("case", ["duplicated", "near_singular", "zero"])
+def test_whitening_falls_back_to_the_spectral_cut_when_cholesky_would_differ(case):
+    gen = torch.Generator().manual_seed(5)
+    H = features(150, 4, gen)
+    if case == "duplicated":
+        B, rank = torch.cat([H, H[:1], ones(150)]), 5
+    elif case == "near_singular":                   # κ = 1e13 > 1/rel_tol: the cut drops a direction
+        Q, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=F64))
+        S = (Q * torch.tensor([1e-13, 0.1, 0.5, 1.0, 2.0], dtype=F64)) @ Q.T
+        B, rank = None, 4
+    else:
+        B, rank = torch.zeros(3, 150, dtype=F64), 0
+    S = B @ B.T / 150 if B is not None else S
+    with pytest.warns(RankDeficiencyWarning):
+        white = whitening(S)
+    assert white.method == "eigh"
+    if rank:
+        _check_factor(white, S, rank)
+    else:
+        assert white.rank == 0 and torch.count_nonzero(white.solve(torch.eye(3, dtype=F64))) == 0
+
+
+def test_tiny_neurons_are_the_same_with_either_whitening():
+    """F = L⁻¹ and F = S^{-1/2} differ by a rotation: same λ, same α and ω (float64)."""
+    gen = torch.Generator().manual_seed(6)
+    B = torch.cat([features(300, 6, gen), ones(300)])
+    V = targets(B[:-1], 4, gen)
+    S, M, _ = moments(B, V)
+    chol, spectral = whitening(S), whitening(S, method="eigh")
+    assert (chol.method, spectral.method) == ("cholesky", "eigh")
+    a = tiny_neurons(S, M, M, 3, rel_threshold=0.0, decomposition=chol)
+    b = tiny_neurons(S, M, M, 3, rel_threshold=0.0, decomposition=spectral)
+    torch.testing.assert_close(a.all_eigenvalues, b.all_eigenvalues, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a.fan_in, b.fan_in, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(a.fan_out, b.fan_out, rtol=1e-8, atol=1e-10)
+
+
+def test_whitening_rejects_bad_input():
+    with pytest.raises(SolverInputError, match="square"):
+        whitening(torch.zeros(2, 3))
+    with pytest.raises(SolverInputError, match="method"):
+        whitening(torch.eye(2), method="qr")
+    with pytest.raises(SolverInputError, match="NaN"):
+        whitening(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    assert whitening(torch.zeros(0, 0)).rank == 0
