@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daggrow.history import GrowthEvent, History, step_drawings
+from daggrow.history import GrowthEvent, step_drawings
 from daggrow.history.drawings import inline_svg
 
 from .fakes import fake_history, grown_graph
