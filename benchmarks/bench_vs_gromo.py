@@ -3,9 +3,12 @@
 Same MLP 784→w→w→10 (tanh), same weights, same 10k samples (batch 1000), same loss
 (cross-entropy summed per sample). One growth step = statistics over the data + solve (best
 update and TINY neurons for both hidden layers) + amplitude line search on one batch for each
-candidate. Prints seconds (median of --repeats) for both and the λ's both libraries find; and
-daggrow's step inside a growth loop, where the input covariance S_x (data only) is reused from
-the previous pass.
+candidate. Prints seconds (median of --repeats) for both and the λ's both libraries find.
+
+daggrow runs three ways: with the same statistics as gromo (what the two candidates need:
+``bottleneck_nodes=[]``); with Ψ of every node on top (what ``Grower`` collects for its history,
+here one extra block M_{x,v_h1}); and inside a growth loop, where the input covariance S_x and
+its factorisation (data only) are reused from the previous pass (same statistics as gromo).
 
     pip install -e ".[bench]"        # installs gromo (only for this benchmark)
     python benchmarks/bench_vs_gromo.py --widths 64 256
@@ -27,9 +30,10 @@ from daggrow.grow.line_search import BatchEvaluator, golden_section  # noqa: F40
 GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
 
 
-def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None):
+def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None, bottleneck_nodes=()):
     cands = enumerate_candidates(g, ["expand_node"])
-    stats = dg.collect_statistics(g, batches, "cross_entropy", candidates=cands, reuse=reuse)
+    stats = dg.collect_statistics(g, batches, "cross_entropy", candidates=cands, reuse=reuse,
+                                  bottleneck_nodes=bottleneck_nodes)
     proposals = dg.propose(g, stats, max_neurons=k, candidates=cands, rel_threshold=0.0)
     ev = BatchEvaluator(g, held_out, "cross_entropy")
     results = {"_stats": stats}
@@ -100,14 +104,18 @@ def main() -> None:
     held_out = batches[0]
     print(f"threads={torch.get_num_threads()} samples={args.samples} batch={args.batch} neurons={args.neurons} "
           f"torch={torch.__version__}")
-    print(f"{'width':>6} {'gromo s':>9} {'daggrow s':>10} {'speed-up':>9} {'daggrow, S_x reused s':>22} {'speed-up':>9}")
+    print(f"{'width':>6} {'gromo s':>9} {'daggrow s':>10} {'speed-up':>9} {'daggrow +Ψ all s':>17} {'speed-up':>9} "
+          f"{'daggrow in loop s':>18} {'speed-up':>9}")
     for w in args.widths:
         g, gm = build(w, seed=1)
-        t_d, t_g, t_r = [], [], []
+        t_d, t_p, t_g, t_r = [], [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             ours = daggrow_step(g, batches, held_out, args.neurons)
             t_d.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            daggrow_step(g, batches, held_out, args.neurons, bottleneck_nodes=None)
+            t_p.append(time.perf_counter() - t)
             t = time.perf_counter()
             daggrow_step(g, batches, held_out, args.neurons, reuse=ours["_stats"])
             t_r.append(time.perf_counter() - t)
@@ -115,8 +123,8 @@ def main() -> None:
             t = time.perf_counter()
             theirs = gromo_step(gm, batches, held_out, args.neurons)
             t_g.append(time.perf_counter() - t)
-        d, gr, dr = pystats.median(t_d), pystats.median(t_g), pystats.median(t_r)
-        print(f"{w:>6} {gr:>9.3f} {d:>10.3f} {gr / d:>8.2f}× {dr:>22.3f} {gr / dr:>8.2f}×")
+        d, p, gr, dr = (pystats.median(t) for t in (t_d, t_p, t_g, t_r))
+        print(f"{w:>6} {gr:>9.3f} {d:>10.3f} {gr / d:>8.2f}× {p:>17.3f} {gr / p:>8.2f}× {dr:>18.3f} {gr / dr:>8.2f}×")
         for i, node in enumerate(("h1", "h2")):  # gromo's i-th growing layer widens our h_{i+1}
             lam_g = ", ".join(f"{v:.6g}" for v in theirs[i][0][:3])
             lam_d = ", ".join(f"{v:.6g}" for v in ours[node][0][:3])

@@ -21,6 +21,7 @@ def collect_statistics(
     *,
     candidates: Iterable[Candidate] | None = None,
     kinds: Iterable[Kind] = KINDS,
+    bottleneck_nodes: Iterable[str] | None = None,
     plan: StatisticsPlan | None = None,
     device: torch.device | str | None = None,
     compute_dtype: torch.dtype | None = None,
@@ -32,10 +33,13 @@ def collect_statistics(
 
     By default the candidates are all valid expansions of ``kinds`` (see
     :func:`daggrow.grow.enumerate_candidates`); pass ``candidates`` or a ``plan`` to collect less.
+    ``bottleneck_nodes``: the nodes whose Ψ is collected besides what the candidates need
+    (default: every non-input node; ``[]`` for the candidates alone, e.g. in a tight loop that
+    never calls :func:`daggrow.bottleneck`).
     ``reuse``: an earlier pass over the same samples whose input-only moments are copied.
     """
     if plan is None:
         cands = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
-        plan = statistics_plan(graph, cands)
+        plan = statistics_plan(graph, cands, bottleneck_nodes)
     return _collect(graph, loader, loss, plan=plan, device=device, compute_dtype=compute_dtype,
                     max_batches=max_batches, progress=progress, reuse=reuse)

@@ -122,12 +122,15 @@ def enumerate_candidates(
     return out
 
 
-def statistics_plan(graph: "Graph", candidates: Iterable[Candidate]) -> StatisticsPlan:
-    """The moments one pass must collect for Ψ of every node and for every candidate."""
+def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
+                    bottleneck_nodes: Iterable[str] | None = None) -> StatisticsPlan:
+    """The moments one pass must collect for every candidate and for Ψ at ``bottleneck_nodes``
+    (default: every non-input node; ``[]``: only what the candidates need, i.e. δW* at their
+    targets)."""
     vector, channels = [], []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).shape:
             channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
         else:
             vector.append((source_keys(graph, c), c.targets))
-    return plan_for(graph, vector, full_kernels=channels)
+    return plan_for(graph, vector, bottleneck_nodes=bottleneck_nodes, full_kernels=channels)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
@@ -44,24 +44,30 @@ class BatchEvaluator:
         device = graph_device(graph)
         self.graph, self.loss_fn = graph, loss
         self.xs, self.y = tuple(x.to(device) for x in xs), y.to(device)
+        self.pre: dict[str, torch.Tensor] = {}
         with torch.no_grad(), eval_mode(graph):
-            self.cache = node_values(graph, self.xs)
+            self.cache = node_values(graph, self.xs, pre=self.pre)
         self.base_loss = self._loss_of(graph, self.cache)
 
     def _loss_of(self, graph: "Graph", values: dict[str, torch.Tensor]) -> float:
         out = values[graph.outputs[0]]
         return float(per_sample_loss(self.loss_fn, out, self.y).mean())
 
-    def loss(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None) -> float:
+    def loss(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None,
+             added: Iterable[str] = ()) -> float:
         """Loss of ``new``, where only ``changed`` nodes (and their descendants) differ from the base;
-        ``grown`` nodes only appended neurons (their first k values are taken from the base)."""
+        ``grown`` nodes only appended neurons (their first k values are taken from the base);
+        ``added`` nodes only gained input terms (new edges, or new columns for a grown source)
+        and keep the base's other weights: their old pre-activation is reused."""
         dirty = set(changed)
         for n in changed:
             if n in new.nodes:
                 dirty |= new.descendants(n)
         reuse = [n for n in new.nodes if n not in dirty and n in self.cache]
         with torch.no_grad(), eval_mode(new):
-            return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown))
+            added_z = {n: self.pre[n] for n in added if n in self.pre}
+            return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown,
+                                                  added=added_z, old_edges=self.graph.edges))
 
 
 def changed_nodes(proposal: "Proposal") -> set[str]:
@@ -158,10 +164,14 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
     changed = changed_nodes(proposal)
     scaled = ScaledChange(graph, proposal)
 
+    # the targets only gain terms: the new neurons' or the new edge's (ScaledChange touches
+    # nothing else), so their base pre-activations are reused
+    targets = set(proposal.candidate.targets) - set(scaled.grown)
+
     def f(gamma: float) -> float:
         if gamma == 0.0:
             return ev.base_loss
-        return ev.loss(scaled.at(gamma), changed, scaled.grown)
+        return ev.loss(scaled.at(gamma), changed, scaled.grown, added=targets)
 
     gamma, value, evaluations = golden_section(f, upper, grid, refine)
     return LineSearchResult(gamma, ev.base_loss, value, evaluations)

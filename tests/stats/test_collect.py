@@ -225,3 +225,22 @@ def test_wide_gram_blocks_equal_the_full_product(monkeypatch):
     B = torch.cat([X, torch.ones(50, 1, dtype=torch.float64)], 1)
     assert torch.allclose(S, B.T @ B / 50, atol=1e-12)
     assert torch.allclose(S, S.T, atol=1e-12, rtol=0)
+
+
+def test_candidates_alone_collect_less_and_propose_the_same():
+    """bottleneck_nodes=[]: only what the candidates need (δW* at their targets), same proposals."""
+    g = make_dag()
+    X, Y = torch.randn(70, 5, dtype=torch.float64), torch.randn(70, 2, dtype=torch.float64)
+    cands = dg.enumerate_candidates(g, ["expand_node"])
+    full = dg.collect_statistics(g, [(X, Y)], "mse", candidates=cands)
+    lean = dg.collect_statistics(g, [(X, Y)], "mse", candidates=cands, bottleneck_nodes=[])
+    assert set(lean.hv) < set(full.hv) and set(lean.v) < set(full.v)
+    targets = {t for c in cands for t in c.targets}
+    assert set(lean.v) == targets and set(dg.bottleneck(g, lean)) == targets
+    for k, t in lean.hh.items():
+        torch.testing.assert_close(t, full.hh[k], rtol=1e-12, atol=1e-12)
+    for a, b in zip(dg.propose(g, lean, max_neurons=2, candidates=cands),
+                    dg.propose(g, full, max_neurons=2, candidates=cands), strict=True):
+        assert a.where == b.where
+        torch.testing.assert_close(a.fan_in, b.fan_in, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a.fan_out, b.fan_out, rtol=1e-10, atol=1e-12)
