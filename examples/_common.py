@@ -54,6 +54,14 @@ def write_svg(path: Path, series: dict, *, title: str, xlabel: str, ylabel: str)
     path.write_text(svg_plot(series, title=title, xlabel=xlabel, ylabel=ylabel, width=640, height=400))
 
 
+def save_comparison(out: str, stem: str, table: str, series: dict, title: str) -> None:
+    """Write ``<stem>.md`` (the table) and ``<stem>.svg`` (test accuracy against parameters) into
+    ``out``, and print the table."""
+    (Path(out) / f"{stem}.md").write_text(table + "\n")
+    write_svg(Path(out) / f"{stem}.svg", series, title=title, xlabel="parameters", ylabel="test accuracy")
+    print(table)
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -11,9 +11,7 @@ talk notes. Writes a table and an SVG plot of test accuracy against parameters.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from _common import compare, example_arguments, grow_curve, markdown_table, write_svg
+from _common import compare, example_arguments, grow_curve, markdown_table, save_comparison
 
 
 def main() -> None:
@@ -26,11 +24,7 @@ def main() -> None:
              f"{s['params']:,.0f}", f"{s['accuracy']:.4f}", f"{s['sd']:.4f}"] for s in summaries]
     table = markdown_table(["init", "seeds", "growth steps taken", "final params (mean)", "test acc (mean)",
                             "test acc (sd)"], rows)
-    out = Path(args.out)
-    (out / f"initializations_{args.dataset}.md").write_text(table + "\n")
-    write_svg(out / f"initializations_{args.dataset}.svg", series, title=f"pure growth (no training) on {args.dataset}",
-              xlabel="parameters", ylabel="test accuracy")
-    print(table)
+    save_comparison(args.out, f"initializations_{args.dataset}", table, series, f"pure growth (no training) on {args.dataset}")
 
 
 if __name__ == "__main__":

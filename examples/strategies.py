@@ -11,9 +11,7 @@ parameters.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from _common import compare, example_arguments, grow_curve, markdown_table, write_svg
+from _common import compare, example_arguments, grow_curve, markdown_table, save_comparison
 
 
 def main() -> None:
@@ -26,11 +24,7 @@ def main() -> None:
              f"{s['seconds']:.1f}"] for s in summaries]
     table = markdown_table(["strategy", "seeds", "final params (mean)", "test acc (mean)", "test acc (sd)",
                             "seconds/run"], rows)
-    out = Path(args.out)
-    (out / f"strategies_{args.dataset}.md").write_text(table + "\n")
-    write_svg(out / f"strategies_{args.dataset}.svg", series, title=f"pure growth on {args.dataset}",
-              xlabel="parameters", ylabel="test accuracy")
-    print(table)
+    save_comparison(args.out, f"strategies_{args.dataset}", table, series, f"pure growth on {args.dataset}")
 
 
 if __name__ == "__main__":

@@ -12,23 +12,11 @@ from daggrow.grow.line_search import line_search
 from daggrow.grow.propose import apply, node_update, propose
 from daggrow.stats import per_sample_loss
 
+from ..graphs import skip_dag
+
 
 def dag(activation: str, seed: int = 0) -> dg.Graph:
-    torch.manual_seed(seed)
-    g = dg.Graph()
-    g.add_input("x", 6)
-    g.add_node("a", 3, activation)
-    g.add_node("b", 2, activation)
-    g.add_node("y", 4)
-    g.add_edge("x", "a")
-    g.add_edge("a", "b")
-    g.add_edge("x", "b", bias=False)
-    g.add_edge("b", "y")
-    g.add_edge("a", "y")
-    g.set_output("y")
-    for p in g.parameters():
-        p.data = p.data.double()
-    return g
+    return skip_dag((6, 3, 2, 4), (activation, activation), seed)
 
 
 def data(seed: int = 1, n: int = 300):

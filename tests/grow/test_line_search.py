@@ -12,8 +12,9 @@ from daggrow.grow.line_search import BatchEvaluator, ScaledChange, changed_nodes
 from daggrow.grow.propose import apply, propose
 from daggrow.stats import per_sample_loss
 
-from .test_conv_growth import cnn, proposals as conv_proposals
+from .test_conv_growth import cnn
 from .test_conv_growth import data as conv_data
+from .test_conv_growth import proposals as conv_proposals
 from .test_first_order import dag
 from .test_first_order import data as dag_data
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import torch
 
-import daggrow as dg
 from daggrow.grow import rewrite
 from daggrow.grow.optim import carry_optimizer
 
+from ..graphs import one_hidden
+
 
 def trained_graph():
-    torch.manual_seed(0)
-    g = dg.Graph()
-    g.add_input("x", 4)
-    g.add_node("h", 3, "tanh")
-    g.add_node("y", 2)
-    g.add_edge("x", "h")
-    g.add_edge("h", "y")
-    g.set_output("y")
+    g = one_hidden((4, 3, 2), "tanh")
     opt = torch.optim.Adam(g.parameters(), lr=1e-2)
     m = g.compile()
     for _ in range(3):

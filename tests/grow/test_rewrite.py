@@ -11,6 +11,8 @@ import daggrow as dg
 from daggrow.grow import rewrite
 from daggrow.grow.candidates import enumerate_candidates, expandable
 
+from ..graphs import one_hidden
+
 ACTS = ["identity", "relu", "tanh", "selu", "gelu", "sigmoid", "leaky_relu"]
 
 
@@ -92,15 +94,7 @@ def test_rewrites_at_amplitude_zero_preserve_outputs(g, data):
 
 
 def small_graph() -> dg.Graph:
-    torch.manual_seed(0)
-    g = dg.Graph()
-    g.add_input("x", 3)
-    g.add_node("h", 2, "relu")
-    g.add_node("y", 2)
-    g.add_edge("x", "h")
-    g.add_edge("h", "y")
-    g.set_output("y")
-    return g
+    return one_hidden((3, 2, 2), "relu")
 
 
 def snapshot(g: dg.Graph):

@@ -1,0 +1,40 @@
+"""Small graphs several test modules build."""
+
+from __future__ import annotations
+
+import torch
+
+import daggrow as dg
+
+
+def skip_dag(widths: tuple[int, int, int, int], activations: tuple[str, str], seed: int = 0,
+             dtype: torch.dtype = torch.float64) -> dg.Graph:
+    """x → a → b → y with the skip edges x → b (no bias) and a → y; ``widths`` of x, a, b, y."""
+    torch.manual_seed(seed)
+    g = dg.Graph()
+    g.add_input("x", widths[0])
+    g.add_node("a", widths[1], activations[0])
+    g.add_node("b", widths[2], activations[1])
+    g.add_node("y", widths[3])
+    g.add_edge("x", "a")
+    g.add_edge("a", "b")
+    g.add_edge("x", "b", bias=False)
+    g.add_edge("b", "y")
+    g.add_edge("a", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.to(dtype)
+    return g
+
+
+def one_hidden(widths: tuple[int, int, int], activation: str, seed: int = 0) -> dg.Graph:
+    """x → h → y (float32) with ``widths`` of x, h, y."""
+    torch.manual_seed(seed)
+    g = dg.Graph()
+    g.add_input("x", widths[0])
+    g.add_node("h", widths[1], activation)
+    g.add_node("y", widths[2])
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    return g
