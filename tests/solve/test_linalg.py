@@ -173,3 +173,16 @@ def test_whitening_rejects_bad_input():
     with pytest.raises(SolverInputError, match="NaN"):
         whitening(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
     assert whitening(torch.zeros(0, 0)).rank == 0
+
+
+def test_cholesky_whitening_of_a_moderately_ill_conditioned_matrix_matches_the_spectral_answer():
+    """κ = 1e6 (well inside 1/(margin·rel_tol)): Cholesky is used and agrees with eigh to ~κ·ε."""
+    gen = torch.Generator().manual_seed(7)
+    Q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=F64))
+    S = (Q * torch.logspace(-6, 0, 40, dtype=F64)) @ Q.T
+    M = torch.randn(40, 3, generator=gen, dtype=F64)
+    chol, spectral = whitening(S), whitening(S, method="eigh")
+    assert chol.method == "cholesky" and chol.rank == spectral.rank == 40
+    torch.testing.assert_close(chol.solve(M), spectral.solve(M), rtol=1e-8, atol=1e-8)
+    F = chol.whiten(torch.eye(40, dtype=F64))
+    torch.testing.assert_close(F @ S @ F.T, torch.eye(40, dtype=F64), rtol=0, atol=1e-8)
