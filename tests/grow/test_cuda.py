@@ -60,3 +60,16 @@ def test_cnn_compile_statistics_and_growth_step_on_cuda():
     event = grower.grow_step([batch], held_out=(d.x_val.cuda(), d.y_val.cuda()))
     assert event is None or event.params_after > event.params_before
     assert next(grower.graph.parameters()).is_cuda
+
+
+def test_whitening_on_cuda_matches_cpu():
+    from daggrow.solve import whitening
+
+    gen = torch.Generator().manual_seed(0)
+    B = torch.randn(300, 20, generator=gen, dtype=torch.float64)
+    B[:, 3] = 0  # a dead coordinate: Cholesky of the other 19
+    S = B.T @ B / 300
+    M = torch.randn(20, 4, generator=gen, dtype=torch.float64)
+    cpu, gpu = whitening(S, warn=False), whitening(S.cuda(), warn=False)
+    assert cpu.method == gpu.method == "cholesky" and gpu.factor.device.type == "cuda"
+    torch.testing.assert_close(gpu.solve(M.cuda()).cpu(), cpu.solve(M), rtol=1e-10, atol=1e-12)
