@@ -195,9 +195,12 @@ def _extreme_eigenvalue_estimates(S: torch.Tensor, L: torch.Tensor, iterations: 
     r = S.shape[0]
     gen = torch.Generator(device=S.device).manual_seed(0)
     Q = torch.linalg.qr(torch.randn(r, min(block, r), generator=gen, dtype=S.dtype, device=S.device)).Q
+    def inverse_times(X: torch.Tensor) -> torch.Tensor:  # S⁻¹ X by two triangular solves
+        return torch.linalg.solve_triangular(L.T, torch.linalg.solve_triangular(L, X, upper=False), upper=True)
+
     for _ in range(iterations):
-        Q = torch.linalg.qr(torch.cholesky_solve(Q, L)).Q
-    top_of_inverse = float(torch.linalg.eigvalsh(Q.T @ torch.cholesky_solve(Q, L))[-1])
+        Q = torch.linalg.qr(inverse_times(Q)).Q
+    top_of_inverse = float(torch.linalg.eigvalsh(Q.T @ inverse_times(Q))[-1])
     return 1.0 / top_of_inverse, float(torch.linalg.matrix_norm(S))
 
 
