@@ -7,6 +7,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daggrow.errors import DaggrowError
 from daggrow.solve import RankDeficiencyWarning, SolverInputError, psd_eigh, sym_pinv_sqrt, tiny_neurons, whitening
@@ -186,3 +188,26 @@ def test_cholesky_whitening_of_a_moderately_ill_conditioned_matrix_matches_the_s
     torch.testing.assert_close(chol.solve(M), spectral.solve(M), rtol=1e-8, atol=1e-8)
     F = chol.whiten(torch.eye(40, dtype=F64))
     torch.testing.assert_close(F @ S @ F.T, torch.eye(40, dtype=F64), rtol=0, atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(20, 60), width=st.integers(1, 8), dead=st.integers(0, 2), copies=st.integers(0, 2),
+       seed=st.integers(0, 10_000))
+def test_whitening_solves_least_squares_for_random_moment_matrices(n, width, dead, copies, seed):
+    """Random data with dead and duplicated columns: whichever factor is chosen, F S Fᵀ = I_r and
+    S⁺ M equals torch's pseudo-inverse (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    H = features(n, width, gen).T                                       # n × width
+    B = torch.cat([H, H[:, :copies], torch.zeros(n, dead, dtype=F64)], 1)
+    S = B.T @ B / n
+    M = torch.randn(B.shape[1], 3, generator=gen, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficiencyWarning)
+        white = whitening(S)
+    rank = int(torch.linalg.matrix_rank(S, hermitian=True, rtol=1e-10))
+    assert white.rank == rank
+    assert white.method == ("cholesky" if copies == 0 else "eigh")
+    F = white.whiten(torch.eye(B.shape[1], dtype=F64))
+    torch.testing.assert_close(F @ S @ F.T, torch.eye(rank, dtype=F64), rtol=0, atol=1e-8)
+    torch.testing.assert_close(white.solve(M), torch.linalg.pinv(S, hermitian=True, rtol=1e-10) @ M,
+                               rtol=1e-7, atol=1e-8)
