@@ -50,7 +50,7 @@ def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int 
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            xs, y = split_batch(batch)
+            xs, y = split_batch(batch, graph)
             out = module(*(x.to(device) for x in xs))
             y = y.to(device)
             total += float(per_sample_loss(loss, out, y).sum())
@@ -253,7 +253,7 @@ class Grower:
         device = graph_device(self.graph)
         total, count = 0.0, 0
         for batch in loader:
-            xs, y = split_batch(batch)
+            xs, y = split_batch(batch, self.graph)
             out = module(*(x.to(device) for x in xs))
             losses = per_sample_loss(self.loss, out, y.to(device))
             opt.zero_grad(set_to_none=True)

@@ -40,7 +40,7 @@ class BatchEvaluator:
     """Loss of changed graphs on one batch, reusing the base graph's node values."""
 
     def __init__(self, graph: "Graph", batch: Any, loss: LossLike) -> None:
-        xs, y = split_batch(batch)
+        xs, y = split_batch(batch, graph)
         device = graph_device(graph)
         self.graph, self.loss_fn = graph, loss
         self.xs, self.y = tuple(x.to(device) for x in xs), y.to(device)

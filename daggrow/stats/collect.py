@@ -24,12 +24,38 @@ if TYPE_CHECKING:
     from ..graph import Graph
 
 
-def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """``(x, y)`` or ``((x1, x2), y)`` → (inputs tuple, targets)."""
+def split_batch(batch: Any, graph: "Graph | None" = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """``(x, y)`` or ``((x1, x2), y)`` → (inputs tuple, targets); with ``graph``, the inputs are
+    checked against its input nodes (:func:`check_inputs`)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise StatisticsError("each batch must be a pair (x, y), with x a tensor or a tuple of tensors")
     x, y = batch
-    return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), y
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if graph is not None:
+        check_inputs(graph, xs)
+    if not isinstance(y, torch.Tensor):
+        raise StatisticsError(f"the targets y must be a tensor, got {type(y).__name__}")
+    return xs, y
+
+
+def check_inputs(graph: "Graph", xs: tuple[torch.Tensor, ...]) -> None:
+    """One tensor per input node, shaped (batch, width, *shape) and of the parameters' dtype;
+    a :class:`StatisticsError` that names the input and the fix otherwise (before anything runs)."""
+    names = graph.inputs
+    if len(xs) != len(names):
+        raise StatisticsError(f"the graph has {len(names)} input(s) {names} but the batch gives {len(xs)} tensor(s)")
+    dtype = next((p.dtype for p in graph.parameters()), None)
+    for name, x in zip(names, xs):
+        spec = graph.node(name)
+        want = (spec.width, *spec.shape)
+        if not isinstance(x, torch.Tensor):
+            raise StatisticsError(f"input {name!r} must be a tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != want:
+            raise StatisticsError(f"input {name!r}: got a batch of shape {tuple(x.shape)}, the graph expects "
+                                  f"(batch, {', '.join(map(str, want))})")
+        if dtype is not None and x.dtype != dtype:
+            raise StatisticsError(f"input {name!r} is {x.dtype} but the graph's parameters are {dtype}: convert the "
+                                  f"data (e.g. x.to({dtype})) or the parameters")
 
 
 def graph_device(graph: "Graph") -> torch.device:
@@ -128,7 +154,7 @@ def collect_statistics(
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
-            xs, y = split_batch(batch)
+            xs, y = split_batch(batch, graph)
             xs = tuple(x.to(device) for x in xs)
             y = y.to(device)
             for x in xs:

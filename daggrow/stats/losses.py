@@ -24,9 +24,17 @@ def per_sample_loss(loss: LossLike, output: torch.Tensor, target: torch.Tensor) 
     elif loss == "mse":
         if not target.is_floating_point():
             target = F.one_hot(target.long(), output.shape[-1]).to(output.dtype)
+        if target.numel() != output.numel():
+            raise StatisticsError(f"mse: targets of shape {tuple(target.shape)} do not match the output's shape "
+                                  f"{tuple(output.shape)} (integer labels are one-hot encoded)")
         values = (output - target.reshape(output.shape)).pow(2).reshape(output.shape[0], -1).sum(1)
     elif loss == "cross_entropy":
-        values = F.cross_entropy(output, target, reduction="none")
+        try:
+            values = F.cross_entropy(output, target, reduction="none")
+        except (IndexError, RuntimeError, ValueError) as e:
+            raise StatisticsError(f"cross_entropy: output {tuple(output.shape)}, targets {tuple(target.shape)} "
+                                  f"{target.dtype}: {e} (targets are class indices in [0, {output.shape[1]}) "
+                                  "or class probabilities shaped like the output)") from e
     else:
         raise StatisticsError(f"unknown loss {loss!r}: use one of {LOSSES} or a callable returning per-sample losses")
     if values.ndim != 1 or values.shape[0] != output.shape[0]:

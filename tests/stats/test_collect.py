@@ -231,3 +231,37 @@ def test_candidates_alone_collect_less_and_propose_the_same():
         assert a.where == b.where
         torch.testing.assert_close(a.fan_in, b.fan_in, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(a.fan_out, b.fan_out, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("width", r"input 'x': got a batch of shape \(6, 4\), the graph expects \(batch, 5\)"),
+    ("count", r"the graph has 1 input\(s\) \['x'\] but the batch gives 2 tensor\(s\)"),
+    ("dtype", r"input 'x' is torch.float32 but the graph's parameters are torch.float64: convert the data"),
+    ("mse_targets", r"mse: targets of shape \(6, 3\) do not match the output's shape \(6, 2\)"),
+    ("labels", r"cross_entropy: .*class indices in \[0, 2\)"),
+    ("targets_type", r"the targets y must be a tensor, got list"),
+])
+def test_bad_batches_are_clear_errors_naming_the_input_and_the_fix(case, match):
+    g = make_dag()
+    X, Y = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    loss = "mse"
+    batch = {"width": (X[:, :4], Y), "count": ((X, X), Y), "dtype": (X.float(), Y),
+             "mse_targets": (X, torch.randn(6, 3, dtype=torch.float64)),
+             "labels": (X, torch.tensor([0, 1, 2, 0, 1, 0])), "targets_type": (X, [0] * 6)}[case]
+    if case == "labels":
+        loss = "cross_entropy"
+    before = [p.detach().clone() for p in g.parameters()]
+    with pytest.raises(dg.StatisticsError, match=match):
+        dg.collect_statistics(g, [batch], loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, g.parameters()))
+
+
+def test_training_on_a_bad_batch_fails_before_any_step():
+    from daggrow.grow import Grower
+
+    grower = Grower(make_dag(), loss="mse")
+    before = [p.detach().clone() for p in grower.graph.parameters()]
+    bad = (torch.randn(6, 7, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64))
+    with pytest.raises(dg.StatisticsError, match=r"input 'x': got a batch of shape \(6, 7\)"):
+        grower.train_epoch([bad])
+    assert all(torch.equal(a, b) for a, b in zip(before, grower.graph.parameters()))
