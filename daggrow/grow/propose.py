@@ -185,6 +185,13 @@ def propose(
 
     Candidates whose statistics were not collected are an error (collect with a plan that
     includes them); candidates with nothing to gain (K = 0) are dropped.
+
+    Widening a node w that reads only u and writes only v (one linear edge each, w's activation
+    = ``new_node_activation``, a bias, no norm) is the same function change as a new node
+    u → n → v: the same statistics, the same neurons, the same loss at every amplitude. When
+    both are candidates only the new node is proposed, because it keeps more room to grow
+    (it can later be widened on its own and opens new node pairs) — otherwise growth from a
+    chain x → h → y could never leave it.
     """
     candidates = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
     updates: dict[str, NodeUpdate] = {}
@@ -197,13 +204,29 @@ def propose(
         return updates[v]
 
     proposals = []
+    pairs = {(c.sources, c.targets) for c in candidates if c.kind == "new_node"}
     for cand in candidates:
+        if cand.kind == "expand_node" and _same_as_new_node(graph, cand, new_node_activation) in pairs:
+            continue  # the same change as a new node between its source and target: see the docstring
         p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
                          rel_threshold, rel_tol, generator, memo, unprojected_fallback)
         if p is not None:
             proposals.append(p)
     proposals.sort(key=lambda p: (-p.first_order_gain, -p.bottleneck_decrease))
     return proposals
+
+
+def _same_as_new_node(graph: "Graph", cand: Candidate, new_node_activation: str) -> tuple | None:
+    """``((u,), (v,))`` when widening ``cand.node`` is the same change as a new node u → n → v."""
+    if len(cand.in_edges) != 1 or len(cand.out_edges) != 1:
+        return None
+    spec = graph.node(cand.node)
+    edges = [graph.edge(cand.in_edges[0]), graph.edge(cand.out_edges[0])]
+    if (spec.shape or spec.norm is not None or spec.dropout or spec.activation != new_node_activation
+            or spec.activation_params
+            or any(e.block.kind != "linear" for e in edges) or not edges[0].block.bias):
+        return None
+    return cand.sources, cand.targets
 
 
 def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_node_activation,

@@ -135,3 +135,35 @@ def test_amplitude_zero_keeps_outputs_for_every_proposal():
         for p in propose(g, stats, max_neurons=2, init=init, generator=torch.Generator().manual_seed(0)):
             # equal up to summation order (a wider GEMM may block differently): float64 round-off only
             torch.testing.assert_close(apply(g, p, 0.0).compile()(X), out, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_widening_a_chain_node_is_proposed_as_a_new_node(activation):
+    """x → h → y: widening h and a new node x → n → y are the same change (same eigenvalues, same
+    gain, the same outputs at every amplitude); only the new node is proposed when both are asked."""
+    g = skip_dag((6, 3, 2, 4), (activation, activation))
+    chain = dg.Graph()
+    chain.add_input("x", 6)
+    chain.add_node("h", 3, activation)
+    chain.add_node("y", 4)
+    chain.add_edge("x", "h")
+    chain.add_edge("h", "y")
+    chain.set_output("y")
+    for p in chain.parameters():
+        p.data = p.data.to(torch.float64)
+    X, Y = data()
+    stats = dg.collect_statistics(chain, [(X, Y)], "mse")
+    both = propose(chain, stats, max_neurons=2, kinds=("expand_node", "new_node"), new_node_activation=activation)
+    by_where = {p.candidate.where: p for p in both}
+    assert "expand h" not in by_where and "new node x->y" in by_where
+    (expand,) = propose(chain, stats, max_neurons=2, kinds=("expand_node",), new_node_activation=activation)
+    new = by_where["new node x->y"]
+    assert expand.eigenvalues == pytest.approx(new.eigenvalues, rel=1e-10)
+    assert expand.first_order_gain == pytest.approx(new.first_order_gain, rel=1e-10)
+    for gamma in (0.5, 2.0):
+        assert loss_of(apply(chain, expand, gamma), X, Y) == pytest.approx(loss_of(apply(chain, new, gamma), X, Y),
+                                                                          rel=1e-10)
+    # a node that is not a plain chain link (two in-edges) is still widened
+    stats = dg.collect_statistics(g, [(X, Y)], "mse")
+    wheres = {p.candidate.where for p in propose(g, stats, max_neurons=2, new_node_activation=activation)}
+    assert "expand b" in wheres and "expand a" in wheres
