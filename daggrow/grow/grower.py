@@ -47,6 +47,7 @@ def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int 
     device = graph_device(graph)
     total, correct, count, labelled = 0.0, 0, 0, True
     with torch.no_grad(), eval_mode(graph):
+        module.eval()  # the compiled module's own dropout layers; eval_mode restores the graph's flags
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break

@@ -158,3 +158,24 @@ def test_the_held_out_batch_joins_validation_batches_up_to_a_limit():
     assert torch.equal(hx, x) and torch.equal(hy, y)
     (a, b), _ = held_out_batch([((x[:5], x[:5] + 1), y[:5])])
     assert torch.equal(b, x[:5] + 1)
+
+
+def test_evaluate_turns_dropout_off_and_restores_the_modes():
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("h", 50, "relu", dropout=0.5)
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    X, Y = torch.randn(200, 4), torch.randint(0, 3, (200,))
+    module = g.compile()
+    module.eval()
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(module(X), Y))
+    module.train()  # the graph's modules are in training mode again
+    loss, accuracy = evaluate(g, [(X[:120], Y[:120]), (X[120:], Y[120:])], "cross_entropy")
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert evaluate(g, [(X, Y)], "cross_entropy")[0] == pytest.approx(expected, rel=1e-6)
+    assert all(g.module(e).training for e in g.edges)  # the caller's modes are restored
