@@ -59,15 +59,27 @@ class BatchEvaluator:
         ``grown`` nodes only appended neurons (their first k values are taken from the base);
         ``added`` nodes only gained input terms (new edges, or new columns for a grown source)
         and keep the base's other weights: their old pre-activation is reused."""
+        with eval_mode(new):
+            return self.evaluation(new, changed, grown, added)()
+
+    def evaluation(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None,
+                   added: Iterable[str] = ()) -> Callable[[], float]:
+        """:meth:`loss` prepared once for a graph whose parameters change in place between calls
+        (its structure must not): the returned function evaluates ``new`` as it is when called.
+        Hold :func:`~daggrow.compile.eval_mode` of ``new`` around the calls."""
         dirty = set(changed)
         for n in changed:
             if n in new.nodes:
                 dirty |= new.descendants(n)
         reuse = [n for n in new.nodes if n not in dirty and n in self.cache]
-        with torch.no_grad(), eval_mode(new):
-            added_z = {n: self.pre[n] for n in added if n in self.pre}
-            return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown,
-                                                  added=added_z, old_edges=self.graph.edges))
+        added_z = {n: self.pre[n] for n in added if n in self.pre}
+        old_edges = set(self.graph.edges)
+
+        def run() -> float:
+            with torch.no_grad():
+                return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown,
+                                                      added=added_z, old_edges=old_edges))
+        return run
 
 
 def changed_nodes(proposal: "Proposal") -> set[str]:
@@ -168,10 +180,14 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
     # nothing else), so their base pre-activations are reused
     targets = set(proposal.candidate.targets) - set(scaled.grown)
 
+    evaluate = ev.evaluation(scaled.graph, changed, scaled.grown, added=targets)
+
     def f(gamma: float) -> float:
         if gamma == 0.0:
             return ev.base_loss
-        return ev.loss(scaled.at(gamma), changed, scaled.grown, added=targets)
+        scaled.at(gamma)
+        return evaluate()
 
-    gamma, value, evaluations = golden_section(f, upper, grid, refine)
+    with eval_mode(scaled.graph):
+        gamma, value, evaluations = golden_section(f, upper, grid, refine)
     return LineSearchResult(gamma, ev.base_loss, value, evaluations)
