@@ -94,7 +94,6 @@ class Graph:
         self._outputs: list[str] = []
         self.step: int = 0
         self.growth_log: list[GrowthRecord] = []
-        self._derived: dict = {}  # topological order and in-edge lists; cleared on every change of structure
 
     # ------------------------------------------------------------------ building
     def add_input(self, name: str, width: int, shape: tuple[int, ...] = ()) -> None:
@@ -177,7 +176,6 @@ class Graph:
         """Remove one edge (its weights go with it)."""
         spec = self._require_edge(name)
         self._nx.remove_edge(spec.source, spec.target, key=name)
-        self._derived.clear()
         del self._edges[name]
         del self._edge_modules[name]
 
@@ -187,7 +185,6 @@ class Graph:
         for e in [*self.in_edges(name), *self.out_edges(name)]:
             self.remove_edge(e.name)
         self._nx.remove_node(name)
-        self._derived.clear()
         del self._nodes[name]
         self._norm_modules.pop(name, None)
         if name in self._inputs:
@@ -231,10 +228,7 @@ class Graph:
 
     def in_edges(self, node: str) -> list[EdgeSpec]:
         self._require_node(node)
-        cached = self._derived.setdefault("in_edges", {})
-        if node not in cached:
-            cached[node] = tuple(self._edges[k] for _, _, k in self._nx.in_edges(node, keys=True))
-        return list(cached[node])
+        return [self._edges[k] for _, _, k in self._nx.in_edges(node, keys=True)]
 
     def out_edges(self, node: str) -> list[EdgeSpec]:
         self._require_node(node)
@@ -259,10 +253,8 @@ class Graph:
 
     def topological_order(self) -> list[str]:
         """Node names, sources before targets; ties broken by insertion order (deterministic)."""
-        if "order" not in self._derived:
-            rank = {n: i for i, n in enumerate(self._nodes)}
-            self._derived["order"] = tuple(nx.lexicographical_topological_sort(self._nx, key=rank.__getitem__))
-        return list(self._derived["order"])
+        rank = {n: i for i, n in enumerate(self._nodes)}
+        return list(nx.lexicographical_topological_sort(self._nx, key=rank.__getitem__))
 
     def is_growable(self, edge: str) -> bool:
         return is_growable(self._require_edge(edge).block)
@@ -433,7 +425,6 @@ class Graph:
             raise DuplicateNameError(f"a node named {spec.name!r} already exists")
         self._nodes[spec.name] = spec
         self._nx.add_node(spec.name, spec=spec)
-        self._derived.clear()
         if spec.norm is not None:
             self._norm_modules[spec.name] = make_norm_module(spec.norm, spec.width, spec.shape)
 
@@ -441,7 +432,6 @@ class Graph:
         self._edges[spec.name] = spec
         self._edge_modules[spec.name] = module
         self._nx.add_edge(spec.source, spec.target, key=spec.name)
-        self._derived.clear()
 
     def _require_node(self, name: str) -> NodeSpec:
         try:
@@ -484,17 +474,11 @@ class Graph:
     def _check_edge_module(self, spec: EdgeSpec, module: nn.Module) -> None:
         check_module(spec.block, module, self._nodes[spec.source], self._nodes[spec.target], spec.name)
 
-    def __setstate__(self, state: dict) -> None:  # graphs pickled before the cache existed
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_derived", {})
-
     def __deepcopy__(self, memo: dict) -> "Graph":
         new = Graph.__new__(Graph)
         for k, v in self.__dict__.items():
             if k == "_nx":
                 new._nx = self._nx.copy()
-            elif k == "_derived":
-                new._derived = {}
             elif k in ("_nodes", "_edges", "_inputs", "_outputs", "growth_log"):
                 new.__dict__[k] = _copy.copy(v)  # specs are frozen: sharing them is safe
             else:

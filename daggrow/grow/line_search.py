@@ -73,12 +73,11 @@ class BatchEvaluator:
                 dirty |= new.descendants(n)
         reuse = [n for n in new.nodes if n not in dirty and n in self.cache]
         added_z = {n: self.pre[n] for n in added if n in self.pre}
-        old_edges = set(self.graph.edges)
 
         def run() -> float:
             with torch.no_grad():
                 return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown,
-                                                      added=added_z, old_edges=old_edges))
+                                                      added=added_z, old_edges=self.graph.edges))
         return run
 
 
