@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from ..atomic import readable, replace_folder
 from ..errors import DaggrowError, PersistenceError
 from .graph import make_norm_module
 from .blocks import default_module
@@ -86,45 +84,34 @@ def _graph_state(graph: "Graph") -> dict[str, tuple[torch.Tensor, bool | None]]:
 def save_graph(graph: "Graph", path: str | Path) -> Path:
     """Write ``graph`` into the folder ``path`` (created if needed); returns the folder.
 
-    Every file is first written to a temporary file in the folder; only when all are written are
-    they renamed into place, ``graph.json`` last (it holds the others' checksums). A failed save
-    leaves an earlier save in the same folder as it was.
+    The files are written into a temporary sibling folder, fsynced, and swapped in whole
+    (:func:`daggrow.atomic.replace_folder`): after a failure or a kill at any instant, ``path``
+    holds the earlier save or the new one, never a mix. An existing ``path`` is replaced only
+    when it is empty or a saved graph.
     """
     graph.validate(complete=True)
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise PersistenceError(f"cannot save a graph to {folder}: it is a file, and a saved graph is a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PersistenceError(f"cannot create the folder {folder}: {err}") from None
-
     state = _graph_state(graph)
     tensors = {key: t.detach().cpu().clone() for key, (t, _) in state.items()}
     infos = {key: TensorInfo(shape=list(t.shape), dtype=_dtype_name(t.dtype), requires_grad=grad)
              for key, (t, grad) in state.items()}
     frozen = {n: graph.module(n) for n in graph.edges if isinstance(graph.edge(n).block, FrozenBlock)}
-
-    staged: dict[str, Path] = {}
     try:
-        staged[WEIGHTS_FILE] = _stage(folder / WEIGHTS_FILE, lambda f: torch.save(tensors, f))
-        if frozen:
-            staged[FROZEN_FILE] = _stage(folder / FROZEN_FILE, lambda f: _save_frozen(frozen, f))
-        saved = SavedGraph(spec=graph.spec(), weights_sha256=_sha256(staged[WEIGHTS_FILE]), tensors=infos,
-                           frozen_sha256=_sha256(staged[FROZEN_FILE]) if frozen else None)
-        text = saved.model_dump_json(indent=1)
-        staged[SPEC_FILE] = _stage(folder / SPEC_FILE, lambda f: Path(f).write_text(text, encoding="utf-8"))
-        for name in (WEIGHTS_FILE, FROZEN_FILE, SPEC_FILE):
-            if name in staged:
-                os.replace(staged.pop(name), folder / name)
+        with replace_folder(folder, replaceable=_is_graph_folder, what="saved graph") as tmp:
+            torch.save(tensors, tmp / WEIGHTS_FILE)
+            if frozen:
+                _save_frozen(frozen, str(tmp / FROZEN_FILE))
+            saved = SavedGraph(spec=graph.spec(), weights_sha256=_sha256(tmp / WEIGHTS_FILE), tensors=infos,
+                               frozen_sha256=_sha256(tmp / FROZEN_FILE) if frozen else None)
+            (tmp / SPEC_FILE).write_text(saved.model_dump_json(indent=1), encoding="utf-8")
     except OSError as err:
         raise PersistenceError(f"cannot write the graph to {folder}: {err}") from None
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
-    if not frozen:
-        (folder / FROZEN_FILE).unlink(missing_ok=True)
     return folder
+
+
+def _is_graph_folder(folder: Path) -> bool:
+    """An empty folder, or one holding a saved graph: what :func:`save_graph` may replace."""
+    return (folder / SPEC_FILE).is_file() or not any(folder.iterdir())
 
 
 def _save_frozen(frozen: dict[str, nn.Module], file: str) -> None:
@@ -135,18 +122,6 @@ def _save_frozen(frozen: dict[str, nn.Module], file: str) -> None:
             f"cannot save the frozen module(s) of edge(s) {sorted(frozen)}: they cannot be pickled "
             f"({type(err).__name__}: {err}); define their classes at module level, or trace them as growable "
             "blocks instead") from None
-
-
-def _stage(target: Path, write: Callable[[str], object]) -> Path:
-    """Write a hidden temporary file beside ``target`` with ``write(tmp_path)``; return its path."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
 
 
 def _sha256(path: Path) -> str:
@@ -169,9 +144,10 @@ def _one_line(err: BaseException) -> str:
 def load_graph(path: str | Path, map_location: str | torch.device | None = "cpu") -> "Graph":
     """Read a folder written by :func:`save_graph`; raises :class:`PersistenceError` on any mismatch.
 
-    ``map_location`` places the tensors (as in ``torch.load``); the default is the CPU.
+    ``map_location`` places the tensors (as in ``torch.load``); the default is the CPU. A run
+    folder (``daggrow grow --out DIR``) is read through the graph it keeps in ``DIR/graph``.
     """
-    folder = Path(path)
+    folder = graph_folder(path)
     saved = _read_spec(folder)
     tensors = _read_weights(folder, saved, map_location)
     frozen = _read_frozen(folder, saved, map_location)
@@ -181,6 +157,26 @@ def load_graph(path: str | Path, map_location: str | torch.device | None = "cpu"
         raise
     except (DaggrowError, RuntimeError, KeyError, ValueError, TypeError) as err:
         raise PersistenceError(f"{folder}: the saved graph is inconsistent: {_one_line(err)}") from None
+
+
+def graph_folder(path: str | Path) -> Path:
+    """The saved graph folder to read for ``path``: ``path`` itself, the final graph of a run folder
+    (``path/graph``), or the backup a killed save left (:func:`daggrow.atomic.readable`).
+
+    A run folder whose run did not finish has no ``graph/`` yet: the error names its checkpoint.
+    """
+    folder = readable(path)
+    if (folder / SPEC_FILE).exists() or not folder.is_dir():
+        return folder
+    inner = readable(folder / "graph")
+    if (inner / SPEC_FILE).exists():
+        return inner
+    checkpoint = readable(folder / "checkpoint")
+    if (checkpoint / "graph").is_dir():
+        raise PersistenceError(f"{path}: a run folder whose run has not finished (no graph/ yet): its latest graph "
+                               f"is {Path(path) / 'checkpoint' / 'graph'}; load that, or finish the run with "
+                               f"`daggrow grow --resume {path}`")
+    return folder
 
 
 def _read_spec(folder: Path) -> SavedGraph:

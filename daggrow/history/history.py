@@ -23,14 +23,17 @@ from typing import TYPE_CHECKING, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..atomic import readable, replace_folder, write_file
 from ..errors import PersistenceError
-from .drawings import StepDrawing, step_drawings, write_step_files
+from .drawings import STEP_FILE, StepDrawing, step_drawings, write_step_files
 from .events import GrowthEvent
 
 if TYPE_CHECKING:
     from ..graph import Graph
 
 HISTORY_FORMAT = "daggrow-history"
+HISTORY_FILE, REPORT_FILE = "history.json", "report.html"
+RUN_FILES = (HISTORY_FILE, "config.json", "checkpoint", "graph", REPORT_FILE)
 HISTORY_VERSION = 1
 
 
@@ -80,23 +83,44 @@ class History:
 
         ``render_svg=False`` (or no Graphviz ``dot`` on PATH) writes the DOT files only; the
         report then shows the drawings as DOT text.
+
+        The folder is written as a temporary sibling and swapped in whole
+        (:func:`daggrow.atomic.replace_folder`), so a kill at any instant leaves the earlier
+        save or the new one. What this save does not write is carried over from the earlier
+        folder: ``config.json``, a run's ``checkpoint/``, a ``graph/`` when ``graph`` is not
+        given, a report when ``report=False``, and files of your own. ``report.html`` is
+        written last, atomically, once the folder is in place.
         """
         folder = Path(run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "history.json").write_text(self.to_json(), encoding="utf-8")
-        write_step_files(self.step_drawings(), folder, render_svg=render_svg)
+        drawings = self.step_drawings()
+        owned = {HISTORY_FILE} | {f"{d.stem}.{s}" for d in drawings for s in ("dot", "svg")}
+        if report:
+            owned.add(REPORT_FILE)
         if graph is not None:
-            graph.save(folder / "graph")
+            owned.add("graph")
+
+        def keep(entry: Path) -> bool:  # stale step drawings of an earlier history are dropped
+            return entry.name not in owned and not STEP_FILE.fullmatch(entry.name)
+
+        with replace_folder(folder, replaceable=_is_run_folder, keep=keep, what="run folder") as tmp:
+            (tmp / HISTORY_FILE).write_text(self.to_json(), encoding="utf-8")
+            write_step_files(drawings, tmp, render_svg=render_svg)
+            if graph is not None:
+                graph.save(tmp / "graph")
         if report:
             from .report import write_report
 
             write_report(self, folder, render_svg=render_svg)
         return folder
 
+    def write_json(self, run_dir: str | Path) -> Path:
+        """Write only ``run_dir/history.json``, atomically (a running growth updates it each step)."""
+        return write_file(Path(run_dir) / HISTORY_FILE, self.to_json())
+
     @classmethod
     def load(cls, run_dir: str | Path) -> "History":
         """Read ``run_dir/history.json``; a :class:`PersistenceError` says what is wrong with it."""
-        file = Path(run_dir) / "history.json"
+        file = readable(run_dir) / HISTORY_FILE
         try:
             raw = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -136,6 +160,11 @@ class History:
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(line.rstrip() for line in lines)
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """An empty folder or a run folder (it holds a history, a run's config or checkpoint, or a graph)."""
+    return any((folder / name).exists() for name in RUN_FILES) or not any(folder.iterdir())
 
 
 def _num(x: float | None, fmt: str) -> str:

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..atomic import write_file
 from .drawings import StepDrawing, dot_to_svg, inline_svg
 from .events import GrowthEvent
 from .history import History
@@ -58,7 +59,7 @@ def write_report(history: History, run_dir: str | Path, *, render_svg: bool = Tr
 </body></html>
 """
     out = folder / "report.html"
-    out.write_text(page, encoding="utf-8")
+    write_file(out, page)  # atomic: a kill leaves the old report or the new one
     return out
 
 
