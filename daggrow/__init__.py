@@ -6,6 +6,7 @@ by graph rewriting, and keep training.
 """
 
 from .errors import (
+    ConfigError,
     CycleError,
     DaggrowError,
     DuplicateNameError,
@@ -15,6 +16,7 @@ from .errors import (
     RenderError,
     StatisticsError,
     TraceError,
+    TrainingError,
     UnknownNameError,
     WidthMismatchError,
 )
@@ -54,8 +56,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
     "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose", "trace",
-    "ConvBlock", "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
+    "ConfigError", "ConvBlock", "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "PoolBlock",
-    "PersistenceError", "RenderError", "StatisticsError", "TraceError", "UnknownNameError",
+    "PersistenceError", "RenderError", "StatisticsError", "TraceError", "TrainingError", "UnknownNameError",
     "WidthMismatchError", "__version__",
 ]

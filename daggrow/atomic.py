@@ -22,8 +22,8 @@ the new version (``tests/test_atomic.py``).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,8 +127,7 @@ def write_file(path: str | Path, data: bytes | str | Callable[[Path], object]) -
     for orphan in _orphans(path):
         _remove(orphan)
     _boundary(f"create {path.name}")
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_INFIX}")
-    tmp = Path(name)
+    tmp, fd = _new_file(path)
     try:
         if callable(data):
             os.close(fd)
@@ -172,7 +171,7 @@ def replace_folder(path: str | Path, *, replaceable: Callable[[Path], bool] | No
         raise PersistenceError(f"refusing to replace {path}: it is not empty and not a {what} "
                                f"(saving replaces the whole folder); choose another path or empty it")
     _boundary(f"create .{path.name}{TMP_INFIX}")
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP_INFIX}"))
+    tmp = _new_folder(path)
     try:
         yield tmp
         if keep is not None and path.is_dir():
@@ -186,6 +185,31 @@ def replace_folder(path: str | Path, *, replaceable: Callable[[Path], bool] | No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_INFIX}{secrets.token_hex(4)}")
+
+
+def _new_file(path: Path) -> tuple[Path, int]:
+    """A new temporary sibling file, opened for writing, with the permissions the umask gives
+    (``tempfile.mkstemp`` would make it private, and the renamed file with it)."""
+    while True:
+        tmp = _temporary_name(path)
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+
+
+def _new_folder(path: Path) -> Path:
+    while True:
+        tmp = _temporary_name(path)
+        try:
+            tmp.mkdir(0o777)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _swap(tmp: Path, path: Path) -> None:

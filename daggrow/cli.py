@@ -1,32 +1,128 @@
 """The ``daggrow`` command: ``grow``, ``report``, ``show``. It only parses and wires things up.
 
     daggrow grow --dataset synthetic --out runs/demo
+    daggrow grow --resume runs/demo          # go on after a kill or Ctrl-C
     daggrow report runs/demo
     daggrow show runs/demo
+
+Errors are one line on stderr, like argparse's: ``daggrow grow: error: ...``. A bad option
+exits with status 2 before anything is written; an error of daggrow itself (a damaged folder,
+bad data) exits with 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import DaggrowError
+from .errors import ConfigError, DaggrowError
+
+EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``PROG: error: message``), without the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown once: not for flags and unset options, not where the help states its own."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+# ------------------------------------------------------------------------------------- option types
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer ≥ {minimum}"
+    return parse
+
+
+def _number(*, positive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if positive else '≥'} 0, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _device(text: str) -> str:
+    from .grow.inputs import device
+
+    try:
+        device(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _activation(text: str) -> str:
+    from .graph import get_activation
+
+    try:
+        get_activation(text)
+    except DaggrowError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+# ------------------------------------------------------------------------------------- commands
 def _cmd_grow(args: argparse.Namespace) -> int:
-    from .grow.runner import RunConfig, run_growth
+    from .grow.runner import RunConfig, check_out, run_growth
 
-    config = RunConfig(
-        dataset=args.dataset, strategy=args.strategy, init=args.init, steps=args.steps,
-        neurons_per_step=args.neurons_per_step, epochs_between=args.epochs_between, mode=args.mode,
-        model=args.model, hidden=args.hidden, channels=args.channels, activation=args.activation, kinds=args.kinds, lr=args.lr, batch_size=args.batch_size,
-        weight_decay=args.weight_decay, keep_best=args.keep_best,
-        final_epochs=args.final_epochs, max_parameters=args.max_parameters, seed=args.seed, device=args.device,
-        out=args.out,
-    )
-    result = run_growth(config, progress=not args.quiet)
+    parser = args.parser
+    out = args.resume if args.resume is not None else args.out
+    if args.resume is not None:
+        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug"})
+        if changed:
+            parser.error(f"argument --resume: a resumed run keeps its saved configuration ({Path(out) / 'config.json'}); "
+                         f"drop {', '.join(changed)}")
+        config = RunConfig(out=out)
+    else:
+        config = RunConfig(
+            dataset=args.dataset, strategy=args.strategy, init=args.init, steps=args.steps,
+            neurons_per_step=args.neurons_per_step, epochs_between=args.epochs_between, mode=args.mode,
+            model=args.model, hidden=args.hidden, channels=args.channels, activation=args.activation,
+            kinds=args.kinds, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+            keep_best=args.keep_best, final_epochs=args.final_epochs, max_parameters=args.max_parameters,
+            seed=args.seed, device=args.device, out=out,
+        )
+        try:
+            config.check()
+        except ConfigError as err:
+            parser.error(str(err))
+    try:
+        check_out(Path(out), resume=args.resume is not None, force=args.force)
+    except ConfigError as err:
+        parser.error(f"argument {'--resume' if args.resume is not None else '--out'}: {err}")
+    try:
+        result = run_growth(config, progress=not args.quiet, resume=args.resume is not None, force=args.force)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"daggrow grow: interrupted; the run folder keeps its last checkpoint: `daggrow grow --resume {out}` "
+              "goes on from there", file=sys.stderr)
+        return EXIT_INTERRUPTED
     graph = result.pop("graph")
     if not args.quiet:
         from .history import History
@@ -38,12 +134,26 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     acc = result["test_accuracy"]
     print(f"{result['dataset']}: {result['growth_steps']} growth steps, {result['parameters']:,} parameters, "
           f"test accuracy {'-' if acc is None else f'{acc:.4f}'}, test loss {result['test_loss']:.4f}, "
-          f"{result['seconds']:.1f} s")
+          f"{result['seconds']:.1f} s" + (" (resumed)" if result.get("resumed") else ""))
     if result.get("best_epoch") is not None:
-        print(f"kept the weights of final epoch {result['best_epoch']} of {args.final_epochs} "
-              "(best validation accuracy)")
+        print("kept the weights of the final epoch with the best validation accuracy "
+              f"(epoch {result['best_epoch']})")
     print(f"run folder: {result['out']}  (report: {Path(result['out']) / 'report.html'})")
     return 0
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The long option strings present on the command line (abbreviations as argparse accepts them)."""
+    given = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        for action in parser._actions:
+            matches = [s for s in action.option_strings if s == name or (s.startswith(name) and len(name) > 2)]
+            if matches:
+                given.add(action.option_strings[-1])
+    return given
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -56,80 +166,113 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from .atomic import readable
     from .graph import Graph
 
-    path = Path(args.path)
+    path = readable(args.path)
     if (path / "history.json").exists():
         from .history import History
 
         print(History.load(path).summary_table())
         print()
-    # a run folder keeps its final graph in graph/; anything else is read as a graph folder
-    graph_dir = path / "graph" if (path / "graph").is_dir() and not (path / "graph.json").exists() else path
-    print(Graph.load(graph_dir).summary())
+    unfinished = not (path / "graph.json").exists() and not (readable(path / "graph") / "graph.json").exists() \
+        and (readable(path / "checkpoint") / "graph" / "graph.json").exists()
+    if unfinished:  # a run that was stopped: its latest checkpoint
+        print(f"(the run has not finished: its latest checkpoint; `daggrow grow --resume {args.path}` goes on)")
+        print(Graph.load(readable(path / "checkpoint") / "graph").summary())
+        return 0
+    print(Graph.load(path).summary())  # a graph folder, or a run folder's graph/
     return 0
 
 
+# ------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="daggrow", description="Grow neural networks where their "
-                                     "expressivity bottleneck is.")
+    parser = _Parser(prog="daggrow", description="Grow neural networks where their expressivity bottleneck is.")
     parser.add_argument("--version", action="version", version=f"daggrow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     grow = sub.add_parser("grow", help="grow a network on a built-in data set",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    grow.add_argument("--dataset", default="synthetic", choices=["synthetic", "digits", "mnist1d"])
+                          description="Grow a network on a built-in data set into a run folder (--out). A "
+                                      "checkpoint is written after every growth step and epoch: after a kill or "
+                                      "Ctrl-C, --resume DIR goes on exactly where the run stopped.",
+                          formatter_class=_Formatter)
+    grow.add_argument("--dataset", default="synthetic", choices=["synthetic", "digits", "mnist1d"],
+                      help="built-in data set (generated or bundled: nothing is downloaded)")
     grow.add_argument("--strategy", default="amplitude",
                       choices=["amplitude", "naive", "max_eigenvalue", "bottleneck_node", "efficiency",
-                               "information_criterion"])
-    grow.add_argument("--init", default="tiny", choices=["tiny", "gradmax", "north", "random", "zero"])
-    grow.add_argument("--steps", type=int, default=20, help="growth steps")
-    grow.add_argument("--neurons-per-step", type=int, default=2, help="directions added per step (ReLU: ×2 neurons)")
-    grow.add_argument("--epochs-between", type=int, default=1, help="training epochs after each growth step")
+                               "information_criterion"],
+                      help="how each step chooses among the proposals (amplitude: largest held-out loss drop)")
+    grow.add_argument("--init", default="tiny", choices=["tiny", "gradmax", "north", "random", "zero"],
+                      help="how new neurons are initialised (tiny: the closed-form best neurons)")
+    grow.add_argument("--steps", type=_count(0), default=20, help="growth steps")
+    grow.add_argument("--neurons-per-step", type=_count(1), default=2,
+                      help="directions added per step (ReLU: ×2 neurons)")
+    grow.add_argument("--epochs-between", type=_count(0), default=1, help="training epochs after each growth step")
     grow.add_argument("--mode", default="sgd", choices=["sgd", "pure", "grow_only"],
                       help="sgd: Adam epochs between steps; pure: the talk's Algorithm 1 (best updates, no "
                            "gradient step); grow_only: Algorithm 3 (neurons only)")
     grow.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
                       help="starting network: an MLP chain (--hidden) or a CNN (--channels; mnist1d, digits)")
-    grow.add_argument("--hidden", type=int, nargs="*", default=[1], help="widths of the starting chain")
-    grow.add_argument("--channels", type=int, nargs="+", default=[2, 2, 2],
+    grow.add_argument("--hidden", type=_count(1), nargs="*", default=[1], help="widths of the starting chain")
+    grow.add_argument("--channels", type=_count(1), nargs="+", default=[2, 2, 2],
                       help="channels of the starting CNN's conv layers (--model cnn)")
-    grow.add_argument("--activation", default="relu")
+    grow.add_argument("--activation", type=_activation, default="relu", help="activation of the hidden nodes and of new nodes")
     grow.add_argument("--kinds", nargs="+", default=None, choices=["expand_node", "new_node", "new_edge"],
-                      help="where growth may happen (default: expand_node new_node; cnn: expand_node)")
-    grow.add_argument("--lr", type=float, default=3e-3)
-    grow.add_argument("--weight-decay", type=float, default=0.0, help="> 0: AdamW with this weight decay")
+                      metavar="KIND",
+                      help="where growth may happen: expand_node, new_node, new_edge (default: expand_node "
+                           "new_node; cnn: expand_node)")
+    grow.add_argument("--lr", type=_number(positive=True), default=3e-3, help="learning rate of the optimizer")
+    grow.add_argument("--weight-decay", type=_number(positive=False), default=0.0,
+                      help="> 0: AdamW with this weight decay")
     grow.add_argument("--keep-best", action="store_true",
                       help="after the final epochs, keep the weights of the best validation accuracy")
-    grow.add_argument("--batch-size", type=int, default=256)
-    grow.add_argument("--final-epochs", type=int, default=0, help="training epochs after the last step")
-    grow.add_argument("--max-parameters", type=int, default=None)
-    grow.add_argument("--seed", type=int, default=0)
-    grow.add_argument("--device", default="cpu")
-    grow.add_argument("--out", default="runs/demo", help="run folder")
+    grow.add_argument("--batch-size", type=_count(1), default=256, help="samples per batch")
+    grow.add_argument("--final-epochs", type=_count(0), default=0, help="training epochs after the last step")
+    grow.add_argument("--max-parameters", type=_count(1), default=None,
+                      help="stop growing at this many parameters (default: no limit)")
+    grow.add_argument("--seed", type=_count(0), default=0, help="random seed (runs are deterministic given it)")
+    grow.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    grow.add_argument("--out", default="runs/demo",
+                      help="run folder (must be new or empty, unless --force or --resume)")
+    grow.add_argument("--force", action="store_true", help="replace the run folder --out if it holds a run")
+    grow.add_argument("--resume", metavar="DIR", default=None,
+                      help="continue the run in DIR from its last checkpoint, with its saved configuration")
     grow.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     grow.set_defaults(func=_cmd_grow)
 
     report = sub.add_parser("report", help="(re)write RUN_DIR/report.html from its history")
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", help="a run folder (written by daggrow grow)")
     report.set_defaults(func=_cmd_report)
 
     show = sub.add_parser("show", help="print a saved graph's (or run's) summary")
     show.add_argument("path", help="a run folder or a saved graph folder")
     show.set_defaults(func=_cmd_show)
+    for command in (grow, report, show):
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
+        command.set_defaults(parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    prog = f"daggrow {args.command}"
     try:
         return args.func(args)
     except DaggrowError as err:
-        print(f"daggrow: error: {err}", file=sys.stderr)
-        return 2
+        if args.debug:
+            raise
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("daggrow: interrupted", file=sys.stderr)
-        return 130
+        if args.debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

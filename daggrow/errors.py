@@ -48,3 +48,13 @@ class StatisticsError(DaggrowError):
 
 class RenderError(DaggrowError):
     """Graphviz rendering failed, usually because the `dot` program is not installed."""
+
+
+class ConfigError(DaggrowError, ValueError):
+    """A setting out of range or of the wrong kind: a negative count, a non-finite learning rate,
+    an unknown name, a device that does not exist here. Raised before anything runs."""
+
+
+class TrainingError(DaggrowError):
+    """Training cannot go on: non-finite inputs, targets or loss (the weights would turn NaN),
+    or a loader that cannot be read the way growth needs (once per pass, every pass)."""

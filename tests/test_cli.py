@@ -1,16 +1,21 @@
-"""The command line: version, grow (a short real run), show, report, and clean errors."""
+"""The command line: version, grow (a short real run), show, report, option checks and clean errors."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import daggrow as dg
-from daggrow.cli import main
+from daggrow.cli import build_parser, main
+from daggrow.grow import evaluate
+from daggrow.history import History
 
 
 def test_version():
@@ -22,21 +27,46 @@ def test_grow_show_report(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["grow", "--dataset", "digits", "--steps", "2", "--quiet", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "digits: " in out and "test accuracy" in out
-    for name in ("history.json", "report.html", "config.json", "graph/graph.json", "step_000.dot"):
-        assert (run / name).exists(), name
+    history = History.load(run)
+    growth = [e for e in history if e.is_growth]
+    graph = dg.Graph.load(run)  # a run folder loads as its final graph
+    # the printed line is the saved run: its growth steps, parameters and the test accuracy of its graph
+    data = dg.data.load_dataset("digits")
+    _, _, test = data.loaders(256)
+    test_loss, test_acc = evaluate(graph, test, "cross_entropy")
+    assert f"digits: {len(growth)} growth steps, {graph.num_parameters():,} parameters, " \
+           f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f}" in out
+    assert 1 <= len(growth) <= 2 and graph.num_parameters() == history.events[-1].params_after
+    assert graph.num_parameters() > history.events[0].params_after  # it grew
+    assert test_acc > 0.5  # and learned (chance is 0.1)
+    assert json.loads((run / "config.json").read_text())["dataset"] == "digits"
+    # one step drawing per architecture change, each in the report with its step number
+    stems = sorted(p.stem for p in run.glob("step_*.dot"))
+    assert stems == [f"step_{e.step:03d}" for e in history if e.action == "start" or e.is_growth]
+    report = (run / "report.html").read_text()
+    assert [int(s) for s in re.findall(r'<div class="step" data-index="\d+" data-step="(\d+)"', report)] == \
+        [int(s[5:]) for s in stems]
     assert main(["show", str(run)]) == 0
-    assert "parameters" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert history.summary_table() in shown and shown.rstrip().endswith(graph.summary())
     assert main(["show", str(run / "graph")]) == 0
+    assert capsys.readouterr().out.strip() == graph.summary()
     (run / "report.html").unlink()
     assert main(["report", str(run)]) == 0
-    assert (run / "report.html").exists()
+    assert capsys.readouterr().out.strip() == str(run / "report.html") and (run / "report.html").read_text() == report
 
 
-def test_errors_are_one_line_messages(tmp_path, capsys):
-    assert main(["show", str(tmp_path / "missing")]) == 2
+def test_library_errors_are_one_line_and_exit_1(tmp_path, capsys):
+    assert main(["show", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("daggrow: error:") and "Traceback" not in err
+    assert err.startswith("daggrow show: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(dg.PersistenceError):
+        main(["show", "--debug", str(tmp_path / "missing")])
+    with pytest.raises(dg.PersistenceError):
+        main(["--debug", "report", str(tmp_path / "missing")])
 
 
 def small_graph() -> dg.Graph:
@@ -57,12 +87,13 @@ def test_show_a_graph_folder_and_a_folder_holding_graph(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == g.summary()
     assert main(["show", str(tmp_path / "run")]) == 0
     assert capsys.readouterr().out.strip() == g.summary()
+    assert dg.Graph.load(tmp_path / "run").spec() == g.spec()
 
 
-def test_a_damaged_graph_is_one_line_on_stderr_and_exit_2(tmp_path, capsys):
+def test_a_damaged_graph_is_one_line_on_stderr_and_exit_1(tmp_path, capsys):
     small_graph().save(tmp_path / "g")
     (tmp_path / "g" / "weights.pt").write_bytes(b"broken")
-    assert main(["show", str(tmp_path / "g")]) == 2
+    assert main(["show", str(tmp_path / "g")]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and "weights.pt: checksum mismatch" in captured.err
@@ -84,11 +115,106 @@ def test_console_script(tmp_path):
     out = subprocess.run([str(exe), "show", str(tmp_path / "g")], capture_output=True, text=True)
     assert out.returncode == 0 and "2 edges" in out.stdout
     out = subprocess.run([str(exe), "show", str(tmp_path / "nothing")], capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.startswith("daggrow: error:") and "Traceback" not in out.stderr
+    assert out.returncode == 1 and out.stderr.startswith("daggrow show: error:") and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------ option checks
+BAD_OPTIONS = [
+    (["--steps", "-1"], "argument --steps: must be ≥ 0, got -1"),
+    (["--steps", "two"], "argument --steps: expected an integer, got 'two'"),
+    (["--neurons-per-step", "0"], "argument --neurons-per-step: must be ≥ 1, got 0"),
+    (["--epochs-between", "-1"], "argument --epochs-between: must be ≥ 0"),
+    (["--final-epochs", "-2"], "argument --final-epochs: must be ≥ 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be ≥ 1"),
+    (["--hidden", "4", "0"], "argument --hidden: must be ≥ 1"),
+    (["--max-parameters", "0"], "argument --max-parameters: must be ≥ 1"),
+    (["--seed", "-1"], "argument --seed: must be ≥ 0"),
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "argument --lr: must be a finite number > 0"),
+    (["--lr", "-1"], "argument --lr: must be a finite number > 0, got -1"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0"),
+    (["--weight-decay", "-0.1"], "argument --weight-decay: must be a finite number ≥ 0"),
+    (["--device", "banana"], "argument --device: unknown device 'banana'"),
+    (["--device", "meta"], "argument --device: device 'meta' is not supported"),
+    (["--activation", "swishy"], "argument --activation: unknown activation 'swishy'"),
+    (["--kinds", "x"], "argument --kinds: invalid choice: 'x'"),
+    (["--dataset", "imagenet"], "argument --dataset: invalid choice"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_OPTIONS, ids=[" ".join(o) for o, _ in BAD_OPTIONS])
+def test_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, options, message):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", *options, "--out", str(run)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("daggrow grow: error: ") and err.count("\n") == 1
+    assert message in err and "Traceback" not in err
+    assert not run.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", "--device", "cuda", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --device: device 'cuda' is not available" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_must_be_a_folder_and_a_run_is_not_clobbered(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", "--out", str(tmp_path / "file")])
+    assert exit_.value.code == 2 and "argument --out: the run folder" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", "--dataset", "synthetic", "--steps", "1", "--quiet", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "is not empty: pass --force" in err and err.count("\n") == 1
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    # --force replaces the whole run: nothing of the digits run is left beside the new config
+    assert main(["grow", "--dataset", "mnist1d", "--steps", "0", "--quiet", "--force", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == "mnist1d"
+    assert History.load(run).events[0].graph.nodes[0].width == 40  # mnist1d's 40 inputs, not digits' 64
+    assert not (run / "step_001.dot").exists()
+
+
+def test_force_only_replaces_a_run_folder(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep")
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", "--force", "--out", str(mine)])
+    assert exit_.value.code == 2 and "not a daggrow run" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+
+def test_resume_refuses_other_options_and_non_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", "--resume", str(tmp_path)])
+    assert exit_.value.code == 2 and "argument --resume: cannot resume" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    for options in (["--steps", "3"], ["--data", "digits"], ["--force"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["grow", "--resume", str(tmp_path), *options])
+        assert exit_.value.code == 2 and "argument --resume:" in capsys.readouterr().err
+
+
+def test_help_texts_are_filled_and_defaults_said_once():
+    grow = build_parser()._subparsers._group_actions[0].choices["grow"]
+    for action in grow._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    text = grow.format_help()
+    kinds = text[text.index("\n  --kinds KIND"):text.index("\n  --lr LR")]
+    assert kinds.count("default") == 1 and "None" not in kinds
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 def test_grow_with_weight_decay_keeps_the_best_validation_weights(tmp_path, capsys):
-    from daggrow.grow import evaluate
     from daggrow.grow.runner import RunConfig, run_growth
 
     config = RunConfig(dataset="digits", steps=2, final_epochs=3, weight_decay=0.1, keep_best=True, lr=1e-2,

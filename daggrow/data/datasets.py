@@ -59,6 +59,14 @@ class TensorLoader:
         self.epoch += 1
         return self._batches(order)
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader is: the number of epochs started (a checkpoint keeps it, so that a
+        resumed run shuffles as the uninterrupted one would)."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+
     def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.y), self.batch_size):
             if order is None:

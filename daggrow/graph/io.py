@@ -81,32 +81,42 @@ def _graph_state(graph: "Graph") -> dict[str, tuple[torch.Tensor, bool | None]]:
     return out
 
 
-def save_graph(graph: "Graph", path: str | Path) -> Path:
+def save_graph(graph: "Graph", path: str | Path, *, atomic: bool = True) -> Path:
     """Write ``graph`` into the folder ``path`` (created if needed); returns the folder.
 
     The files are written into a temporary sibling folder, fsynced, and swapped in whole
     (:func:`daggrow.atomic.replace_folder`): after a failure or a kill at any instant, ``path``
     holds the earlier save or the new one, never a mix. An existing ``path`` is replaced only
-    when it is empty or a saved graph.
+    when it is empty or a saved graph. ``atomic=False`` writes into a new folder ``path``
+    directly: for callers that are themselves filling a temporary folder (a run, a checkpoint).
     """
     graph.validate(complete=True)
     folder = Path(path)
+    try:
+        if not atomic:
+            folder.mkdir()
+            _write_graph(graph, folder)
+            return folder
+        with replace_folder(folder, replaceable=_is_graph_folder, what="saved graph") as tmp:
+            _write_graph(graph, tmp)
+    except OSError as err:
+        raise PersistenceError(f"cannot write the graph to {folder}: {err}") from None
+    return folder
+
+
+def _write_graph(graph: "Graph", folder: Path) -> None:
+    """The files of a saved graph, written into the empty folder ``folder``."""
     state = _graph_state(graph)
     tensors = {key: t.detach().cpu().clone() for key, (t, _) in state.items()}
     infos = {key: TensorInfo(shape=list(t.shape), dtype=_dtype_name(t.dtype), requires_grad=grad)
              for key, (t, grad) in state.items()}
     frozen = {n: graph.module(n) for n in graph.edges if isinstance(graph.edge(n).block, FrozenBlock)}
-    try:
-        with replace_folder(folder, replaceable=_is_graph_folder, what="saved graph") as tmp:
-            torch.save(tensors, tmp / WEIGHTS_FILE)
-            if frozen:
-                _save_frozen(frozen, str(tmp / FROZEN_FILE))
-            saved = SavedGraph(spec=graph.spec(), weights_sha256=_sha256(tmp / WEIGHTS_FILE), tensors=infos,
-                               frozen_sha256=_sha256(tmp / FROZEN_FILE) if frozen else None)
-            (tmp / SPEC_FILE).write_text(saved.model_dump_json(indent=1), encoding="utf-8")
-    except OSError as err:
-        raise PersistenceError(f"cannot write the graph to {folder}: {err}") from None
-    return folder
+    torch.save(tensors, folder / WEIGHTS_FILE)
+    if frozen:
+        _save_frozen(frozen, str(folder / FROZEN_FILE))
+    saved = SavedGraph(spec=graph.spec(), weights_sha256=_sha256(folder / WEIGHTS_FILE), tensors=infos,
+                       frozen_sha256=_sha256(folder / FROZEN_FILE) if frozen else None)
+    (folder / SPEC_FILE).write_text(saved.model_dump_json(indent=1), encoding="utf-8")
 
 
 def _is_graph_folder(folder: Path) -> bool:

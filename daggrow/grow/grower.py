@@ -16,19 +16,23 @@ TINY neuron that reads u (or any other source of v) and writes v has zero first-
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
-from ..errors import DaggrowError
+from ..errors import ConfigError, DaggrowError, TrainingError
 from ..history import GrowthEvent, History
-from ..solve import RankDeficiencyWarning
+from ..solve import INITS, RankDeficiencyWarning
 from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
 from ..stats.collect import graph_device
-from ..stats.losses import loss_name
-from .candidates import Kind, enumerate_candidates, statistics_plan
+from ..stats.losses import LOSSES, loss_name
+from . import inputs
+from .candidates import KINDS, Kind, enumerate_candidates, statistics_plan
+from .checkpoint import FitPosition, save_checkpoint
 from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
 from .optim import carry_optimizer
 from .propose import NodeUpdate, Proposal, bottleneck, node_update, propose
@@ -37,6 +41,7 @@ from .strategies import SelectionContext, Strategy, get_strategy
 
 if TYPE_CHECKING:
     from ..graph import Graph
+    from .checkpoint import Checkpoint
 
 
 def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int | None = None) -> tuple[float, float | None]:
@@ -109,20 +114,47 @@ class Grower:
         progress: bool = False,
         reuse_input_moments: bool = False,
     ) -> None:
+        from ..graph import Graph, get_activation
+
+        if not isinstance(graph, Graph):
+            raise ConfigError(f"Grower needs a daggrow.Graph (dg.trace(model, x) makes one from a model), "
+                              f"got {type(graph).__name__}")
+        meta = [n for n, p in graph.named_parameters() if p.is_meta]
+        if meta:
+            raise ConfigError(f"the graph's parameters {meta[:3]} are on the meta device (shapes without values): "
+                              "materialise them first, e.g. model.to_empty(device='cpu') and initialise, then trace")
+        if not callable(loss):
+            inputs.one_of("loss", loss, LOSSES)
+        kinds = tuple(kinds)
+        if not kinds or any(k not in KINDS for k in kinds):
+            raise ConfigError(f"kinds must be a non-empty list of {', '.join(map(repr, KINDS))}; got {list(kinds)}")
+        inputs.one_of("init", init, INITS)
+        try:
+            get_activation(new_node_activation)
+        except DaggrowError as err:
+            raise ConfigError(f"new_node_activation: {err}") from None
         self.graph = graph
         self.loss = loss
         self.strategy = get_strategy(strategy)
         self.init = init
-        self.kinds = tuple(kinds)
-        self.neurons_per_step = neurons_per_step
+        self.kinds = kinds
+        self.neurons_per_step = inputs.count("neurons_per_step", neurons_per_step, 1)
         self.new_node_activation = new_node_activation
-        self.limits = dict(max_width=max_width, max_nodes=max_nodes, max_fan_in=max_fan_in)
-        self.max_parameters = max_parameters
-        self.amplitude_upper = amplitude_upper
+        self.limits = dict(max_width=inputs.count("max_width", max_width, 1, optional=True),
+                           max_nodes=inputs.count("max_nodes", max_nodes, 1, optional=True),
+                           max_fan_in=inputs.count("max_fan_in", max_fan_in, 1, optional=True))
+        self.max_parameters = inputs.count("max_parameters", max_parameters, 1, optional=True)
+        self.amplitude_upper = inputs.positive_float("amplitude_upper", amplitude_upper)
+        if seed is not None:
+            inputs.count("seed", seed, 0)
+        if optimizer is not None and not callable(optimizer):
+            raise ConfigError(f"optimizer must be a callable params -> torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.seed = seed
         self.progress = progress
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        self.lr = inputs.positive_float("lr", lr)
         self._make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self._custom = {"loss": callable(loss), "strategy": not isinstance(strategy, str), "optimizer": optimizer is not None}
         self.optimizer: torch.optim.Optimizer | None = None
         self.history: "History" = History()
         self._t0 = time.perf_counter()
@@ -133,6 +165,72 @@ class Grower:
         # augmentation): that is the caller's promise, so it is off by default.
         self.reuse_input_moments = reuse_input_moments
         self._input_moments: dict[int, object] = {}
+        self._resume_from: "Checkpoint | None" = None
+        # called with the fit position after each checkpoint (the runner and tests hook in here)
+        self.on_checkpoint: Callable[[FitPosition], None] | None = None
+        self._warned_small_batch = False
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments as JSON (``None`` for code: a loss function, a strategy
+        object, an optimizer factory; :meth:`from_checkpoint` asks for those again)."""
+        return {
+            "loss": None if self._custom["loss"] else self.loss,
+            "strategy": None if self._custom["strategy"] else self.strategy.name,
+            "custom": self._custom_settings(),
+            "init": self.init, "kinds": list(self.kinds), "neurons_per_step": self.neurons_per_step,
+            "new_node_activation": self.new_node_activation, **self.limits, "max_parameters": self.max_parameters,
+            "amplitude_upper": self.amplitude_upper, "lr": self.lr, "seed": self.seed, "progress": self.progress,
+            "reuse_input_moments": self.reuse_input_moments,
+        }
+
+    def _custom_settings(self) -> dict[str, str]:
+        custom = {}
+        if self._custom["loss"]:
+            custom["loss"] = loss_name(self.loss)
+        if self._custom["strategy"]:
+            custom["strategy"] = type(self.strategy).__name__
+        if self._custom["optimizer"]:
+            custom["optimizer"] = "optimizer factory"
+        return custom
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (a resumed run counts the time before its checkpoint)."""
+        return time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, loss: LossLike | None = None, strategy: "str | Strategy | None" = None,
+                        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+                        map_location: str | torch.device | None = "cpu") -> "Grower":
+        """The Grower a checkpoint saved (graph, optimizer state, history, settings), ready for
+        :meth:`resume`. Settings that are code are not saved: pass the same ``loss`` function,
+        ``strategy`` object or ``optimizer`` factory again (a clear error says which)."""
+        from .checkpoint import load_checkpoint, restore_optimizer
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        settings = dict(ckpt.file.settings)
+        custom = settings.pop("custom", {})
+        given = {"loss": loss, "strategy": strategy, "optimizer": optimizer}
+        for key, kind in custom.items():
+            if given[key] is None:
+                raise ConfigError(f"{ckpt.path} was written by a Grower with a {key} of its own ({kind}), which a "
+                                  f"checkpoint does not store (it is code): pass {key}=... to from_checkpoint")
+        for key in ("loss", "strategy"):
+            if given[key] is not None:
+                settings[key] = given[key]
+        grower = cls(ckpt.graph, optimizer=optimizer, **settings)
+        grower.history = ckpt.history
+        grower._attempts = ckpt.file.attempts
+        grower._last_metrics = dict(ckpt.file.last_metrics)
+        grower._t0 = time.perf_counter() - ckpt.file.elapsed
+        restore_optimizer(grower, ckpt)
+        grower._resume_from = ckpt
+        return grower
+
+    @property
+    def checkpoint(self) -> "Checkpoint | None":
+        """The checkpoint this Grower was built from (:meth:`from_checkpoint`), else ``None``."""
+        return self._resume_from
 
     # ------------------------------------------------------------------ state
     def swap(self, new: "Graph") -> None:
@@ -247,21 +345,42 @@ class Grower:
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, loader: Iterable) -> float:
-        """One epoch of the optimizer over ``loader``; returns the mean training loss."""
+        """One epoch of the optimizer over ``loader``; returns the mean training loss.
+
+        A batch whose loss is NaN or infinite raises :class:`TrainingError` before its step (the
+        weights stay finite); the message says whether the inputs, the targets or the training
+        is at fault. A batch of one sample is skipped, with a warning, when a batch-normalised
+        vector node would need the variance of a single value.
+        """
+        inputs.require_reiterable(loader, "training loader")
         opt = self.ensure_optimizer()
         module = self.graph.compile()
         module.train()
         device = graph_device(self.graph)
-        total, count = 0.0, 0
-        for batch in loader:
+        batchnorm = inputs.batch_statistics_nodes(self.graph)
+        total, count, skipped = 0.0, 0, 0
+        for index, batch in enumerate(loader):
             xs, y = split_batch(batch, self.graph)
+            if batchnorm and y.shape[0] == 1:
+                skipped += 1
+                continue
             out = module(*(x.to(device) for x in xs))
             losses = per_sample_loss(self.loss, out, y.to(device))
+            batch_total = float(losses.detach().sum())
+            if not math.isfinite(batch_total):
+                raise inputs.non_finite(index, xs, y)
             opt.zero_grad(set_to_none=True)
             losses.mean().backward()
             opt.step()
-            total += float(losses.detach().sum())
+            total += batch_total
             count += losses.shape[0]
+        if skipped and not self._warned_small_batch:
+            self._warned_small_batch = True
+            warnings.warn(f"skipped {skipped} training batch(es) of 1 sample: batch normalisation at "
+                          f"{', '.join(batchnorm)} needs at least 2 samples per batch in training mode (use "
+                          "drop_last=True or a batch size that leaves no single sample)", RuntimeWarning, stacklevel=2)
+        if count == 0 and not skipped:
+            raise TrainingError("the training loader yielded no batch")
         return total / max(count, 1)
 
     def fit(
@@ -274,6 +393,7 @@ class Grower:
         mode: Literal["sgd", "pure", "grow_only"] = "sgd",
         patience: int | None = None,
         callback: Callable[["GrowthEvent"], None] | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> "History":
         """Alternate growth steps with training (``"sgd"``) or best updates (``"pure"``, the
         talk's Algorithm 1), or only grow (``"grow_only"``, Algorithm 3).
@@ -281,43 +401,113 @@ class Grower:
         Stops after ``growth_steps``, when the parameter budget is reached or no proposal is
         found, or when validation loss has not improved for ``patience`` growth steps. The
         amplitude line search minimises on up to 2,048 samples of ``val`` (:func:`held_out_batch`).
+
+        With ``checkpoint_dir``, a checkpoint is written there (atomically) at the start, after
+        every growth step and after every epoch; :meth:`from_checkpoint` and :meth:`resume`
+        continue from it exactly as if the run had not stopped. Loaders must be re-iterable
+        (a list of batches, a DataLoader, :class:`~daggrow.data.TensorLoader`): growth reads
+        the data many times.
         """
-        if mode not in ("sgd", "pure", "grow_only"):
-            raise DaggrowError(f"unknown mode {mode!r}: use 'sgd', 'pure' or 'grow_only'")
+        position = FitPosition(growth_steps=inputs.count("growth_steps", growth_steps, 0),
+                               epochs_between=inputs.count("epochs_between", epochs_between, 0),
+                               mode=inputs.one_of("mode", mode, ("sgd", "pure", "grow_only")),
+                               patience=inputs.count("patience", patience, 1, optional=True))
+        inputs.require_reiterable(train, "training loader")
+        if val is not None:
+            inputs.require_reiterable(val, "validation loader")
         held_out = held_out_batch(val) if val is not None else None
         self._evaluate(train, val)
         if not self.history.events:
             self._emit(self._record_start(), callback)
-        best_val, stale, declined = float("inf"), 0, 0
-        for _ in range(growth_steps):
-            event = self.grow_step(train, held_out)
-            if event is not None:
-                declined = 0
-                self._evaluate(train, val)
-                event = self._refresh(event)
-                self._emit(event, callback)
-            elif mode != "sgd" or epochs_between == 0:
-                declined += 1  # nothing helped here; a round-robin strategy moves on
-                if declined >= 3:
-                    break  # nothing to add, and nothing else would change the network
-            if mode == "grow_only":
+        return self._schedule(position, train, val, held_out, callback, checkpoint_dir, start=True)
+
+    def resume(self, train: Iterable, val: Iterable | None = None, *,
+               callback: Callable[["GrowthEvent"], None] | None = None,
+               checkpoint_dir: str | Path | None = None) -> "History":
+        """Continue the :meth:`fit` that wrote the checkpoint this Grower comes from
+        (:meth:`from_checkpoint`), with the same arguments, on the same ``train``/``val`` data.
+
+        Random generators (torch, Python, NumPy, the Grower's) and loaders with a
+        ``state_dict`` (:class:`~daggrow.data.TensorLoader`) are put back where they were, so
+        the run goes on as if it had never stopped: same events, same weights. Checkpoints go
+        on into ``checkpoint_dir`` (default: the folder resumed from).
+        """
+        from .checkpoint import restore_random_state
+
+        ckpt = self._resume_from
+        if ckpt is None or ckpt.file.position is None:
+            raise DaggrowError("resume() continues a fit from its checkpoint: build the Grower with "
+                               "Grower.from_checkpoint(path) from a checkpoint written by fit(..., checkpoint_dir=path)")
+        inputs.require_reiterable(train, "training loader")
+        if val is not None:
+            inputs.require_reiterable(val, "validation loader")
+        held_out = held_out_batch(val) if val is not None else None
+        restore_random_state(self, ckpt, {"train": train, "val": val})
+        self._resume_from = None
+        position = ckpt.file.position.model_copy()
+        return self._schedule(position, train, val, held_out, callback,
+                              ckpt.path if checkpoint_dir is None else checkpoint_dir, start=False)
+
+    def save_checkpoint(self, folder: str | Path, position: FitPosition | None = None, *, train: Any = None,
+                        val: Any = None, extra: dict[str, Any] | None = None,
+                        graphs: dict[str, "Graph"] | None = None) -> Path:
+        """Write a checkpoint of this Grower to ``folder`` (see :mod:`daggrow.grow.checkpoint`)."""
+        return save_checkpoint(self, folder, position, loaders={"train": train, "val": val}, extra=extra,
+                               graphs=graphs)
+
+    def _schedule(self, pos: FitPosition, train: Iterable, val: Iterable | None, held_out: Any,
+                  callback, checkpoint_dir: str | Path | None, *, start: bool) -> "History":
+        """fit's loop from ``pos`` on, with a checkpoint after each growth step and epoch."""
+        def checkpoint() -> None:
+            if checkpoint_dir is not None:
+                self.save_checkpoint(checkpoint_dir, pos, train=train, val=val)
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(pos)
+
+        if start:
+            checkpoint()
+        while not pos.finished:
+            if pos.phase == "grow":
+                event = self.grow_step(train, held_out)
+                if event is not None and event.is_growth:
+                    pos.declined = 0
+                    self._evaluate(train, val)
+                    self._emit(self._refresh(event), callback)
+                else:
+                    if event is not None:
+                        self._emit(event, callback)  # a declined step, recorded with its reason
+                    if pos.mode != "sgd" or pos.epochs_between == 0:
+                        pos.declined += 1  # nothing helped here; a round-robin strategy moves on
+                        if pos.declined >= 3:
+                            pos.phase = "done"  # nothing to add, and nothing else would change the network
+                            checkpoint()
+                            break
+                pos.phase, pos.epochs_done = "train", 0
+                if pos.mode == "grow_only":
+                    pos.step, pos.phase = pos.step + 1, "grow"
+                checkpoint()
                 continue
-            if mode == "pure":
+            if pos.mode == "pure":
                 for e in self.best_update_step(train, held_out):
                     self._emit(e, callback)
             else:
-                for _ in range(epochs_between):
+                while pos.epochs_done < pos.epochs_between:
                     self.train_epoch(train)
+                    pos.epochs_done += 1
+                    if pos.epochs_done < pos.epochs_between:
+                        checkpoint()
                 self._evaluate(train, val)
                 self._emit(self._record_train(), callback)
+            pos.step, pos.phase, pos.epochs_done = pos.step + 1, "grow", 0
             current = self._last_metrics.get("val_loss")
-            if patience is not None and current is not None:
-                if current < best_val - 1e-9:
-                    best_val, stale = current, 0
+            if pos.patience is not None and current is not None:
+                if pos.best_val is None or current < pos.best_val - 1e-9:
+                    pos.best_val, pos.stale = current, 0
                 else:
-                    stale += 1
-                    if stale >= patience:
-                        break
+                    pos.stale += 1
+                    if pos.stale >= pos.patience:
+                        pos.phase = "done"
+            checkpoint()
         return self.history
 
     # ------------------------------------------------------------------ events

@@ -102,11 +102,13 @@ class History:
         def keep(entry: Path) -> bool:  # stale step drawings of an earlier history are dropped
             return entry.name not in owned and not STEP_FILE.fullmatch(entry.name)
 
+        from ..graph.io import save_graph
+
         with replace_folder(folder, replaceable=_is_run_folder, keep=keep, what="run folder") as tmp:
             (tmp / HISTORY_FILE).write_text(self.to_json(), encoding="utf-8")
             write_step_files(drawings, tmp, render_svg=render_svg)
             if graph is not None:
-                graph.save(tmp / "graph")
+                save_graph(graph, tmp / "graph", atomic=False)
         if report:
             from .report import write_report
 
