@@ -20,6 +20,7 @@ object, an optimizer factory) are not stored: pass them again to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -165,7 +166,33 @@ def _input_moments(grower: "Grower", train: Any) -> dict | None:
     if cached is None:
         return None
     return {"n": cached.n, "widths": dict(cached.widths), "positions": dict(cached.positions),
-            "h": dict(cached.h), "hh": [[u, w, t] for (u, w), t in cached.hh.items()]}
+            "h": dict(cached.h), "hh": [[u, w, t] for (u, w), t in cached.hh.items()],
+            "data_cache": [(key, *_decomposed(value)) for key, value in cached.data_cache.items()
+                           if _decomposed(value) is not None]}
+
+
+def _decomposed(value: Any) -> tuple[torch.Tensor, str, dict] | None:
+    """A data cache entry (S, its whitening) as tensors and plain values; None for anything else.
+    Kept so that a resumed run reuses the decomposition as the uninterrupted one does (recomputing
+    it gives the same numbers, but warns about a rank deficiency once more)."""
+    if not (isinstance(value, tuple) and len(value) == 2 and torch.is_tensor(value[0])
+            and dataclasses.is_dataclass(value[1])):
+        return None
+    fields = {f.name: getattr(value[1], f.name) for f in dataclasses.fields(value[1])}
+    if not all(v is None or isinstance(v, (str, int, float, bool, torch.Tensor)) for v in fields.values()):
+        return None
+    return value[0], type(value[1]).__name__, fields
+
+
+def _cache_entries(entries: list) -> dict:
+    """The data cache back from :func:`_decomposed` entries of a known class (others are recomputed)."""
+    from ..solve.linalg import Whitening
+
+    cache = {}
+    for key, S, kind, fields in entries:
+        if kind == Whitening.__name__ and set(fields) == {f.name for f in dataclasses.fields(Whitening)}:
+            cache[key] = (S, Whitening(**fields))
+    return cache
 
 
 # -------------------------------------------------------------------------------------- read
@@ -247,7 +274,7 @@ def restore_random_state(grower: "Grower", checkpoint: Checkpoint, loaders: dict
     if moments is not None and train is not None and hasattr(grower, "_input_moments"):
         grower._input_moments[id(train)] = Statistics(
             widths=moments["widths"], n=moments["n"], positions=moments["positions"], h=moments["h"],
-            hh={(u, w): t for u, w, t in moments["hh"]})
+            hh={(u, w): t for u, w, t in moments["hh"]}, data_cache=_cache_entries(moments.get("data_cache", [])))
 
 
 def _tuples(value: Any) -> Any:

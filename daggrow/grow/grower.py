@@ -190,7 +190,7 @@ class Grower:
         if self._custom["strategy"]:
             custom["strategy"] = type(self.strategy).__name__
         if self._custom["optimizer"]:
-            custom["optimizer"] = "optimizer factory"
+            custom["optimizer"] = getattr(self._make_optimizer, "__name__", type(self._make_optimizer).__name__)
         return custom
 
     def elapsed(self) -> float:
@@ -211,9 +211,10 @@ class Grower:
         settings = dict(ckpt.file.settings)
         custom = settings.pop("custom", {})
         given = {"loss": loss, "strategy": strategy, "optimizer": optimizer}
+        what = {"loss": "a loss function", "strategy": "a strategy object", "optimizer": "an optimizer factory"}
         for key, kind in custom.items():
             if given[key] is None:
-                raise ConfigError(f"{ckpt.path} was written by a Grower with a {key} of its own ({kind}), which a "
+                raise ConfigError(f"{ckpt.path} was written by a Grower given {what[key]} ({kind}), which a "
                                   f"checkpoint does not store (it is code): pass {key}=... to from_checkpoint")
         for key in ("loss", "strategy"):
             if given[key] is not None:
