@@ -155,6 +155,8 @@ class Graph:
         self._check_new_edge(spec)
         if module is None:
             module = self._default_module(spec)
+        else:
+            self._check_not_tied(spec, module)
         self._check_edge_module(spec, module)
         self._attach_edge(spec, module)
         return name
@@ -464,6 +466,19 @@ class Graph:
             raise CycleError(f"edge {spec.source!r} -> {spec.target!r} would create a cycle "
                              f"({spec.target!r} is an ancestor of {spec.source!r})")
         self._check_edge_widths(spec)
+
+    def _check_not_tied(self, spec: EdgeSpec, module: nn.Module) -> None:
+        """Refuse a module (or parameter) that another edge already holds, unless both edges are
+        frozen: growth rewrites a growable edge's weights on their own, which would untie them."""
+        mine = {id(p) for p in module.parameters()}
+        for name, other in self._edge_modules.items():
+            if other is not module and not any(id(p) in mine for p in other.parameters()):
+                continue
+            if is_growable(spec.block) or is_growable(self._edges[name].block):
+                raise GraphError(
+                    f"edge {spec.name!r}: its module shares weights with edge {name!r}; growth changes a growable "
+                    "edge's weights on their own, which would untie them: pass a copy (copy.deepcopy(module)) to "
+                    "give the edge its own weights, or keep the shared module frozen on both edges (FrozenBlock)")
 
     def _check_edge_widths(self, spec: EdgeSpec) -> None:
         check_shapes(spec.block, self._nodes[spec.source], self._nodes[spec.target], spec.name)

@@ -36,6 +36,7 @@ class Candidate:
     node: str | None = None            # expand_node: the node that widens
     in_edges: tuple[str, ...] = ()     # expand_node: the edges carrying the fan-in, aligned with sources
     out_edges: tuple[str, ...] = ()    # expand_node: the edges carrying the fan-out, aligned with targets
+    room: int | None = None            # neurons it may add under max_width (None: no bound)
 
     @property
     def where(self) -> str:
@@ -89,8 +90,8 @@ def enumerate_candidates(
 ) -> list[Candidate]:
     """All valid candidates of the given kinds, in a deterministic order.
 
-    ``max_width`` caps node widths, ``max_nodes`` the node count, ``max_fan_in`` the number of
-    in-edges a target may have.
+    ``max_width`` caps node widths, new nodes' included (each candidate's ``room``),
+    ``max_nodes`` the node count, ``max_fan_in`` the number of in-edges a target may have.
     """
     kinds = tuple(kinds)
     unknown = set(kinds) - set(KINDS)
@@ -104,7 +105,8 @@ def enumerate_candidates(
                 ins, outs = graph.in_edges(w), graph.out_edges(w)
                 out.append(Candidate("expand_node", tuple(e.source for e in ins), tuple(e.target for e in outs),
                                      node=w, in_edges=tuple(e.name for e in ins),
-                                     out_edges=tuple(e.name for e in outs)))
+                                     out_edges=tuple(e.name for e in outs),
+                                     room=None if max_width is None else max_width - graph.node(w).width))
     pair_kinds = [k for k in ("new_node", "new_edge") if k in kinds]
     if not pair_kinds:
         return out
@@ -115,7 +117,7 @@ def enumerate_candidates(
             if max_fan_in is not None and len(graph.in_edges(v)) >= max_fan_in:
                 continue
             if "new_node" in pair_kinds and (max_nodes is None or len(graph) < max_nodes):
-                out.append(Candidate("new_node", (u,), (v,)))
+                out.append(Candidate("new_node", (u,), (v,), room=max_width))
             if "new_edge" in pair_kinds and not any(
                     e.target == v and is_growable(e.block) for e in graph.out_edges(u)):
                 out.append(Candidate("new_edge", (u,), (v,)))

@@ -513,10 +513,15 @@ class Grower:
 
     # ------------------------------------------------------------------ events
     def _evaluate(self, train: Iterable, val: Iterable | None) -> None:
+        """Training and validation metrics; a non-finite loss is a :class:`TrainingError` naming the batch."""
         tl, ta = evaluate(self.graph, train, self.loss)
+        if not math.isfinite(tl):
+            raise inputs.first_non_finite(train, self.graph, "training")
         self._last_metrics = {"train_loss": tl, "train_accuracy": ta, "val_loss": None, "val_accuracy": None}
         if val is not None:
             vl, va = evaluate(self.graph, val, self.loss)
+            if not math.isfinite(vl):
+                raise inputs.first_non_finite(val, self.graph, "validation")
             self._last_metrics.update(val_loss=vl, val_accuracy=va)
 
     def _refresh(self, event: "GrowthEvent") -> "GrowthEvent":

@@ -84,8 +84,8 @@ def require_reiterable(loader: Any, role: str) -> None:
         raise TrainingError(f"the {role} must be an iterable of (x, y) batches, got {type(loader).__name__}")
 
 
-def non_finite(index: int, xs: Sequence[torch.Tensor], y: torch.Tensor, role: str = "training") -> TrainingError:
-    """The error for a batch whose loss is NaN or infinite, saying whether the data is at fault."""
+def non_finite_data(index: int, xs: Sequence[torch.Tensor], y: torch.Tensor, role: str) -> TrainingError | None:
+    """The error for a batch with NaN or infinite inputs or targets; ``None`` when they are finite."""
     for i, x in enumerate(xs):
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             which = "the inputs" if len(xs) == 1 else f"input {i}"
@@ -94,8 +94,27 @@ def non_finite(index: int, xs: Sequence[torch.Tensor], y: torch.Tensor, role: st
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
         return TrainingError(f"{role} batch {index}: the targets contain NaN or infinite values; the step was not "
                              "taken (clean the data first)")
-    return TrainingError(f"{role} batch {index}: the loss is NaN or infinite although the data is finite: training "
-                         "diverged; the step was not taken (lower the learning rate)")
+    return None
+
+
+def non_finite(index: int, xs: Sequence[torch.Tensor], y: torch.Tensor, role: str = "training") -> TrainingError:
+    """The error for a batch whose loss is NaN or infinite, saying whether the data is at fault."""
+    return non_finite_data(index, xs, y, role) or TrainingError(
+        f"{role} batch {index}: the loss is NaN or infinite although the data is finite: training diverged; the "
+        "step was not taken (lower the learning rate)")
+
+
+def first_non_finite(loader: Iterable, graph: "Graph", role: str) -> TrainingError:
+    """The error for a loader whose mean loss is NaN or infinite: names its first batch with
+    non-finite inputs or targets (the scan runs only on this error path)."""
+    from ..stats.collect import split_batch
+
+    for index, batch in enumerate(loader):
+        error = non_finite_data(index, *split_batch(batch, graph), role)
+        if error is not None:
+            return error
+    return TrainingError(f"the {role} loss is NaN or infinite although the data is finite: the weights are not "
+                         "finite, or the inputs are too large for the model's dtype")
 
 
 def batch_statistics_nodes(graph: "Graph") -> list[str]:

@@ -266,6 +266,10 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
     else:
         activation, params, existing = new_node_activation, {}, None
         name = _fresh_node_name(graph)
+    if cand.room is not None:  # max_width: whole directions (a ReLU pair is two neurons) that fit
+        max_neurons = min(max_neurons, cand.room // len(activation_layout(activation, params).signs))
+        if max_neurons < 1:
+            return None
     sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
                         rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=min_decrease,
                         generator=generator, decomposition=decomposition)

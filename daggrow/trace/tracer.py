@@ -151,6 +151,13 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
         raise TraceError(f"cannot trace {type(model).__name__}: example_inputs must be a tensor or a tuple of "
                          f"tensors, got {got}.\n  fix: pass one tensor (batch, ...) per tensor argument of "
                          "forward")
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta or any(x.is_meta for x in inputs):
+        what = f"its tensors {meta[:3]} are" if meta else "the example inputs are"
+        raise TraceError(f"cannot trace {type(model).__name__}: {what} on the meta device (shapes without "
+                         "values), and a graph holds real weights.\n  fix: materialise the model first, e.g. "
+                         "model.to_empty(device='cpu') then initialise it or load a state dict, and pass real "
+                         "example inputs")
     leaf_types, leaf_names = _leaf_spec(model, leaf_modules)
     fx_graph = _symbolic_trace(model, _Tracer(leaf_types, leaf_names), concrete_args)
     gm = fx.GraphModule(model, fx_graph)
