@@ -56,10 +56,7 @@ def readable(path: str | Path) -> Path:
 
 def _orphans(path: Path) -> list[Path]:
     prefix = f".{path.name}{TMP_INFIX}"
-    try:
-        return [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
-    except FileNotFoundError:
-        return []
+    return [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
 
 
 def _remove(path: Path) -> None:
@@ -98,14 +95,12 @@ def _fsync_dir(path: Path) -> None:
     the platform cannot open a folder (Windows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -188,28 +183,20 @@ def replace_folder(path: str | Path, *, replaceable: Callable[[Path], bool] | No
 
 
 def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_INFIX}{secrets.token_hex(4)}")
+    return path.with_name(f".{path.name}{TMP_INFIX}{secrets.token_hex(8)}")
 
 
 def _new_file(path: Path) -> tuple[Path, int]:
     """A new temporary sibling file, opened for writing, with the permissions the umask gives
     (``tempfile.mkstemp`` would make it private, and the renamed file with it)."""
-    while True:
-        tmp = _temporary_name(path)
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
+    tmp = _temporary_name(path)  # 64 random bits: a clash is an error (O_EXCL), not a retry
+    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
 
 
 def _new_folder(path: Path) -> Path:
-    while True:
-        tmp = _temporary_name(path)
-        try:
-            tmp.mkdir(0o777)
-            return tmp
-        except FileExistsError:
-            continue
+    tmp = _temporary_name(path)
+    tmp.mkdir(0o777)
+    return tmp
 
 
 def _swap(tmp: Path, path: Path) -> None:

@@ -300,3 +300,50 @@ def test_a_foreign_folder_is_not_replaced_by_a_history(tmp_path):
         _history(1).save(tmp_path / "home")
     with pytest.raises(dg.PersistenceError, match="it is a file"):
         _history(1).save(tmp_path / "home" / "thesis.tex")
+
+
+def test_write_file_with_a_writer_and_durable_folders_are_best_effort(tmp_path, monkeypatch):
+    atomic.write_file(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"\x00\x01"))
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
+    real_open = os.open
+
+    def no_folder_open(path, flags, *args):  # a platform that cannot open folders (Windows)
+        if Path(path).is_dir():
+            raise PermissionError(13, "cannot open a folder")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(atomic.os, "open", no_folder_open)
+    atomic.write_file(tmp_path / "a.bin", b"new")
+    _graph(3, 1.0).save(tmp_path / "g")
+    assert (tmp_path / "a.bin").read_bytes() == b"new" and _fill_of(tmp_path / "g") == 1.0
+
+
+def test_files_keep_the_permissions_the_umask_gives(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_file(tmp_path / "f", "x")
+        _graph(3, 1.0).save(tmp_path / "g")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "g").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_save_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(dg.PersistenceError, match="cannot create the folder"):
+        _graph(3, 1.0).save(tmp_path / "file" / "g")
+
+
+def test_carried_entries_are_links_or_copies(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _history(1).save(run, render_svg=False, report=False)
+    (run / "data").mkdir()
+    (run / "data" / "big.bin").write_bytes(b"1" * 100)
+    (run / "latest").symlink_to("data")
+    _history(2).save(run, render_svg=False, report=False)
+    assert (run / "data" / "big.bin").stat().st_nlink == 1  # the earlier folder's link is gone with it
+    assert os.readlink(run / "latest") == "data"
+    monkeypatch.setattr(atomic.os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no hard links here")))
+    _history(3).save(run, render_svg=False, report=False)
+    assert (run / "data" / "big.bin").read_bytes() == b"1" * 100 and len(History.load(run)) == 3

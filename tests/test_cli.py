@@ -18,6 +18,15 @@ from daggrow.grow import evaluate
 from daggrow.history import History
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small runs: one thread is as fast, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_version():
     out = subprocess.run([sys.executable, "-m", "daggrow.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"daggrow {dg.__version__}"
@@ -228,3 +237,41 @@ def test_grow_with_weight_decay_keeps_the_best_validation_weights(tmp_path, caps
     assert main(["grow", "--dataset", "digits", "--steps", "1", "--final-epochs", "2", "--weight-decay", "0.1",
                  "--keep-best", "--quiet", "--out", str(tmp_path / "cli")]) == 0
     assert '"weight_decay": 0.1' in (tmp_path / "cli" / "config.json").read_text()
+
+
+def test_grow_prints_the_tables_and_the_kept_epoch(tmp_path, capsys):
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--final-epochs", "1", "--keep-best",
+                 "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    history = History.load(tmp_path / "run")
+    assert history.summary_table() in out and dg.Graph.load(tmp_path / "run").summary() in out
+    assert "kept the weights of the final epoch with the best validation accuracy (epoch" in out
+
+
+def test_an_interrupted_grow_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("daggrow.grow.runner.run_growth", interrupted)
+    assert main(["grow", "--quiet", "--out", str(tmp_path / "run")]) == 130
+    assert f"`daggrow grow --resume {tmp_path / 'run'}` goes on" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        main(["grow", "--quiet", "--debug", "--out", str(tmp_path / "run")])
+    monkeypatch.setattr("daggrow.cli._cmd_show", interrupted)
+    assert main(["show", "x"]) == 130 and "daggrow show: interrupted" in capsys.readouterr().err
+
+
+def test_show_an_unfinished_run_and_resume_it(tmp_path, capsys):
+    from daggrow.grow.runner import RunConfig, run_growth
+
+    def stop(position):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_growth(RunConfig(dataset="digits", steps=1, out=str(run)), progress=False, on_checkpoint=stop)
+    assert main(["show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert "the run has not finished" in shown and f"daggrow grow --resume {run}" in shown
+    assert main(["grow", "--resume", str(run), "--quiet"]) == 0
+    assert "(resumed)" in capsys.readouterr().out and (run / "report.html").is_file()

@@ -366,3 +366,62 @@ def test_a_one_shot_generator_is_refused_at_the_first_pass():
         grower.train_epoch([])
     with pytest.raises(dg.TrainingError, match="must be an iterable of"):
         grower.train_epoch(3)
+
+
+def test_grow_only_stops_after_three_declined_steps():
+    torch.manual_seed(0)
+    grower = Grower(_chain(), neurons_per_step=1, max_parameters=40)  # the budget leaves no room at all
+    events = []
+    history = grower.fit(_batches(), _batches(seed=1), growth_steps=10, mode="grow_only", callback=events.append)
+    assert [e.action for e in history] == ["start"] and grower._attempts == 3  # three declines, then stop
+    assert events == history.events
+
+
+def test_patience_stops_when_validation_loss_stalls():
+    torch.manual_seed(0)
+    grower = Grower(_chain(), kinds=["expand_node"], max_width=3, lr=1e-9)  # nothing can grow or learn
+    history = grower.fit(_batches(), _batches(seed=1), growth_steps=10, epochs_between=1, patience=2)
+    assert [e.action for e in history] == ["start", "train", "train", "train"]
+
+
+def test_the_parameter_budget_filters_proposals(digits):
+    d, train, val = digits
+    torch.manual_seed(0)
+    start = starting_graph(d.num_features, d.num_classes, [1])
+    budget = start.num_parameters() + 160  # one ReLU pair of a new node x→y costs 2·(64+1+10) = 150
+    grower = Grower(start, neurons_per_step=1, max_parameters=budget)
+    grower.fit(train, val, growth_steps=3, epochs_between=0)
+    assert grower.graph.num_parameters() <= budget
+    assert any(e.is_growth for e in grower.history)
+    torch.manual_seed(0)
+    free = Grower(starting_graph(d.num_features, d.num_classes, [1]), neurons_per_step=1)
+    free.fit(train, val, growth_steps=3, epochs_between=0)
+    assert free.graph.num_parameters() > budget  # without the budget the same steps grow past it
+
+
+def test_empty_loaders_are_clear_errors():
+    from daggrow.grow.grower import held_out_batch
+
+    g = _chain()
+    with pytest.raises(dg.DaggrowError, match="cannot evaluate on an empty loader"):
+        evaluate(g, [], "cross_entropy")
+    with pytest.raises(dg.DaggrowError, match="the validation loader yielded no batch"):
+        held_out_batch([])
+    assert evaluate(g, _batches(), "cross_entropy", max_batches=1)[0] == evaluate(g, _batches()[:1], "cross_entropy")[0]
+
+
+def test_non_finite_validation_data_is_named():
+    val = _batches(seed=1)
+    val[1] = (val[1][0].clone().fill_(float("nan")), val[1][1])
+    with pytest.raises(dg.TrainingError, match="validation batch 1: the inputs contain NaN"):
+        Grower(_chain()).fit(_batches(), val, growth_steps=1)
+
+
+def test_no_candidate_means_no_growth():
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("y", 3)
+    g.add_edge("x", "y")
+    g.set_output("y")
+    grower = Grower(g, kinds=["expand_node"])  # no hidden node to widen
+    assert grower.grow_step(_batches()) is None
