@@ -153,11 +153,12 @@ class Graph:
         name = name if name is not None else self._fresh_edge_name(source, target)
         spec = EdgeSpec(name=name, source=source, target=target, block=block, born=self.step)
         self._check_new_edge(spec)
+        tied_check = module is not None
         if module is None:
             module = self._default_module(spec)
-        else:
-            self._check_not_tied(spec, module)
         self._check_edge_module(spec, module)
+        if tied_check:
+            self._check_not_tied(spec, module)
         self._attach_edge(spec, module)
         return name
 
