@@ -142,6 +142,7 @@ BAD_OPTIONS = [
     (["--lr", "inf"], "argument --lr: must be a finite number > 0"),
     (["--lr", "-1"], "argument --lr: must be a finite number > 0, got -1"),
     (["--lr", "0"], "argument --lr: must be a finite number > 0"),
+    (["--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
     (["--weight-decay", "-0.1"], "argument --weight-decay: must be a finite number ≥ 0"),
     (["--device", "banana"], "argument --device: unknown device 'banana'"),
     (["--device", "meta"], "argument --device: device 'meta' is not supported"),

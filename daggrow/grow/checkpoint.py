@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,9 +80,10 @@ class CheckpointFile(BaseModel):
     last_metrics: dict[str, float | None] = {}
     elapsed: float = 0.0
     python_random: list[Any]
-    numpy_random: list[Any] | None = None
+    numpy_random: list[Any]
     loaders: dict[str, Any] = {}
     optimizer_params: list[list[str]] | None = None
+    optimizer_class: str | None = None
     extra: dict[str, Any] = {}
     graphs: list[str] = []
 
@@ -117,7 +117,8 @@ def save_checkpoint(grower: "Grower", folder: str | Path, position: FitPosition 
         python_random=_jsonable(random.getstate()), numpy_random=_numpy_state(),
         loaders={role: loader.state_dict() for role, loader in (loaders or {}).items()
                  if loader is not None and hasattr(loader, "state_dict")},
-        optimizer_params=_optimizer_names(grower), extra=dict(extra or {}), graphs=sorted(graphs))
+        optimizer_params=_optimizer_names(grower),
+        optimizer_class=type(grower.optimizer).__name__ if grower.optimizer is not None else None, extra=dict(extra or {}), graphs=sorted(graphs))
     state = {
         "optimizer": grower.optimizer.state_dict() if grower.optimizer is not None else None,
         "torch_rng": torch.get_rng_state(),
@@ -144,10 +145,9 @@ def _jsonable(value: Any) -> Any:
     return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-def _numpy_state() -> list[Any] | None:
-    np = sys.modules.get("numpy")  # only when something imported it: then it may draw numbers
-    if np is None:
-        return None
+def _numpy_state() -> list[Any]:
+    import numpy as np  # scikit-learn's dependency, so always there; loaders may draw from it
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
 
@@ -242,6 +242,9 @@ def restore_optimizer(grower: "Grower", checkpoint: Checkpoint) -> None:
     if missing:
         raise PersistenceError(f"{checkpoint.path}: the optimizer state names parameters the graph lacks: {missing[:5]}")
     template = grower._make_optimizer([params[n] for group in names for n in group])
+    if type(template).__name__ != checkpoint.file.optimizer_class:
+        raise PersistenceError(f"{checkpoint.path}: the run's optimizer was {checkpoint.file.optimizer_class}, but "
+                               f"the optimizer given makes a {type(template).__name__}: pass the one the run used")
     optimizer = type(template)([{"params": [params[n] for n in group]} for group in names],
                                **_constructor_defaults(template))
     try:
@@ -258,11 +261,10 @@ def restore_random_state(grower: "Grower", checkpoint: Checkpoint, loaders: dict
 
     file, state = checkpoint.file, checkpoint.state
     random.setstate(_tuples(file.python_random))
-    if file.numpy_random is not None:
-        import numpy as np
+    import numpy as np
 
-        kind, keys, pos, has_gauss, gauss = file.numpy_random
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    kind, keys, pos, has_gauss, gauss = file.numpy_random
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch_rng"].cpu())
     if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])

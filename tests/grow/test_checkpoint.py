@@ -280,3 +280,58 @@ def test_a_run_stopped_in_its_final_epochs_resumes_with_its_best_weights(tmp_pat
     _same_run_folders(tmp_path / "whole", out)
     again = run_growth(RunConfig(out=str(out)), resume=True, progress=False)  # a finished run: the same again
     assert again["test_loss"] == whole["test_loss"]
+
+
+def test_an_optimizer_that_does_not_fit_is_a_clear_error(small, tmp_path):
+    import json
+
+    train, val = _loaders(small)
+    dg.Grower(_graph()).fit(train, val, growth_steps=1, checkpoint_dir=tmp_path / "c")
+    with pytest.raises(dg.PersistenceError, match="the run's optimizer was Adam, but the optimizer given makes a SGD"):
+        dg.Grower.from_checkpoint(tmp_path / "c", optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    spec = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    spec["optimizer_params"][0][0] = "edge:ghost.weight"
+    (tmp_path / "c" / "checkpoint.json").write_text(json.dumps(spec))
+    with pytest.raises(dg.PersistenceError, match="names parameters the graph lacks: \\['edge:ghost.weight'\\]"):
+        dg.Grower.from_checkpoint(tmp_path / "c")
+    spec["optimizer_params"][0] = spec["optimizer_params"][0][1:]
+    (tmp_path / "c" / "checkpoint.json").write_text(json.dumps(spec))
+    with pytest.raises(dg.PersistenceError, match="the optimizer state does not fit a Adam"):
+        dg.Grower.from_checkpoint(tmp_path / "c")
+
+
+def test_only_plain_decompositions_are_kept():
+    from dataclasses import dataclass
+
+    from daggrow.grow.checkpoint import _cache_entries, _decomposed
+    from daggrow.solve.linalg import whitening
+
+    S = torch.eye(3, dtype=torch.float64)
+    kept = _decomposed((S, whitening(S)))
+    assert kept[1] == "Whitening" and _cache_entries([((("x",), True, 1e-10), *kept)])
+
+    @dataclass(frozen=True)
+    class Odd:
+        fn: object
+
+    assert _decomposed(("not", "a pair of tensor and dataclass")) is None
+    assert _decomposed((S, Odd(print))) is None
+    assert _cache_entries([(("k",), S, "Unknown", {})]) == {}
+
+
+def test_lists_of_batches_resume_too(tmp_path):
+    """A loader without state_dict (a list) replays itself: nothing to restore."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 64, generator=gen), torch.randint(0, 10, (96,), generator=gen)
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+    whole = dg.Grower(_graph(), seed=1)
+    whole.fit(batches, batches, growth_steps=1)
+    torch.manual_seed(0)
+    stopped = dg.Grower(_graph(), seed=1)
+    stopped.on_checkpoint = lambda position: shutil.copytree(tmp_path / "c", tmp_path / "first", dirs_exist_ok=True) \
+        if not (tmp_path / "first").exists() else None
+    stopped.fit(batches, batches, growth_steps=1, checkpoint_dir=tmp_path / "c")
+    resumed = dg.Grower.from_checkpoint(tmp_path / "first")
+    resumed.resume(batches, batches)
+    _assert_same_run(whole, resumed)

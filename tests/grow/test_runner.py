@@ -99,3 +99,31 @@ def test_an_unfinished_run_names_its_checkpoint(tmp_path):
     with pytest.raises(dg.PersistenceError, match="a run folder whose run has not finished.*checkpoint/graph.*--resume"):
         dg.Graph.load(out)
     assert dg.Graph.load(out / "checkpoint").num_parameters() == dg.History.load(out).events[0].params_after
+
+
+def test_devices_are_checked_against_this_machine(monkeypatch):
+    from daggrow.grow import inputs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert inputs.device("cuda") == torch.device("cuda") and inputs.device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(dg.ConfigError, match="'cuda:3' does not exist: this machine has 1 CUDA device"):
+        inputs.device("cuda:3")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(dg.ConfigError, match="'mps' is not available here"):
+        inputs.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert inputs.device("mps").type == "mps"
+
+
+def test_finite_data_with_a_non_finite_loss_blames_the_weights():
+    g = dg.Graph()
+    g.add_input("x", 2)
+    g.add_node("y", 2)
+    g.add_edge("x", "y")
+    g.set_output("y")
+    with torch.no_grad():
+        g.module("x_to_y").weight.fill_(float("inf"))
+    with pytest.raises(dg.TrainingError, match="training loss is NaN or infinite although the data is finite: the "
+                                               "weights are not finite"):
+        dg.Grower(g).fit([(torch.ones(4, 2), torch.zeros(4, dtype=torch.long))], growth_steps=0)
