@@ -157,8 +157,11 @@ def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .atomic import recover
     from .history import History, write_report
 
+    if Path(args.run_dir).parent.is_dir():
+        recover(args.run_dir)  # a run folder left between the two renames of a killed save: put it back first
     history = History.load(args.run_dir)
     path = write_report(history, args.run_dir)
     print(path)

@@ -276,3 +276,14 @@ def test_show_an_unfinished_run_and_resume_it(tmp_path, capsys):
     assert "the run has not finished" in shown and f"daggrow grow --resume {run}" in shown
     assert main(["grow", "--resume", str(run), "--quiet"]) == 0
     assert "(resumed)" in capsys.readouterr().out and (run / "report.html").is_file()
+
+
+def test_report_on_a_folder_left_between_two_renames(tmp_path, capsys):
+    from daggrow import atomic
+
+    run = tmp_path / "run"
+    History([dg.GrowthEvent(step=0, action="start", graph=small_graph().spec())]).save(run, render_svg=False)
+    run.rename(atomic.backup_path(run))
+    assert main(["report", str(run)]) == 0
+    assert (run / "history.json").is_file() and (run / "report.html").is_file()
+    assert not atomic.backup_path(run).exists()
