@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..atomic import readable, replace_folder
-from ..errors import PersistenceError
+from ..errors import ConfigError, PersistenceError
 from ..graph import Graph
 from ..graph.io import save_graph
 from ..history import History
@@ -227,6 +228,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     graph = Graph.load(folder / "graph", map_location=map_location)
     graphs = {name: Graph.load(folder / f"graph_{name}", map_location=map_location) for name in file.graphs}
     return Checkpoint(folder, file, graph, History.load(folder), state, graphs)
+
+
+def grower_from_checkpoint(cls: type["Grower"], path: str | Path, *, loss: Any = None, strategy: Any = None,
+                           optimizer: Any = None, map_location: str | torch.device | None = "cpu") -> "Grower":
+    """:meth:`Grower.from_checkpoint`: the settings saved, the code passed again, the state restored."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    settings = dict(ckpt.file.settings)
+    custom = settings.pop("custom", {})
+    given = {"loss": loss, "strategy": strategy, "optimizer": optimizer}
+    what = {"loss": "a loss function", "strategy": "a strategy object", "optimizer": "an optimizer factory"}
+    for key, kind in custom.items():
+        if given[key] is None:
+            raise ConfigError(f"{ckpt.path} was written by a Grower given {what[key]} ({kind}), which a "
+                              f"checkpoint does not store (it is code): pass {key}=... to from_checkpoint")
+    for key in ("loss", "strategy"):
+        if given[key] is not None:
+            settings[key] = given[key]
+    grower = cls(ckpt.graph, optimizer=optimizer, **settings)
+    grower.history = ckpt.history
+    grower._attempts = ckpt.file.attempts
+    grower._last_metrics = dict(ckpt.file.last_metrics)
+    grower._t0 = time.perf_counter() - ckpt.file.elapsed
+    restore_optimizer(grower, ckpt)
+    grower._resume_from = ckpt
+    return grower
 
 
 def restore_optimizer(grower: "Grower", checkpoint: Checkpoint) -> None:

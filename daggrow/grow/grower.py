@@ -205,28 +205,10 @@ class Grower:
         """The Grower a checkpoint saved (graph, optimizer state, history, settings), ready for
         :meth:`resume`. Settings that are code are not saved: pass the same ``loss`` function,
         ``strategy`` object or ``optimizer`` factory again (a clear error says which)."""
-        from .checkpoint import load_checkpoint, restore_optimizer
+        from .checkpoint import grower_from_checkpoint
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        settings = dict(ckpt.file.settings)
-        custom = settings.pop("custom", {})
-        given = {"loss": loss, "strategy": strategy, "optimizer": optimizer}
-        what = {"loss": "a loss function", "strategy": "a strategy object", "optimizer": "an optimizer factory"}
-        for key, kind in custom.items():
-            if given[key] is None:
-                raise ConfigError(f"{ckpt.path} was written by a Grower given {what[key]} ({kind}), which a "
-                                  f"checkpoint does not store (it is code): pass {key}=... to from_checkpoint")
-        for key in ("loss", "strategy"):
-            if given[key] is not None:
-                settings[key] = given[key]
-        grower = cls(ckpt.graph, optimizer=optimizer, **settings)
-        grower.history = ckpt.history
-        grower._attempts = ckpt.file.attempts
-        grower._last_metrics = dict(ckpt.file.last_metrics)
-        grower._t0 = time.perf_counter() - ckpt.file.elapsed
-        restore_optimizer(grower, ckpt)
-        grower._resume_from = ckpt
-        return grower
+        return grower_from_checkpoint(cls, path, loss=loss, strategy=strategy, optimizer=optimizer,
+                                      map_location=map_location)
 
     @property
     def checkpoint(self) -> "Checkpoint | None":
@@ -458,58 +440,9 @@ class Grower:
 
     def _schedule(self, pos: FitPosition, train: Iterable, val: Iterable | None, held_out: Any,
                   callback, checkpoint_dir: str | Path | None, *, start: bool) -> "History":
-        """fit's loop from ``pos`` on, with a checkpoint after each growth step and epoch."""
-        def checkpoint() -> None:
-            if checkpoint_dir is not None:
-                self.save_checkpoint(checkpoint_dir, pos, train=train, val=val)
-                if self.on_checkpoint is not None:
-                    self.on_checkpoint(pos)
+        from .schedule import run_schedule
 
-        if start:
-            checkpoint()
-        while not pos.finished:
-            if pos.phase == "grow":
-                event = self.grow_step(train, held_out)
-                if event is not None and event.is_growth:
-                    pos.declined = 0
-                    self._evaluate(train, val)
-                    self._emit(self._refresh(event), callback)
-                else:
-                    if event is not None:
-                        self._emit(event, callback)  # a declined step, recorded with its reason
-                    if pos.mode != "sgd" or pos.epochs_between == 0:
-                        pos.declined += 1  # nothing helped here; a round-robin strategy moves on
-                        if pos.declined >= 3:
-                            pos.phase = "done"  # nothing to add, and nothing else would change the network
-                            checkpoint()
-                            break
-                pos.phase, pos.epochs_done = "train", 0
-                if pos.mode == "grow_only":
-                    pos.step, pos.phase = pos.step + 1, "grow"
-                checkpoint()
-                continue
-            if pos.mode == "pure":
-                for e in self.best_update_step(train, held_out):
-                    self._emit(e, callback)
-            else:
-                while pos.epochs_done < pos.epochs_between:
-                    self.train_epoch(train)
-                    pos.epochs_done += 1
-                    if pos.epochs_done < pos.epochs_between:
-                        checkpoint()
-                self._evaluate(train, val)
-                self._emit(self._record_train(), callback)
-            pos.step, pos.phase, pos.epochs_done = pos.step + 1, "grow", 0
-            current = self._last_metrics.get("val_loss")
-            if pos.patience is not None and current is not None:
-                if pos.best_val is None or current < pos.best_val - 1e-9:
-                    pos.best_val, pos.stale = current, 0
-                else:
-                    pos.stale += 1
-                    if pos.stale >= pos.patience:
-                        pos.phase = "done"
-            checkpoint()
-        return self.history
+        return run_schedule(self, pos, train, val, held_out, callback, checkpoint_dir, start=start)
 
     # ------------------------------------------------------------------ events
     def _evaluate(self, train: Iterable, val: Iterable | None) -> None:
