@@ -11,6 +11,11 @@ For ``x → h (relu) → y`` with linear edges ``a`` and ``b`` the generated cod
 The module's submodules *are* the graph's edge modules, so training the compiled module
 trains the graph. With ``taps=True`` every node's pre-activation sum ``z_v`` and value
 ``h_v`` pass through a :class:`Tap` (an identity module) that the statistics room hooks.
+
+An op node's program is written out inline (``mul = sigmoid * relu``, ``permute = h.permute(0,
+2, 3, 1)``), its modules and tensors registered under the node's ``op_<name>`` attribute; a
+node that concatenates its in-edges (placements tiling its features) is one ``torch.cat``.
+Functions appear under their public names (``torch.nn.functional.gelu``, never ``torch._C``).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import torch
 from torch import fx, nn
 
 from ..graph.activations import get_activation
-from ..graph.blocks import flattens_source, parameter_free_function
-from ..graph.spec import PARAMETER_FREE_KINDS, IdentityBlock
+from ..graph.blocks import flattens_source, parameter_free_function, tiles
+from ..graph.opaque import public_callable, substitute
+from ..graph.spec import PARAMETER_FREE_KINDS, IdentityBlock, PlaceBlock
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -93,19 +99,45 @@ def compile_graph(graph: "Graph", device: torch.device | str | None = None, *, t
         if taps:
             values[name] = tap(name, "value", values[name])
 
+    def emit_program(name: str, operands: list[fx.Node]) -> fx.Node:
+        """The op node's program, inline; its modules and tensors live under ``op_<name>``."""
+        attr = add_module(f"op_{name}", graph.op_module(name))
+        program: list[fx.Node] = list(operands)
+        for call in graph.op_module(name).calls:
+            args, kwargs = substitute(call.args, program), substitute(call.kwargs, program)
+            if call.call == "function":
+                program.append(code.call_function(public_callable(call.target), args, kwargs))
+            elif call.call == "method":
+                program.append(code.call_method(call.target, args, kwargs))
+            elif call.call == "module":
+                program.append(code.call_module(f"{attr}.{call.target}", args, kwargs))
+            else:
+                program.append(code.get_attr(f"{attr}.{call.target}"))
+        return program[graph.op_module(name).spec.output]
+
     for name in graph.topological_order():
         if name in values:
             continue
         spec = graph.node(name)
+        observed = taps and spec.layout != "opaque"
+        ins = graph.in_edges(name)
+        order = tiles([e.block for e in ins], [graph.node(e.source) for e in ins], spec)
         terms: list[fx.Node] = []
-        for edge in graph.in_edges(name):
+        if spec.op is not None:
+            terms.append(emit_program(name, [values[s] for s in graph.operands(name)]))
+        elif order is not None and len(ins) > 1:
+            parts = [values[ins[i].source] for i in order]
+            terms.append(code.call_function(torch.cat, (parts, spec.feature_dim)))
+        for edge in ins if spec.op is None and (order is None or len(ins) == 1) else []:
             source = values[edge.source]
             if isinstance(edge.block, IdentityBlock) and edge.block.scale == 1.0:
                 terms.append(source)
             elif edge.block.kind in PARAMETER_FREE_KINDS:
-                fn, args, kwargs = parameter_free_function(edge.block)
-                terms.append(code.create_node("call_function", fn, (source, *args), kwargs,
-                                              name=_identifier(edge.name)))
+                fn, args, kwargs = parameter_free_function(edge.block, graph.node(edge.source), spec)
+                term = code.create_node("call_function", fn, (source, *args), kwargs, name=_identifier(edge.name))
+                if isinstance(edge.block, PlaceBlock) and edge.block.scale != 1.0:
+                    term = code.call_function(operator.mul, (term, edge.block.scale))
+                terms.append(term)
             else:
                 if flattens_source(edge.block, graph.node(edge.source)):
                     source = code.call_function(torch.flatten, (source, 1))
@@ -113,30 +145,31 @@ def compile_graph(graph: "Graph", device: torch.device | str | None = None, *, t
                 edge_attrs[edge.name] = attr
                 terms.append(code.create_node("call_module", attr, (source,), name=_identifier(edge.name)))
         value = terms[0]
-        plain = spec.norm is None and spec.activation == "identity" and spec.dropout == 0 and not taps
+        plain = spec.norm is None and spec.activation == "identity" and spec.dropout == 0 and not observed
         for i, term in enumerate(terms[1:], start=2):
             last = i == len(terms)
             value = code.create_node("call_function", operator.add, (value, term),
                                      name=_identifier(name if plain else f"{name}_sum") if last else None)
-        if taps:
+        if observed:
             value = tap(name, "pre", value)
         if spec.norm is not None:
             attr = add_module(f"norm_{name}", graph.norm_module(name))
             value = code.create_node("call_module", attr, (value,), name=_identifier(f"{name}_norm"))
         if spec.activation != "identity":
             act = get_activation(spec.activation)
-            value = code.create_node("call_function", act.function, (value,), dict(spec.activation_params),
-                                     name=_identifier(name))
+            value = code.create_node("call_function", public_callable(act.function), (value,),
+                                     dict(spec.activation_params), name=_identifier(name))
         if spec.dropout > 0:
             attr = add_module(f"dropout_{name}", nn.Dropout(spec.dropout))
             value = code.create_node("call_module", attr, (value,), name=_identifier(f"{name}_dropout"))
-        if taps:
+        if observed:
             value = tap(name, "value", value)
         values[name] = value
 
     outputs = [values[o] for o in graph.outputs]
     code.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     module = fx.GraphModule(root, code, class_name="DaggrowModule")
+    module._code = module._code.lstrip("\n")  # fx starts its source with blank lines
     module.daggrow_edge_attrs = edge_attrs
     module.daggrow_tap_attrs = tap_attrs
     if device is not None:

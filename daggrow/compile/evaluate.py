@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 def eval_mode(graph: "Graph") -> Iterator[None]:
     """Put every module of the graph in eval mode, and restore each one's flag afterwards."""
     modules = [graph.module(e) for e in graph.edges] + [m for n in graph.nodes if (m := graph.norm_module(n))]
+    modules += [m for n in graph.nodes if (m := graph.op_module(n))]
     flags = [(m, m.training) for mod in modules for m in mod.modules()]
     try:
         for m, _ in flags:
@@ -60,13 +61,12 @@ def node_values(graph: "Graph", inputs: tuple[torch.Tensor, ...], *, cache: dict
             continue
         spec = graph.node(name)
         if grown and name in grown and _can_append(graph, name, cache):
-            values[name] = torch.cat([cache[name], _new_neurons(graph, name, grown[name], values)], 1)
+            values[name] = torch.cat([cache[name], _new_neurons(graph, name, grown[name], values)],
+                                     _feature_dim(graph, name))
             continue
         z = _with_added_terms(graph, name, added[name], values, grown or {}, old_edges) if added and name in added else None
         if z is None:
-            for e in graph.in_edges(name):
-                term = edge_forward(e.block, graph.module(e.name), graph.node(e.source), values[e.source])
-                z = term if z is None else z + term
+            z = pre_activation(graph, name, values)
             if pre is not None:
                 pre[name] = z
         norm = graph.norm_module(name)
@@ -75,6 +75,18 @@ def node_values(graph: "Graph", inputs: tuple[torch.Tensor, ...], *, cache: dict
         h = get_activation(spec.activation).function(z, **spec.activation_params) if spec.activation != "identity" else z
         values[name] = h
     return values
+
+
+def pre_activation(graph: "Graph", name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """z_v: the sum of the node's in-edge terms, or an op node's program on its operands."""
+    op = graph.op_module(name)
+    if op is not None:
+        return op(*(values[s] for s in graph.operands(name)))
+    z, target = None, graph.node(name)
+    for e in graph.in_edges(name):
+        term = edge_forward(e.block, graph.module(e.name), graph.node(e.source), values[e.source], target)
+        z = term if z is None else z + term
+    return z
 
 
 def _eval_norm(graph: "Graph", name: str) -> bool:
@@ -89,6 +101,10 @@ def _can_append(graph: "Graph", name: str, cache: dict[str, torch.Tensor] | None
             and all(is_growable(e.block) for e in graph.in_edges(name)))
 
 
+def _feature_dim(graph: "Graph", name: str) -> int:
+    return graph.node(name).feature_dim
+
+
 def _with_added_terms(graph: "Graph", name: str, z_old: torch.Tensor, values: dict[str, torch.Tensor],
                       grown: dict[str, int], old_edges: set[str]) -> torch.Tensor | None:
     """z_old plus the terms of new edges and of grown sources' new channels; ``None`` when a
@@ -97,16 +113,18 @@ def _with_added_terms(graph: "Graph", name: str, z_old: torch.Tensor, values: di
     for e in graph.in_edges(name):
         h = values[e.source]
         if e.name not in old_edges:
-            z = z + edge_forward(e.block, graph.module(e.name), graph.node(e.source), h)
+            z = z + edge_forward(e.block, graph.module(e.name), graph.node(e.source), h, graph.node(name))
         elif e.source in grown:
             if not is_growable(e.block):
                 return None
-            z = z + _new_channel_term(graph.module(e.name), h, grown[e.source])
+            z = z + _new_channel_term(graph.module(e.name), h, grown[e.source], graph.node(e.source).layout == "tokens")
     return z
 
 
-def _new_channel_term(m: torch.nn.Module, h: torch.Tensor, start: int) -> torch.Tensor:
+def _new_channel_term(m: torch.nn.Module, h: torch.Tensor, start: int, tokens: bool = False) -> torch.Tensor:
     """What an edge adds through its source's channels ``start:`` (weight columns only, no bias)."""
+    if tokens:  # a per-token linear edge from a tokens node: its last features
+        return F.linear(h[..., start:], m.weight[:, start:])
     if isinstance(m, torch.nn.Linear):
         per_channel = h[0].numel() // h.shape[1]           # positions of a flattened image source
         return F.linear(torch.flatten(h[:, start:], 1), m.weight[:, start * per_channel:])
@@ -121,7 +139,7 @@ def _new_neurons(graph: "Graph", name: str, start: int, values: dict[str, torch.
         m, h = graph.module(e.name), values[e.source]
         bias = None if m.bias is None else m.bias[start:]
         if isinstance(m, torch.nn.Linear):
-            term = F.linear(torch.flatten(h, 1) if h.ndim > 2 else h, m.weight[start:], bias)
+            term = F.linear(torch.flatten(h, 1) if graph.node(e.source).spatial else h, m.weight[start:], bias)
         else:  # a conv: the new output channels only
             conv = F.conv1d if isinstance(m, torch.nn.Conv1d) else F.conv2d
             term = conv(h, m.weight[start:], bias, m.stride, m.padding, m.dilation)

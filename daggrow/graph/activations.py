@@ -1,7 +1,9 @@
 """The activations a node may apply after summing its in-edges.
 
 Each entry gives the function the compiled module calls and the facts the solver needs to
-linearise a new neuron at 0: ``value_at_0`` = σ(0), ``slope_right``/``slope_left`` = σ'(0±).
+linearise a new neuron at 0: ``value_at_0`` = σ(0), ``slope_right``/``slope_left`` = σ'(0±)
+(:meth:`Activation.at_zero` with parameters: ``hardtanh(min_val, max_val)`` is linear at 0 when
+min_val < 0 < max_val, a ReLU-like kink when one bound is 0, constant otherwise).
 
 >>> ACTIVATIONS["relu"].slope_right, ACTIVATIONS["relu"].slope_left
 (1.0, 0.0)
@@ -27,19 +29,37 @@ class Activation:
     slope_right: float
     slope_left: float
     params: tuple[str, ...] = field(default=())  # names of float keyword parameters
+    defaults: tuple[float, ...] = field(default=())  # their defaults, in the same order
+
+    def at_zero(self, params: dict[str, float] | None = None) -> tuple[float, float, float]:
+        """``(σ(0), σ'(0+), σ'(0−))`` with the given parameters (defaults for the missing ones).
+
+        >>> ACTIVATIONS["hardtanh"].at_zero({"min_val": 0.0, "max_val": 6.0})
+        (0.0, 1.0, 0.0)
+        """
+        p = {**dict(zip(self.params, self.defaults)), **{k: float(v) for k, v in (params or {}).items()}}
+        if self.name == "leaky_relu":
+            return 0.0, 1.0, p["negative_slope"]
+        if self.name == "elu":
+            return 0.0, 1.0, p["alpha"]
+        if self.name == "hardtanh":
+            low, high = p["min_val"], p["max_val"]
+            return (min(max(0.0, low), high), 1.0 if low <= 0.0 < high else 0.0, 1.0 if low < 0.0 <= high else 0.0)
+        return self.value_at_0, self.slope_right, self.slope_left
 
     def slopes(self, params: dict[str, float] | None = None) -> tuple[float, float]:
         """σ'(0+) and σ'(0−), taking parameters such as ``negative_slope`` into account."""
-        if self.name == "leaky_relu":
-            return 1.0, float((params or {}).get("negative_slope", 0.01))
-        if self.name == "elu":
-            return 1.0, float((params or {}).get("alpha", 1.0))
-        return self.slope_right, self.slope_left
+        return self.at_zero(params)[1:]
+
+    def value(self, params: dict[str, float] | None = None) -> float:
+        """σ(0) with these parameters."""
+        return self.at_zero(params)[0]
 
     @property
     def is_smooth_at_0(self) -> bool:
-        """True when one neuron is linear at 0 (σ(0)=0 and σ'(0+)=σ'(0−)>0)."""
-        return self.value_at_0 == 0.0 and self.slope_left == self.slope_right and self.slope_right > 0
+        """True when one neuron is linear at 0 (σ(0)=0 and σ'(0+)=σ'(0−)>0), default parameters."""
+        value, right, left = self.at_zero()
+        return value == 0.0 and left == right and right > 0
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -59,9 +79,14 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("selu", torch.selu, 0.0, _SELU_SCALE, _SELU_SCALE * _SELU_ALPHA),
         Activation("gelu", F.gelu, 0.0, 0.5, 0.5),
         Activation("silu", F.silu, 0.0, 0.5, 0.5),
-        Activation("elu", F.elu, 0.0, 1.0, 1.0, ("alpha",)),
-        Activation("leaky_relu", F.leaky_relu, 0.0, 1.0, 0.01, ("negative_slope",)),
+        Activation("elu", F.elu, 0.0, 1.0, 1.0, ("alpha",), (1.0,)),
+        Activation("leaky_relu", F.leaky_relu, 0.0, 1.0, 0.01, ("negative_slope",), (0.01,)),
         Activation("softplus", F.softplus, math.log(2.0), 0.5, 0.5),
+        Activation("relu6", F.relu6, 0.0, 1.0, 0.0),                     # min(max(x, 0), 6)
+        Activation("hardtanh", F.hardtanh, 0.0, 1.0, 1.0, ("min_val", "max_val"), (-1.0, 1.0)),
+        Activation("hardswish", F.hardswish, 0.0, 0.5, 0.5),              # x·relu6(x + 3)/6
+        Activation("hardsigmoid", F.hardsigmoid, 0.5, 1 / 6, 1 / 6),      # relu6(x + 3)/6
+        Activation("mish", F.mish, 0.0, 0.6, 0.6),                        # x·tanh(softplus(x)); tanh(log 2) = 0.6
     ]
 }
 

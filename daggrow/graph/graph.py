@@ -48,9 +48,11 @@ from .spec import (
     GraphSpec,
     GrowthRecord,
     IdentityBlock,
+    Layout,
     LinearBlock,
     NodeSpec,
     NormSpec,
+    OperandBlock,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +61,8 @@ if TYPE_CHECKING:
 
 def make_norm_module(norm: NormSpec, width: int, shape: tuple[int, ...] = ()) -> nn.Module:
     """The torch module for a node's normalisation of ``width`` features (channels when the
-    node has a spatial ``shape``: BatchNorm1d for sequences, BatchNorm2d for images)."""
+    node has a spatial ``shape``: BatchNorm1d for sequences, BatchNorm2d for images; a
+    LayerNorm normalises the last dimension, the features of a vector or tokens node)."""
     if norm.kind == "batchnorm":
         return (nn.BatchNorm2d if len(shape) == 2 else nn.BatchNorm1d)(
             width, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
@@ -90,17 +93,19 @@ class Graph:
         self._edges: dict[str, EdgeSpec] = {}
         self._edge_modules: dict[str, nn.Module] = {}
         self._norm_modules: dict[str, nn.Module] = {}
+        self._op_modules: dict[str, nn.Module] = {}
         self._inputs: list[str] = []
         self._outputs: list[str] = []
         self.step: int = 0
         self.growth_log: list[GrowthRecord] = []
 
     # ------------------------------------------------------------------ building
-    def add_input(self, name: str, width: int, shape: tuple[int, ...] = ()) -> None:
+    def add_input(self, name: str, width: int, shape: tuple[int, ...] = (), *, layout: Layout = "channels") -> None:
         """Declare an input tensor of ``width`` features, or of ``width`` channels over a spatial
-        ``shape`` ((L,) for sequences, (H, W) for images); inputs are fed in declaration order."""
+        ``shape`` ((L,) for sequences, (H, W) for images), or with ``layout="tokens"`` of
+        ``width`` features per token over a token grid ``shape``; inputs are fed in declaration order."""
         try:
-            spec = NodeSpec(name=name, width=width, shape=tuple(shape), born=self.step)
+            spec = NodeSpec(name=name, width=width, shape=tuple(shape), layout=layout, born=self.step)
         except ValueError as err:
             raise GraphError(f"invalid input {name!r}: {err}") from None
         self._insert_node(spec)
@@ -113,23 +118,70 @@ class Graph:
         activation: str = "identity",
         *,
         shape: tuple[int, ...] = (),
+        layout: Layout = "channels",
         activation_params: dict[str, float] | None = None,
         norm: NormSpec | Literal["batchnorm", "layernorm"] | None = None,
         dropout: float = 0.0,
     ) -> None:
         """Add a hidden (or output) node: ``h = dropout(activation(norm(Σ in-edges)))``.
 
-        ``shape`` is the spatial shape of an image/sequence node (``width`` is then its channels).
+        ``shape`` is the spatial shape of an image/sequence node (``width`` is then its channels),
+        or with ``layout="tokens"`` the token grid of a ``(n, *shape, width)`` node.
         """
-        if isinstance(norm, str):
-            norm = NormSpec(kind=norm)
-        if norm is not None and norm.kind == "layernorm" and shape:
-            raise GraphError(f"node {name!r}: LayerNorm is supported on vector nodes only; use batchnorm "
-                             "on an image/sequence node")
-        spec = self._node_spec(name=name, width=width, shape=tuple(shape), activation=activation,
-                               activation_params=dict(activation_params or {}), norm=norm,
+        spec = self._node_spec(name=name, width=width, shape=tuple(shape), layout=layout, activation=activation,
+                               activation_params=dict(activation_params or {}), norm=_norm_spec(norm),
                                dropout=dropout, born=self.step)
         self._insert_node(spec)
+
+    def add_op_node(
+        self,
+        name: str,
+        sources: list[str],
+        module: nn.Module,
+        *,
+        width: int = 1,
+        shape: tuple[int, ...] = (),
+        layout: Layout = "channels",
+        activation: str = "identity",
+        activation_params: dict[str, float] | None = None,
+        norm: NormSpec | Literal["batchnorm", "layernorm"] | None = None,
+        dropout: float = 0.0,
+    ) -> list[str]:
+        """Add an op node: ``z = module(h_{sources[0]}, …)``, then norm, activation and dropout.
+
+        ``module`` is an :class:`~daggrow.graph.opaque.OpaqueOp` (its program is the node's
+        ``op``); each source gets an operand edge (``OperandBlock(position=i)``), returned in
+        order. The node is opaque to growth: its operand edges are not growable, and a node
+        read by an op is never widened. ``layout="opaque"`` for a value only ops read (a tuple).
+        """
+        from .opaque import OpaqueOp
+
+        if not isinstance(module, OpaqueOp):
+            raise GraphError(f"op node {name!r} needs an OpaqueOp module, got {type(module).__name__}")
+        if len(sources) != module.spec.inputs:
+            raise GraphError(f"op node {name!r}: its program takes {module.spec.inputs} input(s), got "
+                             f"{len(sources)} source(s)")
+        for s in sources:
+            self._require_node(s)
+        spec = self._node_spec(name=name, width=width, shape=tuple(shape), layout=layout, activation=activation,
+                               activation_params=dict(activation_params or {}), norm=_norm_spec(norm),
+                               dropout=dropout, op=module.spec, born=self.step)
+        if len(set(sources)) != len(sources):
+            raise GraphError(f"op node {name!r}: a source appears twice in {sources}; give the program one "
+                             "input per distinct node")
+        if name in self._nodes:
+            raise DuplicateNameError(f"a node named {name!r} already exists")
+        taken: set[str] = set()
+        edges = []
+        for i, s in enumerate(sources):
+            edge = self._fresh_edge_name(s, name, taken)
+            taken.add(edge)
+            edges.append(EdgeSpec(name=edge, source=s, target=name, block=OperandBlock(position=i), born=self.step))
+        self._insert_node(spec)
+        self._op_modules[name] = module
+        for e in edges:
+            self._attach_edge(e, nn.Identity())
+        return [e.name for e in edges]
 
     def add_edge(
         self,
@@ -190,6 +242,7 @@ class Graph:
         self._nx.remove_node(name)
         del self._nodes[name]
         self._norm_modules.pop(name, None)
+        self._op_modules.pop(name, None)
         if name in self._inputs:
             self._inputs.remove(name)
         if name in self._outputs:
@@ -229,6 +282,17 @@ class Graph:
         self._require_node(node)
         return self._norm_modules.get(node)
 
+    def op_module(self, node: str) -> nn.Module | None:
+        """The :class:`~daggrow.graph.opaque.OpaqueOp` computing an op node (``None`` for other nodes)."""
+        self._require_node(node)
+        return self._op_modules.get(node)
+
+    def operands(self, node: str) -> list[str]:
+        """The sources of an op node's operand edges, by position (its program's inputs)."""
+        ins = sorted((e for e in self.in_edges(node) if isinstance(e.block, OperandBlock)),
+                     key=lambda e: e.block.position)
+        return [e.source for e in ins]
+
     def in_edges(self, node: str) -> list[EdgeSpec]:
         self._require_node(node)
         return [self._edges[k] for _, _, k in self._nx.in_edges(node, keys=True)]
@@ -265,7 +329,7 @@ class Graph:
     def parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter of every edge and node norm, each once."""
         seen: set[int] = set()
-        for m in [*self._edge_modules.values(), *self._norm_modules.values()]:
+        for m in [*self._edge_modules.values(), *self._norm_modules.values(), *self._op_modules.values()]:
             for p in m.parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
@@ -279,6 +343,9 @@ class Graph:
         for name, m in self._norm_modules.items():
             for pn, p in m.named_parameters():
                 yield f"norm:{name}.{pn}", p
+        for name, m in self._op_modules.items():
+            for pn, p in m.named_parameters():
+                yield f"op:{name}.{pn}", p
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -308,6 +375,7 @@ class Graph:
             if norm is not None and _norm_width(norm) != spec.width:
                 raise WidthMismatchError(
                     f"node {n!r} has width {spec.width} but its {spec.norm.kind} has {_norm_width(norm)} features")
+            self._check_op(n, spec)
         if not complete:
             return
         if not self._inputs:
@@ -343,9 +411,12 @@ class Graph:
             spec = self._nodes[n]
             role = " (input)" if n in self._inputs else " (output)" if n in self._outputs else ""
             act = spec.activation + (f"+{spec.norm.kind}" if spec.norm else "")
+            if spec.op is not None:
+                act = f"op {spec.op.label or '?'} ({_count(self._op_modules[n])} params)" + (
+                    f", {act}" if act != "identity" else "")
             ins = ", ".join(
                 f"{e.source}[{e.block.kind},{_count(self._edge_modules[e.name])}]" for e in self.in_edges(n))
-            size = str(spec.width) + "".join(f"×{s}" for s in spec.shape)
+            size = _size(spec)
             rows.append((n + role, size, "-" if n in self._inputs else act, ins or "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -419,9 +490,31 @@ class Graph:
             raise GraphError(f"activation {act.name!r} takes no parameter(s) {sorted(unknown)}; "
                              f"it takes {list(act.params) or 'none'}")
         try:
-            return NodeSpec(**fields)
+            spec = NodeSpec(**fields)
         except ValueError as err:
             raise GraphError(f"invalid node {fields.get('name')!r}: {err}") from None
+        norm = spec.norm
+        if norm is not None and norm.kind == "layernorm" and spec.spatial:
+            raise GraphError(f"node {spec.name!r}: LayerNorm normalises the features of a vector or tokens "
+                             "node; use batchnorm on an image/sequence node")
+        if norm is not None and norm.kind == "batchnorm" and spec.layout == "tokens":
+            raise GraphError(f"node {spec.name!r}: BatchNorm normalises channels of a channels-first node; use "
+                             "layernorm on a tokens node")
+        return spec
+
+    def _check_op(self, name: str, spec: NodeSpec) -> None:
+        """An op node holds a module with its program and exactly one operand per input position."""
+        module = self._op_modules.get(name)
+        if spec.op is None:
+            if module is not None:
+                raise GraphError(f"node {name!r} holds an op module but has no op")
+            return
+        if module is None or getattr(module, "spec", None) != spec.op:
+            raise GraphError(f"op node {name!r} has no module computing its program")
+        positions = sorted(e.block.position for e in self.in_edges(name))
+        if positions != list(range(spec.op.inputs)):
+            raise GraphError(f"op node {name!r} takes {spec.op.inputs} input(s) but its operand edges have "
+                             f"positions {positions}")
 
     def _insert_node(self, spec: NodeSpec) -> None:
         if spec.name in self._nodes:
@@ -450,10 +543,10 @@ class Graph:
             known = ", ".join(list(self._edges)[:20]) or "none yet"
             raise UnknownNameError(f"no edge named {name!r} (edges: {known})") from None
 
-    def _fresh_edge_name(self, source: str, target: str) -> str:
+    def _fresh_edge_name(self, source: str, target: str, taken: set[str] = frozenset()) -> str:
         base = f"{source}_to_{target}"
         name, i = base, 2
-        while name in self._edges:
+        while name in self._edges or name in taken:
             name, i = f"{base}_{i}", i + 1
         return name
 
@@ -502,12 +595,25 @@ class Graph:
         return new
 
 
+def _norm_spec(norm: NormSpec | str | None) -> NormSpec | None:
+    return NormSpec(kind=norm) if isinstance(norm, str) else norm
+
+
 def _norm_width(norm: nn.Module) -> int:
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return norm.num_features
     if isinstance(norm, nn.LayerNorm):
         return int(norm.normalized_shape[-1])
     return -1
+
+
+def _size(spec: NodeSpec) -> str:
+    """``8``, ``8×19`` (channels × length), ``16t×32`` (16 tokens of 32 features), ``-`` (opaque)."""
+    if spec.layout == "opaque":
+        return "-"
+    if spec.layout == "tokens":
+        return "×".join(map(str, spec.shape)) + f"t×{spec.width}"
+    return str(spec.width) + "".join(f"×{s}" for s in spec.shape)
 
 
 def _count(module: nn.Module) -> int:

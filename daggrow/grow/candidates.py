@@ -64,6 +64,9 @@ def expandable(graph: "Graph", node: str) -> bool:
 
     LayerNorm nodes are excluded: a new feature would change the mean and variance that the
     existing features are normalised by, so even amplitude 0 would change the function.
+    Op nodes, and nodes an op node reads (an operand edge is not growable), are excluded too:
+    an opaque program may depend on the width (a reshape, a concatenation, a product with a
+    gate of fixed width), so widening its input could break or change it.
     """
     spec = graph.node(node)
     if node in graph.inputs or node in graph.outputs:
@@ -75,9 +78,18 @@ def expandable(graph: "Graph", node: str) -> bool:
         return False
     if not all(is_growable(e.block) for e in ins + outs):
         return False
-    if spec.shape and len({edge_view(graph, e).key for e in outs}) > 1:
+    if spec.spatial and len({edge_view(graph, e).key for e in outs}) > 1:
         return False  # new channels share one S only when every out-edge has the same geometry
     return len({e.target for e in outs}) == len(outs)
+
+
+def _vector_pair(graph: "Graph", u: str, v: str) -> bool:
+    """A new node or edge u → v is a linear block into a vector node v that sums its in-edges,
+    read from a vector or (flattened) image/sequence node u; tokens and opaque values, and op
+    nodes as targets, are left out."""
+    source, target = graph.node(u), graph.node(v)
+    return (not target.shape and target.layout == "channels" and target.op is None
+            and source.layout == "channels")
 
 
 def enumerate_candidates(
@@ -112,7 +124,7 @@ def enumerate_candidates(
         return out
     for u in order:
         for v in order:
-            if u == v or v in graph.inputs or graph.node(v).shape or graph.is_ancestor(v, u):
+            if u == v or v in graph.inputs or not _vector_pair(graph, u, v) or graph.is_ancestor(v, u):
                 continue
             if max_fan_in is not None and len(graph.in_edges(v)) >= max_fan_in:
                 continue
@@ -131,7 +143,7 @@ def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
     targets)."""
     vector, channels = [], []
     for c in candidates:
-        if c.kind == "expand_node" and graph.node(c.node).shape:
+        if c.kind == "expand_node" and graph.node(c.node).spatial:
             channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
         else:
             vector.append((source_keys(graph, c), c.targets))

@@ -233,7 +233,7 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
                  rel_threshold, rel_tol, generator, memo, unprojected_fallback) -> Proposal | None:
     sources, targets = source_keys(graph, cand), list(cand.targets)
     bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
-    if cand.kind == "expand_node" and graph.node(cand.node).shape:
+    if cand.kind == "expand_node" and graph.node(cand.node).spatial:
         S, decomposition, M, N = _channel_problem(graph, stats, cand, update, bias, rel_tol, memo)
     else:
         S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)

@@ -3,18 +3,22 @@
 The solver's neurons are linear: at amplitude γ they should add γ·ω αᵀb to the targets. Let
 t = αᵀb and f = √(γ/c).
 
-* σ(0) = 0 and σ'(0+) = σ'(0−) = s > 0 (identity, tanh, gelu, silu, elu with α = 1): one neuron
+* σ(0) = 0 and σ'(0+) = σ'(0−) = s > 0 (identity, tanh, gelu, silu, mish, hardswish, elu with
+  α = 1, hardtanh with min_val < 0 < max_val): one neuron
   with fan-in f·α and fan-out f·ω, scale c = s, since
 
       f ω σ(f t) = f ω (s f t + o(f t)) = γ ω t + o(γ).
 
-* Otherwise (relu, leaky_relu, selu, sigmoid, softplus, elu with α ≠ 1): a pair of neurons with
+* Otherwise (relu, relu6, leaky_relu, selu, sigmoid, hardsigmoid, softplus, elu with α ≠ 1,
+  hardtanh with a bound at 0): a pair of neurons with
   signs (+1, −1), fan-in ±f·α and fan-out ±f·ω, scale c = σ'(0+) + σ'(0−), since
 
       f ω σ(f t) − f ω σ(−f t) = f ω ((σ'(0+) + σ'(0−)) f t + o(f t)) = γ ω t + o(γ),
 
   and the pair also cancels σ(0). For relu it is exact: relu(t) − relu(−t) = t (and for
-  leaky_relu and softplus too: softplus(t) − softplus(−t) = t).
+  leaky_relu and softplus too: softplus(t) − softplus(−t) = t; relu6 for |t| ≤ 6).
+  A hardtanh whose bounds exclude 0 is flat there (σ'(0±) = 0): refused, no neuron has a
+  first-order effect.
 
 >>> activation_layout("relu")
 NeuronLayout(signs=(1.0, -1.0), scale=1.0)
@@ -56,8 +60,8 @@ class NeuronLayout:
 def activation_layout(activation: str, params: dict[str, float] | None = None) -> NeuronLayout:
     """One neuron per direction when σ is linear at 0 through the origin, else a (+, −) pair."""
     act = get_activation(activation)
-    right, left = act.slopes(params)
-    if act.value_at_0 == 0.0 and right == left and right > 0:
+    value, right, left = act.at_zero(params)
+    if value == 0.0 and right == left and right > 0:
         return NeuronLayout((1.0,), float(right))
     scale = float(right + left)
     if not scale > 0:

@@ -18,7 +18,7 @@ from .losses import LossLike, per_sample_loss
 from .channels import ChannelSums
 from .plan import StatisticsPlan, plan_for
 from .statistics import Statistics, empty_statistics
-from .views import as_rows, positions, view_positions
+from .views import as_rows, positions, value_rows, view_positions
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -39,7 +39,7 @@ def split_batch(batch: Any, graph: "Graph | None" = None) -> tuple[tuple[torch.T
 
 
 def check_inputs(graph: "Graph", xs: tuple[torch.Tensor, ...]) -> None:
-    """One tensor per input node, shaped (batch, width, *shape) and of the parameters' dtype;
+    """One tensor per input node, shaped (batch, *value shape) and of the parameters' dtype;
     a :class:`StatisticsError` that names the input and the fix otherwise (before anything runs)."""
     names = graph.inputs
     if len(xs) != len(names):
@@ -47,7 +47,7 @@ def check_inputs(graph: "Graph", xs: tuple[torch.Tensor, ...]) -> None:
     dtype = next((p.dtype for p in graph.parameters()), None)
     for name, x in zip(names, xs):
         spec = graph.node(name)
-        want = (spec.width, *spec.shape)
+        want = spec.value_shape
         if not isinstance(x, torch.Tensor):
             raise StatisticsError(f"input {name!r} must be a tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != want:
@@ -181,7 +181,7 @@ def collect_statistics(
                 signals = {k: views[k].signal(vals[views[k].node]) for k in plan.values if views[k].kind == "patches"}
                 rows = {k: as_rows(signals[k]) if k in signals else views[k].rows(vals[views[k].node])
                         for k in plan.values}
-                _accumulate(stats, rows, {t: as_rows(m) for t, m in mov.items()},
+                _accumulate(stats, rows, {t: value_rows(graph, t, m) for t, m in mov.items()},
                             pairs_by_source, grads_by_source, grams, compute_dtype,
                             skip_sums=inputs if reuse is not None else set())
                 for sums in kernels:

@@ -118,12 +118,13 @@ class StatisticsPlan:
 def plan_for(graph: "Graph", expansions: Iterable[tuple[Sequence[str], Sequence[str]]] = (),
              bottleneck_nodes: Iterable[str] | None = None,
              full_kernels: Iterable[FullKernel] = ()) -> StatisticsPlan:
-    """The plan for Ψ at ``bottleneck_nodes`` (default: every non-input node), for each
+    """The plan for Ψ at ``bottleneck_nodes`` (default: every node but inputs and op nodes), for each
     expansion into vector nodes given as ``(sources, targets)``, and for each new-channel
     expansion of an image/sequence node given as a :class:`FullKernel`."""
     order = {n: i for i, n in enumerate(graph.topological_order())}
     plan = StatisticsPlan()
-    nodes = [n for n in graph.nodes if n not in graph.inputs] if bottleneck_nodes is None else bottleneck_nodes
+    nodes = [n for n in graph.nodes if n not in graph.inputs and graph.node(n).op is None] \
+        if bottleneck_nodes is None else bottleneck_nodes  # an op node's Ψ is its whole gradient: nothing to solve
     for v in nodes:
         plan.add_best_update(graph, v, order)
     for sources, targets in expansions:

@@ -7,6 +7,8 @@ Every growable edge is linear in a *view* of its source's value, one row per obs
 - ``flatten``: a linear edge from an image/sequence node reads ``flatten(h_u)``.
 - ``patches``: a conv edge reads the unfolded patch (C_u·Πk values, channel-major as in the
   kernel ``weight.reshape(C_v, -1)``) at each of the target's P positions.
+- ``tokens``: a per-token linear edge from a tokens node ``(n, *grid, d)`` reads each token's
+  d features: one row per (sample, token), like a 1×1 conv's positions; its key is the node's name.
 
 **Count convention** (one for every layer type): statistics sum over positions and average
 over samples, ``S = (1/n) Σ_i Σ_p b(i,p) b(i,p)ᵀ`` with n the number of samples. With the
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class View:
     node: str
-    kind: Literal["plain", "flatten", "patches"] = "plain"
+    kind: Literal["plain", "flatten", "patches", "tokens"] = "plain"
     dim: int = 0
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
@@ -43,7 +45,7 @@ class View:
 
     @property
     def key(self) -> str:
-        if self.kind == "plain":
+        if self.kind in ("plain", "tokens"):
             return self.node
         if self.kind == "flatten":
             return f"{self.node}|flatten"
@@ -52,7 +54,10 @@ class View:
                 f"d{size(self.dilation)}")
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The positions a patch view is read at (the conv's output shape; () otherwise)."""
+        """The positions a view is read at: the conv's output shape for patches, the token grid
+        for tokens; () otherwise."""
+        if self.kind == "tokens":
+            return shape
         if self.kind != "patches":
             return ()
         return conv_output_shape(shape, self.kernel, self.stride, self.padding, self.dilation)
@@ -60,6 +65,8 @@ class View:
     def features(self, graph: "Graph") -> int:
         """Values per row (without the constant 1 of the bias)."""
         spec = graph.node(self.node)
+        if self.kind == "tokens":
+            return spec.width
         if self.kind == "patches":
             out = spec.width
             for k in self.kernel:
@@ -69,6 +76,8 @@ class View:
 
     def signal(self, h: torch.Tensor) -> torch.Tensor:
         """The view as a multi-channel signal (n, D, *target positions): patches as channels."""
+        if self.kind == "tokens":
+            return h.movedim(-1, 1)
         if self.kind != "patches":
             return h.reshape(h.shape[0], -1, *([1] * max(self.dim, 1)))
         if self.dim == 2:
@@ -87,6 +96,8 @@ class View:
         """One row per observation: (n·P) × D, samples outer, positions inner."""
         if self.kind == "plain":
             return h
+        if self.kind == "tokens":
+            return h.reshape(-1, h.shape[-1])
         if self.kind == "flatten":
             return h.flatten(1)
         return as_rows(self.signal(h))
@@ -100,9 +111,19 @@ def as_rows(signal: torch.Tensor) -> torch.Tensor:
 
 
 def node_view(graph: "Graph", node: str) -> View:
-    """What a linear block reads from ``node``: its value, flattened when it has a spatial shape."""
-    shape = graph.node(node).shape
-    return View(node, "flatten", len(shape)) if shape else View(node)
+    """What a linear block reads from ``node``: its value, flattened when it has a spatial shape,
+    each token's features for a tokens node."""
+    spec = graph.node(node)
+    if spec.layout == "tokens":
+        return View(node, "tokens", len(spec.shape))
+    return View(node, "flatten", len(spec.shape)) if spec.shape else View(node)
+
+
+def value_rows(graph: "Graph", node: str, t: torch.Tensor) -> torch.Tensor:
+    """A node-shaped tensor (a value or a desired move) as rows: (n·P) × width, samples outer."""
+    if graph.node(node).layout == "tokens":
+        return t.reshape(-1, t.shape[-1])
+    return as_rows(t)
 
 
 def edge_view(graph: "Graph", edge: EdgeSpec) -> View:
@@ -122,7 +143,7 @@ def positions(graph: "Graph", node: str) -> int:
 
 
 def view_positions(graph: "Graph", view: View) -> int:
-    """Observations per sample of a view: the conv's output positions (1 unless patches)."""
+    """Observations per sample of a view: the conv's output positions, the tokens (else 1)."""
     out = 1
     for s in view.output_shape(graph.node(view.node).shape):
         out *= s

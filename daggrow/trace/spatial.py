@@ -6,7 +6,7 @@ sequence and two for an image:
 >>> conv_block(nn.Conv1d(1, 8, 5, stride=2, padding=1), (4, 1, 40), (4, 8, 19), "nn.Conv1d")
 ConvBlock(kind='conv', dim=1, kernel_size=(5,), stride=(2,), padding=(1,), dilation=(1,), groups=1, bias=True)
 >>> pool_block("max", 2, call_pool_options("max", (None, 3, 2, 1), {}), (4, 8, 9, 9), (4, 8, 5, 5), "F.max_pool2d")
-PoolBlock(kind='pool', op='max', dim=2, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), output_size=())
+PoolBlock(kind='pool', op='max', dim=2, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), output_size=(), ceil_mode=False, count_include_pad=True)
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ CASES = [(name, {}, ACTIVATIONS[name].is_smooth_at_0) for name in sorted(ACTIVAT
     ("elu", {"alpha": 0.5}, False),
     ("elu", {"alpha": 1.0}, True),
 ]
-# σ(t) − σ(−t) is exactly linear for these (up to round-off)
-EXACT_PAIRS = {"relu", "leaky_relu", "softplus"}
+# σ(t) − σ(−t) is exactly linear for these (up to round-off), and σ itself is linear near 0 for
+# the piecewise-linear ones (relu6, hardsigmoid for |t| < 3, hardtanh for |t| < 1)
+EXACT_PAIRS = {"relu", "leaky_relu", "softplus", "relu6", "hardsigmoid", "hardtanh"}
 
 
 def solved_direction():
