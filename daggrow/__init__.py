@@ -12,6 +12,7 @@ from .errors import (
     DuplicateNameError,
     GraphError,
     IncompleteGraphError,
+    OpaqueOpWarning,
     PersistenceError,
     RenderError,
     StatisticsError,
@@ -30,6 +31,9 @@ from .graph import (
     LinearBlock,
     NodeSpec,
     NormSpec,
+    OpaqueOp,
+    OperandBlock,
+    PlaceBlock,
     PoolBlock,
 )
 from .api import collect_statistics
@@ -57,7 +61,8 @@ __all__ = [
     "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
     "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose", "trace",
     "ConfigError", "ConvBlock", "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
-    "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "PoolBlock",
+    "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "OpaqueOp",
+    "OpaqueOpWarning", "OperandBlock", "PlaceBlock", "PoolBlock",
     "PersistenceError", "RenderError", "StatisticsError", "TraceError", "TrainingError", "UnknownNameError",
     "WidthMismatchError", "__version__",
 ]

@@ -38,6 +38,10 @@ class TraceError(DaggrowError):
     """A model could not be traced into the graph IR; the message names the op and the fix."""
 
 
+class OpaqueOpWarning(UserWarning):
+    """``trace`` kept ops outside the growable vocabulary as op nodes (listed with their lines)."""
+
+
 class PersistenceError(DaggrowError):
     """A saved graph could not be read: corrupt, truncated, mismatched or of an unknown version."""
 

@@ -48,6 +48,26 @@ class Tap(nn.Identity):
         return f"node={self.node!r}, kind={self.kind!r}"
 
 
+class StochasticDepth(nn.Module):
+    """Drops whole samples (``mode="row"``) or the whole batch (``"batch"``) with probability p in
+    training, scaling what survives by 1/(1 − p); the identity in eval mode (torchvision's
+    ``stochastic_depth``)."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        keep = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
+        return x * keep.div_(1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}"
+
+
 class _Names:
     """Unique Python identifiers for submodule attributes."""
 
@@ -96,7 +116,7 @@ def compile_graph(graph: "Graph", device: torch.device | str | None = None, *, t
 
     for name in graph.inputs:
         values[name] = code.placeholder(_identifier(name))
-        if taps:
+        if taps and graph.node(name).layout != "opaque":
             values[name] = tap(name, "value", values[name])
 
     def emit_program(name: str, operands: list[fx.Node]) -> fx.Node:
@@ -160,7 +180,9 @@ def compile_graph(graph: "Graph", device: torch.device | str | None = None, *, t
             value = code.create_node("call_function", public_callable(act.function), (value,),
                                      dict(spec.activation_params), name=_identifier(name))
         if spec.dropout > 0:
-            attr = add_module(f"dropout_{name}", nn.Dropout(spec.dropout))
+            drop = nn.Dropout(spec.dropout) if spec.dropout_mode == "element" else \
+                StochasticDepth(spec.dropout, spec.dropout_mode)
+            attr = add_module(f"dropout_{name}", drop)
             value = code.create_node("call_module", attr, (value,), name=_identifier(f"{name}_dropout"))
         if observed:
             value = tap(name, "value", value)

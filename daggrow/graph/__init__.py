@@ -15,11 +15,17 @@ from .spec import (
     LinearBlock,
     NodeSpec,
     NormSpec,
+    OperandBlock,
+    OpSpec,
+    OpStep,
+    PlaceBlock,
     PoolBlock,
 )
+from .opaque import OpaqueOp
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Block", "ConvBlock", "EdgeSpec", "FlattenBlock", "FORMAT_VERSION", "FrozenBlock", "Graph",
-    "GraphSpec", "GrowthRecord", "IdentityBlock", "LinearBlock", "NodeSpec", "NormSpec", "PoolBlock",
+    "GraphSpec", "GrowthRecord", "IdentityBlock", "LinearBlock", "NodeSpec", "NormSpec", "OpaqueOp", "OperandBlock",
+    "OpSpec", "OpStep", "PlaceBlock", "PoolBlock",
     "get_activation", "make_norm_module",
 ]

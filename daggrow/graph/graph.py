@@ -122,15 +122,18 @@ class Graph:
         activation_params: dict[str, float] | None = None,
         norm: NormSpec | Literal["batchnorm", "layernorm"] | None = None,
         dropout: float = 0.0,
+        dropout_mode: Literal["element", "row", "batch"] = "element",
     ) -> None:
         """Add a hidden (or output) node: ``h = dropout(activation(norm(Σ in-edges)))``.
 
         ``shape`` is the spatial shape of an image/sequence node (``width`` is then its channels),
         or with ``layout="tokens"`` the token grid of a ``(n, *shape, width)`` node.
+        ``dropout_mode``: ``element`` (``nn.Dropout``), or stochastic depth: ``row`` drops whole
+        samples, ``batch`` the whole batch (training only, survivors scaled by 1/(1 − p)).
         """
         spec = self._node_spec(name=name, width=width, shape=tuple(shape), layout=layout, activation=activation,
                                activation_params=dict(activation_params or {}), norm=_norm_spec(norm),
-                               dropout=dropout, born=self.step)
+                               dropout=dropout, dropout_mode=dropout_mode, born=self.step)
         self._insert_node(spec)
 
     def add_op_node(

@@ -241,9 +241,9 @@ class NodeSpec(_Frozen):
     * ``tokens``: ``(n, *shape, width)``: ``width`` features per token over a token grid
       ``(T,)`` or ``(H, W)`` (transformers, MLP-Mixer, channels-last blocks); linear edges and
       LayerNorm act on the last dimension;
-    * ``opaque``: anything else an op node produces (a tuple, a tensor whose batch is not the
-      first dimension or that has more than four dimensions); only op nodes read it, ``width``
-      is 1 and ``shape`` is ``()``.
+    * ``opaque``: anything else an op node produces or an input holds (a tuple, a tensor whose
+      batch is not the first dimension or that has more than four dimensions); only op nodes
+      read it, ``width`` is 1 and ``shape`` is ``()``.
     """
 
     name: str
@@ -254,6 +254,7 @@ class NodeSpec(_Frozen):
     activation_params: dict[str, float] = Field(default_factory=dict)
     norm: NormSpec | None = None
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    dropout_mode: Literal["element", "row", "batch"] = "element"  # row/batch: stochastic depth
     op: OpSpec | None = None  # an op node: its value is this program of its operand edges' sources
     born: int = 0  # growth step that created the node (0: the starting graph)
 
@@ -276,8 +277,11 @@ class NodeSpec(_Frozen):
         return -1 if self.layout == "tokens" else 1
 
     @property
-    def value_shape(self) -> tuple[int, ...]:
-        """The shape of one sample's value: ``(width, *shape)`` or, for tokens, ``(*shape, width)``."""
+    def value_shape(self) -> tuple[int, ...] | None:
+        """The shape of one sample's value: ``(width, *shape)`` or, for tokens, ``(*shape, width)``
+        (``None`` for an opaque value)."""
+        if self.layout == "opaque":
+            return None
         return (*self.shape, self.width) if self.layout == "tokens" else (self.width, *self.shape)
 
     @field_validator("shape")
@@ -291,10 +295,10 @@ class NodeSpec(_Frozen):
     def _valid_layout(self) -> "NodeSpec":
         if self.layout == "tokens" and not self.shape:
             raise ValueError("a tokens node needs a token grid shape (T,) or (H, W)")
-        if self.layout == "opaque" and (self.shape or self.width != 1 or self.op is None or self.norm
+        if self.layout == "opaque" and (self.shape or self.width != 1 or self.norm
                                         or self.activation != "identity" or self.dropout):
-            raise ValueError("an opaque-layout node is an op node of width 1 and shape () without "
-                             "norm, activation or dropout")
+            raise ValueError("an opaque-layout node (an op node's or an input's value that only op nodes read) "
+                             "has width 1 and shape (), without norm, activation or dropout")
         return self
 
     @field_validator("name")

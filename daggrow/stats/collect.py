@@ -50,7 +50,7 @@ def check_inputs(graph: "Graph", xs: tuple[torch.Tensor, ...]) -> None:
         want = spec.value_shape
         if not isinstance(x, torch.Tensor):
             raise StatisticsError(f"input {name!r} must be a tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != want:
+        if want is not None and tuple(x.shape[1:]) != want:
             raise StatisticsError(f"input {name!r}: got a batch of shape {tuple(x.shape)}, the graph expects "
                                   f"(batch, {', '.join(map(str, want))})")
         if dtype is not None and x.dtype != dtype:

@@ -50,6 +50,33 @@ class WeightOwners:
             self.owners.setdefault(id(part), (str(node.target), kind))
 
 
+_GROWABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+
+
+def shared_calls(gm: fx.GraphModule, live: set[fx.Node], leaf_targets: set[str]) -> set[fx.Node]:
+    """Calls of growable modules (Linear, conv, norms) whose module or a parameter another call
+    (or a direct read ``self.w``) also uses: the tracer keeps them in op nodes, sharing one copy."""
+    users: dict[int, set[fx.Node]] = {}
+    parts_of: dict[fx.Node, list] = {}
+    for node in live:
+        if node.op == "call_module":
+            obj = gm.get_submodule(node.target)
+        elif node.op == "get_attr":
+            obj = gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+        else:
+            continue
+        parts = [*obj.modules(), *obj.parameters()] if isinstance(obj, nn.Module) else [obj]
+        parts_of[node] = parts
+        for part in parts:
+            users.setdefault(id(part), set()).add(node)
+    return {node for node, parts in parts_of.items()
+            if node.op == "call_module" and node.target not in leaf_targets
+            and isinstance(gm.get_submodule(node.target), _GROWABLE)
+            and any(len(users[id(p)]) > 1 for p in parts)}
+
+
 def check_in_place(gm: fx.GraphModule, uses: Counter, leaf_targets: set[str]) -> None:
     """Refuse in-place ops, except activations and dropouts whose input (through views) nobody else reads.
 
@@ -65,7 +92,7 @@ def check_in_place(gm: fx.GraphModule, uses: Counter, leaf_targets: set[str]) ->
             raise trace_error(node, f"the leaf module `{node.target}`, which works in place (inplace=True)",
                               "create it with inplace=False: a frozen edge must not write into the node it reads")
         if not ops.is_allowed_in_place(node, module):
-            raise in_place_error(node)
+            raise in_place_error(node, module)
         source = first_arg(node.args, node.kwargs)
         while isinstance(source, fx.Node):
             if uses[source] > 1:
@@ -78,11 +105,16 @@ def check_in_place(gm: fx.GraphModule, uses: Counter, leaf_targets: set[str]) ->
             source = first_arg(source.args, source.kwargs)
 
 
-def in_place_error(node: fx.Node) -> TraceError:
-    """The refusal of an in-place op that is not an activation or a dropout."""
+def in_place_error(node: fx.Node, module: nn.Module | None = None) -> TraceError:
+    """The refusal of an in-place op that is not an activation, a dropout or an ``inplace=True`` op."""
     if node.target is operator.setitem:
         return trace_error(node, "an item assignment `x[...] = ...`",
-                           "build the tensor without assignment; " + LEAF_FIX)
-    what = (f"the in-place tensor method .{node.target}() (call_method {node.target})" if node.op == "call_method"
-            else f"the in-place operation {op_name(node)}")
-    return trace_error(node, what, "write it out of place (e.g. `h = h + x` instead of `h.add_(x)`)")
+                           "build the tensor without assignment (e.g. torch.cat or torch.where); " + LEAF_FIX)
+    if node.op == "call_method":
+        what = f"the in-place tensor method .{node.target}() (call_method {node.target})"
+    elif node.op == "call_module":
+        what = f"{op_name(node)}, which writes into its input"
+    else:
+        what = f"the in-place operation {op_name(node)}"
+    return trace_error(node, what, "write it out of place (e.g. `h = h + x` instead of `h.add_(x)`): a graph of "
+                       "values cannot express a write into a tensor that other code reads")

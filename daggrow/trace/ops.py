@@ -32,6 +32,8 @@ class Unsupported(Exception):
 _MODULE_ACTIVATIONS: dict[type, str] = {
     nn.Identity: "identity", nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu",
     nn.GELU: "gelu", nn.SiLU: "silu", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu", nn.Softplus: "softplus",
+    nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
+    nn.Mish: "mish",
 }
 
 # function → (activation, [(parameter, position in args, default)])
@@ -45,6 +47,10 @@ _FUNCTION_ACTIVATIONS: dict[Callable, tuple[str, list[tuple[str, int, float]]]] 
     F.leaky_relu: ("leaky_relu", [("negative_slope", 1, 0.01)]),
     F.leaky_relu_: ("leaky_relu", [("negative_slope", 1, 0.01)]),
     F.softplus: ("softplus", [("beta", 1, 1.0), ("threshold", 2, 20.0)]),
+    F.relu6: ("relu6", []), F.hardswish: ("hardswish", []), F.hardsigmoid: ("hardsigmoid", []),
+    F.mish: ("mish", []),
+    F.hardtanh: ("hardtanh", [("min_val", 1, -1.0), ("max_val", 2, 1.0)]),
+    F.hardtanh_: ("hardtanh", [("min_val", 1, -1.0), ("max_val", 2, 1.0)]),
 }
 _FUNCTION_ACTIVATIONS.update({fn: _FUNCTION_ACTIVATIONS[base] for fn, base in [(F.tanh, torch.tanh),
                                                                               (F.sigmoid, torch.sigmoid)]})
@@ -71,6 +77,8 @@ def activation_of_module(module: nn.Module) -> tuple[str, dict[str, float]] | No
         return name, {"negative_slope": float(module.negative_slope)}
     if name == "elu":
         return name, {"alpha": float(module.alpha)}
+    if name == "hardtanh":
+        return name, {"min_val": float(module.min_val), "max_val": float(module.max_val)}
     if name == "softplus" and (module.beta != 1 or module.threshold != 20):
         raise Unsupported(f"nn.Softplus(beta={module.beta}, threshold={module.threshold})", _SOFTPLUS_FIX)
     if name == "gelu" and module.approximate != "none":
@@ -109,6 +117,8 @@ SUB = {operator.sub, torch.sub}
 MUL = {operator.mul, torch.mul}
 DIV = {operator.truediv, torch.div, torch.true_divide}
 NEG = {operator.neg, torch.neg}
+ARITHMETIC = ADD | SUB | MUL | DIV | NEG
+CONCATS = {torch.cat, torch.concat, torch.concatenate}
 METHOD_FUNCTIONS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
                     "true_divide": torch.div, "neg": torch.neg}
 
@@ -122,6 +132,32 @@ def is_dropout(node: fx.Node, module: nn.Module | None) -> bool:
     if node.op == "call_module":
         return type(module) is nn.Dropout
     return node.op == "call_function" and node.target is F.dropout
+
+
+def is_stochastic_depth(fn: Any) -> bool:
+    """A function named ``stochastic_depth`` (torchvision's, kept whole by ``torch.fx.wrap``), taken
+    to have its signature and meaning: ``stochastic_depth(input, p, mode, training=True)`` drops
+    whole samples (``mode="row"``) or the whole batch (``"batch"``) with probability p in training
+    and scales the rest by 1/(1 − p); it is the identity when not training."""
+    return callable(fn) and getattr(fn, "__name__", None) == "stochastic_depth"
+
+
+def stochastic_depth_options(node: fx.Node) -> tuple[float, str]:
+    """``(p, mode)`` of a stochastic-depth call, with p = 0 when ``training`` is False."""
+    names = ("input", "p", "mode", "training")
+    values = dict(zip(names, node.args))
+    values.update({k: v for k, v in node.kwargs.items() if k in names})
+    training = values.get("training", True)
+    if training is not True and training is not False:
+        raise Unsupported("stochastic_depth with a `training` flag computed while tracing",
+                          "pass training=self.training (a Python bool)")
+    rate = _number(values.get("p"), "p")
+    mode = values.get("mode")
+    if mode not in ("row", "batch"):
+        raise Unsupported(f"stochastic_depth with mode={mode!r}", "use mode='row' or 'batch'")
+    if not 0.0 <= rate < 1.0:
+        raise Unsupported(f"stochastic_depth with p={rate:g}", "use a drop probability in [0, 1)")
+    return (rate if training else 0.0), mode
 
 
 def dropout_rate(node: fx.Node, module: nn.Module | None) -> float:
@@ -158,12 +194,13 @@ def mutates_input(node: fx.Node, module: nn.Module | None) -> bool:
 
 
 def is_allowed_in_place(node: fx.Node, module: nn.Module | None) -> bool:
-    """In-place activations and dropouts are fine when nothing else reads their input."""
+    """In-place activations, dropouts and ops with an ``inplace=True`` flag are fine when nothing
+    else reads their input (then out of place gives the same values)."""
     if node.op == "call_method":
         return activation_of_method(node.target) is not None
     if node.op == "call_module":
-        return type(module) in _MODULE_ACTIVATIONS or is_dropout(node, module)
-    return node.target in _FUNCTION_ACTIVATIONS or node.target is F.dropout
+        return getattr(module, "inplace", False) is True
+    return node.target in _FUNCTION_ACTIVATIONS or node.target is F.dropout or node.kwargs.get("inplace") is True
 
 
 def is_alias(node: fx.Node, module: nn.Module | None) -> bool:

@@ -46,6 +46,14 @@ def source_line(node: fx.Node) -> str:
     return found
 
 
+def frame_line(frame, lineno: int) -> str:
+    """`` at file.py:LINE: `code` `` for one frame of a traceback."""
+    import linecache
+
+    code = linecache.getline(frame.f_code.co_filename, lineno).strip()
+    return _format(frame.f_code.co_filename, lineno, code)
+
+
 def exception_line(err: BaseException) -> str:
     """`` at file.py:LINE: `code` `` for the innermost user frame in ``err``'s traceback, or ``""``."""
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
@@ -72,11 +80,13 @@ def op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"the tensor method .{target}() (call_method {target})"
     if node.op == "call_module":
-        return f"the module `{target}`"
+        kind = node.meta.get("module_type")
+        return f"the module `{target}`" + (f" ({kind})" if kind else "")
     return f"{node.op} {target}"
 
 
-LEAF_FIX = "keep the module that does this as a frozen opaque edge with leaf_modules=[...]; growth never touches it"
+LEAF_FIX = ("keep the module that does this whole with leaf_modules=[...] (or trace without strict=True: it becomes "
+            "an op node); growth never touches it")
 
 
 def trace_error(node: fx.Node, what: str, fix: str) -> "TraceError":

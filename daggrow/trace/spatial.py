@@ -98,6 +98,10 @@ def call_pool_options(op: str, args: tuple, kwargs: dict, fn: Any = None) -> dic
 def pool_block(op: str, dim: int, options: dict[str, Any], in_shape: tuple[int, ...],
                out_shape: tuple[int, ...], label: str) -> PoolBlock:
     """The :class:`PoolBlock` of a pooling with these options, or :class:`Unsupported`."""
+    if not isinstance(options.get("ceil_mode", False), bool) or not isinstance(
+            options.get("count_include_pad", True), bool):
+        raise Unsupported(f"{label} with ceil_mode={options.get('ceil_mode')!r}, count_include_pad="
+                          f"{options.get('count_include_pad')!r}", "pass them as Python bools")
     if options.get("return_indices") is True:
         raise Unsupported(f"{label} with return_indices=True",
                           "a daggrow edge carries one tensor: pool without the indices, or keep the code that "
@@ -112,21 +116,21 @@ def pool_block(op: str, dim: int, options: dict[str, Any], in_shape: tuple[int, 
     _check_pool_options(op, options, label)
     try:
         block = PoolBlock(op=op, dim=dim, kernel_size=options["kernel_size"], stride=options["stride"],
-                          padding=options["padding"])
+                          padding=options["padding"], ceil_mode=bool(options["ceil_mode"]),
+                          count_include_pad=options.get("count_include_pad", True) is not False)
     except ValueError as err:
         raise Unsupported(f"{label} with kernel_size={options['kernel_size']!r}, stride={options['stride']!r}, "
                           f"padding={options['padding']!r} ({err})", "give one size, or one per spatial "
                           "dimension, as Python numbers") from None
-    floor = block.output_shape(in_shape[2:])
-    if floor != tuple(out_shape[2:]):
-        raise Unsupported(f"{label} with ceil_mode=True, which gives the spatial shape {tuple(out_shape[2:])} "
-                          f"instead of {floor}",
-                          "use ceil_mode=False (pad the input so that the windows fit), " + LEAF_HINT)
+    computed = block.output_shape(in_shape[2:])
+    if computed != tuple(out_shape[2:]):  # the shape torch measured is the truth
+        raise Unsupported(f"{label}, which gives the spatial shape {tuple(out_shape[2:])} where daggrow computes "
+                          f"{computed}", f"report this model as a daggrow bug, {LEAF_HINT}")
     return block
 
 
 def _check_pool_options(op: str, options: dict[str, Any], label: str) -> None:
-    """Refuse what a :class:`PoolBlock` does not compute: dilation, excluded padding, divisor override."""
+    """Refuse what a :class:`PoolBlock` does not compute: dilation, divisor override."""
     if op == "max" and any(d != 1 for d in _sizes(options["dilation"])):
         raise Unsupported(f"{label} with dilation={options['dilation']!r}", "use dilation=1, " + LEAF_HINT)
     if op != "avg":
@@ -134,9 +138,6 @@ def _check_pool_options(op: str, options: dict[str, Any], label: str) -> None:
     if options["divisor_override"] is not None:
         raise Unsupported(f"{label} with divisor_override={options['divisor_override']!r}",
                           "drop divisor_override (or scale the result by a Python number), " + LEAF_HINT)
-    if options["count_include_pad"] is False and any(_sizes(options["padding"])):
-        raise Unsupported(f"{label} with count_include_pad=False and padding={options['padding']!r}",
-                          "use count_include_pad=True (the default) or padding=0, " + LEAF_HINT)
 
 
 def is_spatial_mean(dims: Any, keepdim: Any, ndim: int) -> bool:

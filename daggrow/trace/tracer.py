@@ -12,11 +12,14 @@
 [('x', 40, 'identity'), ('relu', 8, 'relu'), ('relu_1', 8, 'relu'), ('add', 8, 'identity'), ('c', 10, 'identity')]
 
 Convolutional models trace too: Conv1d/Conv2d, poolings and flatten become edges between
-image/sequence nodes (see :mod:`daggrow.trace.builder`).
+image/sequence nodes; Linear layers over the last dimension of ``(n, tokens, d)`` tensors
+become edges between tokens nodes; ``torch.cat`` along features becomes placements; anything
+else becomes an op node that runs the original code (see :mod:`daggrow.trace.builder`).
 
 Steps: unwrap ``DataParallel``; trace symbolically (torch.fx, stack traces recorded, leaf
-modules kept whole); run ``ShapeProp`` on the example inputs (model in eval mode, no grad)
-to learn every tensor's shape; walk the fx graph with :class:`GraphBuilder`.
+modules kept whole, ``nn.TransformerEncoder(Layer)`` traced through their plain path); run
+``ShapeProp`` on the example inputs (model in eval mode, no grad) to learn every tensor's
+shape; decide which 3-d/4-d tensors hold tokens; walk the fx graph with :class:`GraphBuilder`.
 """
 
 from __future__ import annotations
@@ -24,30 +27,45 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import traceback
+import warnings
 from typing import Any, Iterable
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import GraphError, TraceError
+from ..errors import GraphError, OpaqueOpWarning, TraceError
 from ..graph import Graph
 from .builder import GraphBuilder
-from .source import exception_line
+from .decompose import DECOMPOSED
+from .source import exception_line, frame_line
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx tracer that records stack traces and keeps the requested modules whole."""
+    """torch.fx tracer that records stack traces, keeps the requested modules whole and traces
+    ``nn.TransformerEncoder(Layer)`` through their plain path (:mod:`daggrow.trace.decompose`)."""
 
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str]) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
 
+    def _user_leaf(self, m: nn.Module, name: str) -> bool:
+        return name in self.leaf_names or isinstance(m, self.leaf_types)
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+        if self._user_leaf(m, module_qualified_name):
             return True
+        if type(m) in DECOMPOSED:
+            return False
         return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        plain = DECOMPOSED.get(type(m))
+        if plain is not None and not self._user_leaf(m, self.path_of_module(m)):
+            forward = lambda *a, **k: plain(m, *a, **k)  # noqa: E731
+        return super().call_module(m, forward, args, kwargs)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -86,16 +104,37 @@ def _symbolic_trace(model: nn.Module, tracer: _Tracer, concrete_args: dict[str, 
     name = type(model).__name__
     try:
         return tracer.trace(model, concrete_args=concrete_args)
-    except Exception as err:  # torch.fx raises many kinds; each becomes one clear TraceError
-        where = exception_line(err)
-        if "control flow" in str(err):
-            raise TraceError(
-                f"cannot trace {name}: data-dependent control flow{where} (torch.fx: {err}).\n  fix: pin the "
-                "arguments that decide the branch with concrete_args={'flag': value}, or move the branching code "
-                "into a submodule passed with leaf_modules=[...] (a frozen edge)") from None
-        raise TraceError(f"cannot trace {name}: {type(err).__name__}: {err}{where}.\n  fix: keep the code that "
-                         "does this in a submodule passed with leaf_modules=[...] (a frozen edge), or fix "
-                         "Python-level arguments with concrete_args={...}") from None
+    except Exception as err:  # torch.fx (and code it runs) raises many kinds; each becomes one clear TraceError
+        raise _fx_failure(model, err) from None
+
+
+def _fx_failure(model: nn.Module, err: Exception) -> TraceError:
+    """A TraceError for code torch.fx could not run on traced values: the user's line inside the
+    innermost module that failed, the module's qualified name, and the fixes."""
+    name = type(model).__name__
+    paths = {id(m): p for p, m in model.named_modules()}
+    module_path, where = None, exception_line(err)
+    for frame, line in reversed(list(traceback.walk_tb(err.__traceback__))):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in paths:
+            module_path, where = paths[id(owner)], frame_line(frame, line)
+            break
+    inner = exception_line(err)
+    detail = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    if inner and inner != where:
+        detail += f", raised{inner}"
+    leaf = (f"keep the module that does this whole with leaf_modules=['{module_path}'] (an op node that runs "
+            "it as written)" if module_path else "move the code that does this into a submodule and keep it "
+            "whole with leaf_modules=[...] (an op node that runs it as written)")
+    if "control flow" in str(err):
+        return TraceError(
+            f"cannot trace {name}: data-dependent control flow{where} ({detail}).\n  fix: pin the arguments "
+            f"that decide the branch with concrete_args={{'flag': value}}, or {leaf}")
+    return TraceError(
+        f"cannot trace {name}: torch.fx could not run this code on traced values{where} ({detail}); it "
+        "probably uses a tensor's value or shape as a Python value (an if, a dict key, a loop bound).\n  fix: "
+        f"{leaf}, or wrap the function it calls with torch.fx.wrap('name') at module level so that it is "
+        "recorded as one call, or fix Python-level arguments with concrete_args={...}")
 
 
 def _placeholder_values(model: nn.Module, fx_graph: fx.Graph, inputs: tuple[torch.Tensor, ...],
@@ -131,18 +170,24 @@ def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, args: tuple[Any, ...
 
 
 def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], *,
-          leaf_modules: Iterable[type | str] = (), concrete_args: dict[str, Any] | None = None) -> Graph:
+          leaf_modules: Iterable[type | str] = (), concrete_args: dict[str, Any] | None = None,
+          strict: bool = False) -> Graph:
     """Trace ``model`` into a :class:`Graph` whose compiled module computes the same outputs.
 
-    ``example_inputs``: one tensor per tensor argument of ``forward``: ``(batch, features)``, or
+    ``example_inputs``: one tensor per tensor argument of ``forward``: ``(batch, features)``,
     ``(batch, channels, length)`` / ``(batch, channels, height, width)`` for convolutional models
-    (the graph's image/sequence nodes keep the example's spatial sizes).
+    (the graph's image/sequence nodes keep the example's spatial sizes), ``(batch, tokens,
+    features)`` for token models. Give the batch a size no other dimension has (e.g. 3): the
+    tracer recognises batched tensors by it.
     ``leaf_modules``: module classes or qualified names (``"body.gate"``) kept whole as frozen
     opaque edges (each holds a deep copy of the module; growth never touches it).
     ``concrete_args``: passed to torch.fx to fix Python arguments that steer control flow; the
     traced graph then takes only the tensor inputs.
-    Raises :class:`TraceError` naming the unsupported op, the source line and what to do.
-    The graph holds copies of the weights: training it leaves ``model`` untouched.
+    Ops outside the growable vocabulary become op nodes that run the original code (one
+    :class:`~daggrow.errors.OpaqueOpWarning` lists them with their source lines); with
+    ``strict=True`` the first of them raises a :class:`TraceError` instead. What torch.fx itself
+    cannot trace (data-dependent control flow) raises :class:`TraceError` naming the source line
+    and the fix. The graph holds copies of the weights: training it leaves ``model`` untouched.
     """
     model = _unwrap(model)
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
@@ -161,13 +206,31 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     leaf_types, leaf_names = _leaf_spec(model, leaf_modules)
     fx_graph = _symbolic_trace(model, _Tracer(leaf_types, leaf_names), concrete_args)
     gm = fx.GraphModule(model, fx_graph)
+    for node in fx_graph.nodes:  # messages name a module call with its class: the module `features.3` (ReLU6)
+        if node.op == "call_module":
+            node.meta["module_type"] = type(gm.get_submodule(node.target)).__name__
     _propagate_shapes(model, gm, _placeholder_values(model, fx_graph, inputs, concrete_args), inputs)
     leaf_targets = {str(n.target) for n in fx_graph.nodes if n.op == "call_module" and (
         n.target in leaf_names or isinstance(gm.get_submodule(n.target), leaf_types))}
+    builder = GraphBuilder(gm, leaf_targets, batch=inputs[0].shape[0] if inputs[0].ndim else 1, strict=strict)
     try:
-        graph = GraphBuilder(gm, leaf_targets).run()
+        graph = builder.run()
         graph.validate(complete=True)
     except GraphError as err:
         raise TraceError(f"the traced graph of {type(model).__name__} is invalid: {err} (this is a daggrow bug: "
                          "please report it with the model)") from None
+    if builder.opaque_reasons:
+        warnings.warn(OpaqueOpWarning(_opaque_message(type(model).__name__, builder.opaque_reasons)), stacklevel=2)
     return graph
+
+
+def _opaque_message(name: str, reasons: list[tuple[str, str]]) -> str:
+    """One line per op kept opaque (ops of the same kind on the same line grouped), then what that means."""
+    nodes: dict[str, list[str]] = {}
+    for node, what in reasons:
+        nodes.setdefault(what, []).append(node)
+    lines = [f"  - {what} (node{'s' if len(ns) > 1 else ''} {', '.join(ns[:4])}{', …' if len(ns) > 4 else ''})"
+             for what, ns in nodes.items()]
+    return (f"{name}: {len(reasons)} op(s) outside daggrow's growable vocabulary are kept in op nodes that run "
+            "the original code (exact; growth never changes them or widens what they read):\n" + "\n".join(lines)
+            + "\n  trace(..., strict=True) refuses them instead")
