@@ -182,9 +182,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         and (readable(path / "checkpoint") / "graph" / "graph.json").exists()
     if unfinished:  # a run that was stopped: its latest checkpoint
         print(f"(the run has not finished: its latest checkpoint; `daggrow grow --resume {args.path}` goes on)")
-        print(Graph.load(readable(path / "checkpoint") / "graph").summary())
+        print(Graph.load(readable(path / "checkpoint") / "graph", trust=args.trust).summary())
         return 0
-    print(Graph.load(path).summary())  # a graph folder, or a run folder's graph/
+    print(Graph.load(path, trust=args.trust).summary())  # a graph folder, or a run folder's graph/
     return 0
 
 
@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="print a saved graph's (or run's) summary")
     show.add_argument("path", help="a run folder or a saved graph folder")
+    show.add_argument("--trust", action="store_true",
+                      help="also load modules saved by pickle (user classes); unpickling runs code from the folder: "
+                           "only for folders you trust")
     show.set_defaults(func=_cmd_show)
     for command in (grow, report, show):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -445,10 +445,12 @@ class Graph:
         save_graph(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device | None = "cpu") -> "Graph":
+    def load(cls, path: str | Path, map_location: str | torch.device | None = "cpu", *, trust: bool = False) -> "Graph":
+        """Read a folder written by :meth:`save`. Nothing in it runs: modules are rebuilt from their
+        descriptions. Modules saved by pickle (user classes) load only with ``trust=True``."""
         from .io import load_graph
 
-        return load_graph(path, map_location=map_location)
+        return load_graph(path, map_location=map_location, trust=trust)
 
     def to_dot(self, **options: Any) -> str:
         """Graphviz DOT text of the graph (see :func:`daggrow.graph.dot.to_dot`)."""

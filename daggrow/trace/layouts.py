@@ -90,7 +90,7 @@ def infer_layouts(gm: fx.GraphModule, leaf_targets: set[str]) -> dict[fx.Node, s
         elif _is_mean(node) and first is not None and spatial.is_spatial_mean(*_mean_args(node), len(_shape(first))):
             vote(first, "channels")
         elif _elementwise_call(node, args, shape):
-            join_all([node, *args])
+            join_all([node, *[a for a in args if _shape(a) == shape]])  # a broadcast operand keeps its own
         elif _is_concat(node):
             join_all([node, *args])
     layouts: dict[fx.Node, str] = {}
@@ -111,20 +111,21 @@ def _elementwise_module(node: fx.Node, module: nn.Module) -> bool:
 
 
 def _elementwise_call(node: fx.Node, args: list[fx.Node], shape: tuple[int, ...]) -> bool:
-    """Activations, dropout, sums and scalar multiples, stochastic depth and views that keep the shape."""
+    """Activations, arithmetic (a broadcast operand is left out of the group), dropout, stochastic
+    depth and views that keep the shape."""
     same = all(_shape(a) == shape for a in args)
     if node.op == "call_method":
         name = node.target
-        return same and (ops.activation_of_method(name) is not None or name in ops.METHOD_FUNCTIONS
-                         or name in ops.SHAPE_METHODS)
+        return ops.activation_of_method(name) is not None or name in ops.METHOD_FUNCTIONS or (
+            same and name in ops.SHAPE_METHODS)
     fn = node.target
     try:
         if ops.activation_of_function(fn, node.args, node.kwargs) is not None:
             return True
     except (ops.Unsupported, TypeError):
         return False
-    return same and (fn in ops.ARITHMETIC or fn in ops.SHAPE_FUNCTIONS or fn is torch.nn.functional.dropout
-                     or ops.is_stochastic_depth(fn))
+    return fn in ops.ARITHMETIC or (same and (fn in ops.SHAPE_FUNCTIONS or fn is torch.nn.functional.dropout
+                                              or ops.is_stochastic_depth(fn)))
 
 
 def _is_mean(node: fx.Node) -> bool:

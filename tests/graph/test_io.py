@@ -103,7 +103,7 @@ def test_saving_again_replaces_the_earlier_save(tmp_path):
     assert not [p for p in (tmp_path / "g").iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_frozen_edges_round_trip(tmp_path):
+def test_frozen_torch_modules_round_trip_without_pickle(tmp_path):
     g = dg.Graph()
     g.add_input("x", 3)
     g.add_node("y", 3)
@@ -230,26 +230,44 @@ def test_extra_tensor_listed_in_both_files_is_refused(tmp_path):
         dg.Graph.load(tmp_path / "g")
 
 
+class Doubler(torch.nn.Module):
+    """A user's module: no description can rebuild it, so it is pickled (loaded with trust=True)."""
+
+    def forward(self, t):
+        return 2 * t
+
+
 def frozen_folder(tmp_path: Path) -> Path:
     g = dg.Graph()
     g.add_input("x", 3)
     g.add_node("y", 3)
-    g.add_edge("x", "y", dg.FrozenBlock(module_type="Tanh"), module=torch.nn.Tanh(), name="f")
+    g.add_edge("x", "y", dg.FrozenBlock(module_type="Doubler"), module=Doubler(), name="f")
     g.set_output("y")
     g.save(tmp_path / "g")
     return tmp_path / "g"
 
 
+def test_user_modules_are_pickled_and_load_only_with_trust(tmp_path):
+    folder = frozen_folder(tmp_path)
+    assert (folder / "frozen.pt").exists()
+    with pytest.raises(dg.PersistenceError, match=r"edge:f hold module\(s\) saved by pickle \(.*Doubler\).*"
+                                                  r"trust=True"):
+        dg.Graph.load(folder)
+    g = dg.Graph.load(folder, trust=True)
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(g.compile()(x), 2 * x)
+
+
 @pytest.mark.parametrize("damage, pattern", [
     (lambda d: (d / "frozen.pt").unlink(), "frozen.pt: missing"),
     (lambda d: (d / "frozen.pt").write_bytes(b"junk"), "frozen.pt: checksum mismatch"),
-    (lambda d: _edit(d, lambda j: j.update(frozen_sha256=None)), "frozen edge\\(s\\) \\['f'\\] but no checksum"),
+    (lambda d: _edit(d, lambda j: j.update(frozen_sha256=None)), "frozen edge\\(s\\) \\['edge:f'\\] but no checksum"),
 ])
 def test_damaged_frozen_modules_raise_persistence_error(tmp_path, damage, pattern):
     folder = frozen_folder(tmp_path)
     damage(folder)
     with pytest.raises(dg.PersistenceError, match=pattern):
-        dg.Graph.load(folder)
+        dg.Graph.load(folder, trust=True)
 
 
 def test_frozen_file_must_hold_the_frozen_edges(tmp_path):
@@ -257,8 +275,8 @@ def test_frozen_file_must_hold_the_frozen_edges(tmp_path):
     torch.save({"other": torch.nn.Tanh()}, folder / "frozen.pt")
     digest = hashlib.sha256((folder / "frozen.pt").read_bytes()).hexdigest()
     _edit(folder, lambda j: j.update(frozen_sha256=digest))
-    with pytest.raises(dg.PersistenceError, match="holds modules for \\['other'\\].*frozen edges \\['f'\\]"):
-        dg.Graph.load(folder)
+    with pytest.raises(dg.PersistenceError, match="holds modules for \\['other'\\].*frozen edges \\['0'\\]"):
+        dg.Graph.load(folder, trust=True)
 
 
 def test_not_a_folder(tmp_path):
