@@ -1,9 +1,11 @@
 """Graphviz drawings of a graph (or of a saved :class:`GraphSpec`, as the history keeps).
 
 Nodes show name, width, activation (+ norm, dropout); inputs are green "invhouse" shapes,
-outputs blue "house" shapes; edges show the block kind and its parameter count (from the
+outputs blue "house" shapes, op nodes (opaque programs) violet "component" shapes labelled
+with what they run; edges show the block kind and its parameter count (from the
 modules for a :class:`Graph`; from the widths for a :class:`GraphSpec`: a linear edge
-``u → v`` has ``d_v·d_u + d_v·bias``, an identity 0, a frozen block "?"). With
+``u → v`` has ``d_v·d_u + d_v·bias``, an identity 0, a frozen block "?"); an op node's
+operands are dotted violet arrows, a concatenation's placements say which features they fill. With
 ``highlight_step=k`` the parts born at step k, and nodes that gained neurons at step k
 (``GrowthRecord.neurons``), are drawn in orange with "new node" / "+K neurons" labels.
 
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Union
 import graphviz
 
 from ..errors import RenderError
+from .blocks import linear_in_features
 from .spec import (
     PARAMETER_FREE_KINDS,
     ConvBlock,
@@ -34,8 +37,12 @@ from .spec import (
     IdentityBlock,
     LinearBlock,
     NodeSpec,
+    OperandBlock,
+    PlaceBlock,
     PoolBlock,
 )
+
+OPAQUE = "#5f3dc4"
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -69,7 +76,7 @@ def parameter_counts(graph: Union["Graph", GraphSpec]) -> dict[str, str]:
     for e in graph.edges:
         u, v = nodes[e.source], nodes[e.target]
         if isinstance(e.block, LinearBlock):
-            counts[e.name] = str(v.width * u.features + (v.width if e.block.bias else 0))
+            counts[e.name] = str(v.width * linear_in_features(u, v) + (v.width if e.block.bias else 0))
         elif isinstance(e.block, ConvBlock):
             kernel = math.prod(e.block.kernel_size)
             counts[e.name] = str(v.width * (u.width // e.block.groups) * kernel + (v.width if e.block.bias else 0))
@@ -87,6 +94,9 @@ def to_dot(graph: Union["Graph", GraphSpec], *, highlight_step: int | None = Non
     """
     spec = graph if isinstance(graph, GraphSpec) else graph.spec()
     counts = parameter_counts(graph)
+    op_params = {} if isinstance(graph, GraphSpec) else {
+        n: str(sum(p.numel() for p in graph.op_module(n).parameters())) for n in graph.nodes if graph.op_module(n)}
+    widths = {n.name: n.width for n in spec.nodes}
     grown: dict[str, int] = {}
     new_nodes: set[str] = set()
     new_edges: set[str] = set()
@@ -106,7 +116,7 @@ def to_dot(graph: Union["Graph", GraphSpec], *, highlight_step: int | None = Non
                                   fillcolor="#f8f9fa", color="#495057"),
                    edge_attr=dict(fontname="Helvetica", fontsize="9", color="#495057"))
     for node in spec.nodes:
-        lines, attrs = _node_look(node, spec)
+        lines, attrs = _node_look(node, spec, op_params.get(node.name))
         if node.name in new_nodes or node.name in grown:
             attrs.update(color=HIGHLIGHT, penwidth="2.5", fillcolor="#fff4e6")
             lines.append("new node" if node.name in new_nodes else f"+{grown[node.name]} neurons")
@@ -124,28 +134,42 @@ def to_dot(graph: Union["Graph", GraphSpec], *, highlight_step: int | None = Non
             lines = ["flatten"]
         elif isinstance(e.block, FrozenBlock):
             lines = [f"frozen {e.block.module_type}", f"{counts[e.name]} params"]
+        elif isinstance(e.block, PlaceBlock):
+            end = e.block.offset + widths[e.source]
+            lines = [f"place → [{e.block.offset}:{end})" + (f" × {e.block.scale:g}" if e.block.scale != 1 else "")]
+        elif isinstance(e.block, OperandBlock):
+            lines = [f"arg {e.block.position}"]
         else:
             lines = [e.block.kind, f"{counts[e.name]} params"]
         attrs = {"style": "dashed"} if e.block.kind in PARAMETER_FREE_KINDS | {"frozen"} else {}
+        if isinstance(e.block, OperandBlock):
+            attrs = {"style": "dotted", "color": OPAQUE, "fontcolor": OPAQUE, "arrowhead": "empty"}
         if e.name in new_edges:
             attrs.update(color=HIGHLIGHT, penwidth="2.5", fontcolor=HIGHLIGHT)
         dot.edge(_node_id(e.source), _node_id(e.target), _label(*lines), **attrs)
     return dot.source
 
 
-def _node_look(node: NodeSpec, spec: GraphSpec) -> tuple[list[str], dict[str, Any]]:
-    """Label lines and attributes of a node by its role (input, hidden, output)."""
+def _node_look(node: NodeSpec, spec: GraphSpec, params: str | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Label lines and attributes of a node by its role (input, op node, hidden, output)."""
     if node.name in spec.inputs:
         return [node.name, f"input, {_size_of(node)}"], dict(shape="invhouse", fillcolor="#d3f9d8",
                                                                 color="#2b8a3e")
     act = node.activation + (f" + {node.norm.kind}" if node.norm else "")
     lines = [node.name, _size_of(node), act]
+    attrs: dict[str, Any] = {}
+    if node.op is not None:
+        modules = ", ".join(dict.fromkeys(node.op.modules.values()))
+        lines[2:] = [f"op: {node.op.label}"[:60]] + ([modules[:60]] if modules else []) + (
+            [f"{params} params"] if params not in (None, "0") else []) + ([act] if act != "identity" else [])
+        attrs = dict(shape="component", fillcolor="#f3f0ff", color=OPAQUE)
     if node.dropout:
-        lines.append(f"dropout {node.dropout:g}")
+        lines.append(f"dropout {node.dropout:g}" if node.dropout_mode == "element" else
+                     f"drop path {node.dropout:g} ({node.dropout_mode})")
     if node.name in spec.outputs:
         lines[0] = f"{node.name} (output)"
         return lines, dict(shape="house", fillcolor="#d0ebff", color="#1864ab")
-    return lines, {}
+    return lines, attrs
 
 
 def _size(values: tuple[int, ...]) -> str:
@@ -153,7 +177,12 @@ def _size(values: tuple[int, ...]) -> str:
 
 
 def _size_of(node: NodeSpec) -> str:
-    """``width 8`` for a vector node, ``8 ch × 19`` / ``16 ch × 32×32`` for sequences/images."""
+    """``width 8`` for a vector node, ``8 ch × 19`` / ``16 ch × 32×32`` for sequences/images,
+    ``5 tokens × 16`` for tokens, ``opaque value`` for a value only op nodes read."""
+    if node.layout == "opaque":
+        return "opaque value"
+    if node.layout == "tokens":
+        return f"{'×'.join(map(str, node.shape))} tokens × {node.width}"
     return f"width {node.width}" if not node.shape else f"{node.width} ch × {'×'.join(map(str, node.shape))}"
 
 

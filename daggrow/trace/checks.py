@@ -98,7 +98,8 @@ def check_in_place(gm: fx.GraphModule, uses: Counter, leaf_targets: set[str]) ->
             if uses[source] > 1:
                 raise trace_error(node, f"{op_name(node)}, which works in place, on a tensor that is also read "
                                   "elsewhere (the in-place write changes what the other readers see)",
-                                  "write it out of place (torch.relu(h), nn.ReLU() without inplace=True)")
+                                  "write it out of place (`h = h + x` instead of `h.add_(x)`, torch.relu(h), "
+                                  "nn.ReLU() without inplace=True)")
             source_module = gm.get_submodule(source.target) if source.op == "call_module" else None
             if not ops.is_alias(source, source_module):
                 break

@@ -194,13 +194,13 @@ def mutates_input(node: fx.Node, module: nn.Module | None) -> bool:
 
 
 def is_allowed_in_place(node: fx.Node, module: nn.Module | None) -> bool:
-    """In-place activations, dropouts and ops with an ``inplace=True`` flag are fine when nothing
-    else reads their input (then out of place gives the same values)."""
-    if node.op == "call_method":
-        return activation_of_method(node.target) is not None
+    """An op that writes into its input and returns it is fine when nothing else reads that input
+    (then out of place gives the same values): in-place activations, dropouts, ``inplace=True``
+    flags, tensor methods such as ``.bernoulli_()`` on a fresh tensor. Item assignment is not
+    (its result is not the tensor; the tensor itself is read afterwards)."""
     if node.op == "call_module":
         return getattr(module, "inplace", False) is True
-    return node.target in _FUNCTION_ACTIVATIONS or node.target is F.dropout or node.kwargs.get("inplace") is True
+    return node.target is not operator.setitem
 
 
 def is_alias(node: fx.Node, module: nn.Module | None) -> bool:

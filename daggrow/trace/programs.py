@@ -79,7 +79,7 @@ def build_op(gm: fx.GraphModule, body: list[fx.Node], positions: dict[fx.Node, i
             name = function_name(target) or qualified_name(target)
             call = "function"
         elif node.op == "call_method":
-            target = name = str(node.target)
+            target = name = _out_of_place(str(node.target))
             call = "method"
         elif node.op == "call_module":
             target = name = slot_of(gm.get_submodule(str(node.target)), "m")
@@ -97,6 +97,15 @@ def build_op(gm: fx.GraphModule, body: list[fx.Node], positions: dict[fx.Node, i
                   modules={slot: type(m).__name__ for slot, m in modules.items()},
                   source=_sources(body))
     return OpaqueOp(spec, modules, constants, calls=calls)
+
+
+def _out_of_place(method: str) -> str:
+    """``add_`` → ``add``, ``bernoulli_`` → ``bernoulli``: the tracer lets a method write in place only
+    when nothing else reads its input, so the out-of-place method gives the same values without
+    writing into a node's value that statistics or the line search may still read."""
+    if method.endswith("_") and not method.endswith("__") and callable(getattr(torch.Tensor, method[:-1], None)):
+        return method[:-1]
+    return method
 
 
 def _encoded(value: Any) -> Any:

@@ -223,8 +223,9 @@ CASES = {
                                          r"leaf_modules=\['a'\]"]),
     "tied parameters": (Tied(), X, {}, [r"module `b` \(Linear\), which shares weights with `a`",
                                         r"leaf_modules=\['a', 'b'\]"]),
-    "in-place add_": (InPlaceAdd(), X, {}, [r"in-place tensor method \.add_\(\) \(call_method add_\)",
-                                            HERE + r": `h.add_\(x\)`", r"fix: write it out of place"]),
+    "in-place add_": (InPlaceAdd(), X, {}, [r"tensor method \.add_\(\) \(call_method add_\), which works in place, "
+                                            r"on a tensor that is also read elsewhere", HERE + r": `h.add_\(x\)`",
+                                            r"fix: write it out of place"]),
     "in-place relu read twice": (InPlaceReluReadTwice(), X, {},
                                  [r"torch\.nn\.functional\.relu, which works in place, on a tensor that is also read elsewhere",
                                   HERE + r": `r = F.relu\(h, inplace=True\)`", r"fix: write it out of place"]),
@@ -328,3 +329,119 @@ def test_a_failed_trace_leaves_the_model_unchanged():
     with pytest.raises(dg.TraceError):
         dg.trace(model, X, strict=True)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- in-place messages
+class InvertedResidualHead(nn.Module):
+    """MobileNetV2's in-place ReLU6 inside a Sequential: first class now."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(4, 8), nn.ReLU6(inplace=True), nn.Linear(8, 8),
+                                      nn.Hardtanh(-2.0, 3.0, inplace=True))
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(self.features(x))
+
+
+class ThresholdReadTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(4, 4), nn.Threshold(0.1, 0.0, inplace=True))
+        self.skip = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.features[0](x)
+        return self.features[1](h) + self.skip(h)
+
+
+def test_in_place_activations_inside_a_sequential_trace():
+    model = InvertedResidualHead().eval()
+    graph = dg.trace(model, X, strict=True)
+    assert [s.activation for s in graph.nodes.values()][1:3] == ["relu6", "hardtanh"]
+    assert graph.node("features_3").activation_params == {"min_val": -2.0, "max_val": 3.0}
+    with torch.no_grad():
+        torch.testing.assert_close(graph.compile()(X), model(X), rtol=0, atol=1e-6)
+
+
+def test_an_in_place_module_whose_input_is_read_elsewhere_is_named_with_its_class():
+    with pytest.raises(dg.TraceError) as info:
+        dg.trace(ThresholdReadTwice(), X)
+    message = str(info.value)
+    assert "the module `features.1` (Threshold), which works in place, on a tensor that is also read" in message
+    assert re.search(HERE + r": `return self.features\[1\]\(h\) \+ self.skip\(h\)`", message), message
+    assert "in-place operation" not in message
+
+
+# ---------------------------------------------------------------------------- what fx cannot trace
+_SIZES = {16: "small"}
+
+
+def rearrange_like(x):
+    """Like einops: a traced size used as a dict key (KeyError: Proxy(...) inside torch.fx)."""
+    return x.reshape(x.shape[0], _SIZES[x.shape[1]] == "small", -1)
+
+
+def dtype_of(mask):
+    """Like torch's _none_or_dtype: refuses anything but None or a tensor (a traced value is neither)."""
+    if mask is None:
+        return None
+    if isinstance(mask, torch.Tensor) and not isinstance(mask, torch.fx.Proxy):
+        return mask.dtype
+    raise RuntimeError("input to dtype_of() must be None or torch.Tensor")
+
+
+class Mixing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return rearrange_like(self.a(x))
+
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x, mask):
+        kind = dtype_of(mask)
+        return self.a(x) if kind is None else self.a(x) * mask
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 16), Mixing())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("model, x, patterns", [
+    (Mixing(), torch.randn(3, 16), [r"torch\.fx could not run this code", HERE + r": `return rearrange_like",
+                                    r"KeyError", r"fix: .*torch\.fx\.wrap", r"concrete_args"]),
+    (Outer(), torch.randn(3, 16), [HERE + r": `return rearrange_like", r"leaf_modules=\['body\.1'\]"]),
+    (Masked(), (X, X), [r"RuntimeError: input to dtype_of\(\) must be None or torch.Tensor",
+                        HERE + r": `kind = dtype_of\(mask\)`", r"fix: .*leaf_modules=", r"concrete_args"]),
+])
+def test_what_torch_fx_cannot_trace_is_a_trace_error_naming_the_line_and_the_fix(model, x, patterns):
+    with pytest.raises(dg.TraceError) as info:
+        dg.trace(model, x)
+    message = str(info.value)
+    for pattern in patterns:
+        assert re.search(pattern, message), f"{pattern!r} not in:\n{message}"
+
+
+def test_the_suggested_leaf_module_fixes_the_untraceable_code(tmp_path):
+    model = Outer().eval()
+    x = torch.randn(3, 16)
+    graph = dg.trace(model, x, leaf_modules=["body.1"])
+    assert graph.edge("body.1").block == dg.FrozenBlock(module_type="Mixing")
+    with torch.no_grad():
+        torch.testing.assert_close(graph.compile()(x), model(x), rtol=0, atol=1e-6)
+    graph.save(tmp_path / "g")
+    with pytest.raises(dg.PersistenceError, match="trust=True"):  # a user's module is kept by pickle
+        dg.Graph.load(tmp_path / "g")
