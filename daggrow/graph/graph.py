@@ -40,6 +40,7 @@ from ..errors import (
 )
 from .activations import get_activation
 from .blocks import check_module, check_shapes, default_module
+from .opnodes import OpNodes
 from .spec import (
     is_growable,
     Block,
@@ -52,7 +53,6 @@ from .spec import (
     LinearBlock,
     NodeSpec,
     NormSpec,
-    OperandBlock,
 )
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _block_from(block: str | Block, bias: bool) -> Block:
                      "such as ConvBlock(dim=2, kernel_size=3, padding=1)")
 
 
-class Graph:
+class Graph(OpNodes):
     """A directed acyclic graph of tensors (nodes) joined by blocks (edges)."""
 
     def __init__(self) -> None:
@@ -135,56 +135,6 @@ class Graph:
                                activation_params=dict(activation_params or {}), norm=_norm_spec(norm),
                                dropout=dropout, dropout_mode=dropout_mode, born=self.step)
         self._insert_node(spec)
-
-    def add_op_node(
-        self,
-        name: str,
-        sources: list[str],
-        module: nn.Module,
-        *,
-        width: int = 1,
-        shape: tuple[int, ...] = (),
-        layout: Layout = "channels",
-        activation: str = "identity",
-        activation_params: dict[str, float] | None = None,
-        norm: NormSpec | Literal["batchnorm", "layernorm"] | None = None,
-        dropout: float = 0.0,
-    ) -> list[str]:
-        """Add an op node: ``z = module(h_{sources[0]}, …)``, then norm, activation and dropout.
-
-        ``module`` is an :class:`~daggrow.graph.opaque.OpaqueOp` (its program is the node's
-        ``op``); each source gets an operand edge (``OperandBlock(position=i)``), returned in
-        order. The node is opaque to growth: its operand edges are not growable, and a node
-        read by an op is never widened. ``layout="opaque"`` for a value only ops read (a tuple).
-        """
-        from .opaque import OpaqueOp
-
-        if not isinstance(module, OpaqueOp):
-            raise GraphError(f"op node {name!r} needs an OpaqueOp module, got {type(module).__name__}")
-        if len(sources) != module.spec.inputs:
-            raise GraphError(f"op node {name!r}: its program takes {module.spec.inputs} input(s), got "
-                             f"{len(sources)} source(s)")
-        for s in sources:
-            self._require_node(s)
-        spec = self._node_spec(name=name, width=width, shape=tuple(shape), layout=layout, activation=activation,
-                               activation_params=dict(activation_params or {}), norm=_norm_spec(norm),
-                               dropout=dropout, op=module.spec, born=self.step)
-        if len(set(sources)) != len(sources):
-            raise GraphError(f"op node {name!r}: a source appears twice in {sources}; give the program one "
-                             "input per distinct node")
-        if name in self._nodes:
-            raise DuplicateNameError(f"a node named {name!r} already exists")
-        taken: set[str] = set()
-        edges = []
-        for i, s in enumerate(sources):
-            edge = self._fresh_edge_name(s, name, taken)
-            taken.add(edge)
-            edges.append(EdgeSpec(name=edge, source=s, target=name, block=OperandBlock(position=i), born=self.step))
-        self._insert_node(spec)
-        self._op_modules[name] = module
-        for e in edges:
-            self._attach_edge(e, nn.Identity())
-        return [e.name for e in edges]
 
     def add_edge(
         self,
@@ -289,12 +239,6 @@ class Graph:
         """The :class:`~daggrow.graph.opaque.OpaqueOp` computing an op node (``None`` for other nodes)."""
         self._require_node(node)
         return self._op_modules.get(node)
-
-    def operands(self, node: str) -> list[str]:
-        """The sources of an op node's operand edges, by position (its program's inputs)."""
-        ins = sorted((e for e in self.in_edges(node) if isinstance(e.block, OperandBlock)),
-                     key=lambda e: e.block.position)
-        return [e.source for e in ins]
 
     def in_edges(self, node: str) -> list[EdgeSpec]:
         self._require_node(node)
@@ -409,24 +353,9 @@ class Graph:
 
     def summary(self) -> str:
         """A table of nodes (width, activation, in-edges) and the parameter count."""
-        rows = [("node", "width", "activation", "in-edges (block, params)")]
-        for n in self.topological_order() if nx.is_directed_acyclic_graph(self._nx) else self._nodes:
-            spec = self._nodes[n]
-            role = " (input)" if n in self._inputs else " (output)" if n in self._outputs else ""
-            act = spec.activation + (f"+{spec.norm.kind}" if spec.norm else "")
-            if spec.op is not None:
-                act = f"op {spec.op.label or '?'} ({_count(self._op_modules[n])} params)" + (
-                    f", {act}" if act != "identity" else "")
-            ins = ", ".join(
-                f"{e.source}[{e.block.kind},{_count(self._edge_modules[e.name])}]" for e in self.in_edges(n))
-            size = _size(spec)
-            rows.append((n + role, size, "-" if n in self._inputs else act, ins or "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(f"{len(self._nodes)} nodes, {len(self._edges)} edges, "
-                     f"{self.num_parameters():,} parameters, growth step {self.step}")
-        return "\n".join(lines)
+        from .summary import summary
+
+        return summary(self)
 
     def __repr__(self) -> str:
         return f"daggrow.Graph\n{self.summary()}"
@@ -506,20 +435,6 @@ class Graph:
             raise GraphError(f"node {spec.name!r}: BatchNorm normalises channels of a channels-first node; use "
                              "layernorm on a tokens node")
         return spec
-
-    def _check_op(self, name: str, spec: NodeSpec) -> None:
-        """An op node holds a module with its program and exactly one operand per input position."""
-        module = self._op_modules.get(name)
-        if spec.op is None:
-            if module is not None:
-                raise GraphError(f"node {name!r} holds an op module but has no op")
-            return
-        if module is None or getattr(module, "spec", None) != spec.op:
-            raise GraphError(f"op node {name!r} has no module computing its program")
-        positions = sorted(e.block.position for e in self.in_edges(name))
-        if positions != list(range(spec.op.inputs)):
-            raise GraphError(f"op node {name!r} takes {spec.op.inputs} input(s) but its operand edges have "
-                             f"positions {positions}")
 
     def _insert_node(self, spec: NodeSpec) -> None:
         if spec.name in self._nodes:
@@ -610,16 +525,3 @@ def _norm_width(norm: nn.Module) -> int:
     if isinstance(norm, nn.LayerNorm):
         return int(norm.normalized_shape[-1])
     return -1
-
-
-def _size(spec: NodeSpec) -> str:
-    """``8``, ``8×19`` (channels × length), ``16t×32`` (16 tokens of 32 features), ``-`` (opaque)."""
-    if spec.layout == "opaque":
-        return "-"
-    if spec.layout == "tokens":
-        return "×".join(map(str, spec.shape)) + f"t×{spec.width}"
-    return str(spec.width) + "".join(f"×{s}" for s in spec.shape)
-
-
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -101,7 +101,6 @@ def _some_names(submodules: dict[str, nn.Module]) -> str:
 
 
 def _symbolic_trace(model: nn.Module, tracer: _Tracer, concrete_args: dict[str, Any] | None) -> fx.Graph:
-    name = type(model).__name__
     try:
         return tracer.trace(model, concrete_args=concrete_args)
     except Exception as err:  # torch.fx (and code it runs) raises many kinds; each becomes one clear TraceError
