@@ -117,3 +117,12 @@ def test_drawings_show_op_nodes_operands_placements_and_tokens():
                  '5 tokens × 4', "1 params"):
         assert text in dot, text
     assert g.compile()(torch.randn(2, 4), torch.randn(2, 5, 3)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("module", ["opaque", "modules", "spec", "activations", "blocks"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"daggrow.graph.{module}"))
+    assert result.attempted > 0 and result.failed == 0

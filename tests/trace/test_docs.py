@@ -19,7 +19,7 @@ def test_ir_doc_example_runs():
     assert "relu" in namespace["g"].nodes
 
 
-@pytest.mark.parametrize("module", ["tracer", "ops", "values"])
+@pytest.mark.parametrize("module", ["tracer", "ops", "values", "spatial"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"daggrow.trace.{module}"))
     assert result.attempted > 0 and result.failed == 0

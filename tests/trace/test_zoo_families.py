@@ -171,3 +171,16 @@ def test_what_each_family_becomes():
         efficient = dg.trace(make("efficientnet_se").train(), batch("efficientnet_se", 3))
     assert {(s.dropout, s.dropout_mode) for s in efficient.nodes.values() if s.dropout} == {(0.2, "row"),
                                                                                            (0.2, "element")}
+
+
+@pytest.mark.parametrize("name", ["vit", "lstm", "mlp_mixer"])
+def test_a_growth_step_never_raises_the_held_out_loss(name):
+    _, graph = traced(name)
+    data = loader(name, n=48)
+    grower = dg.Grower(graph.copy(), loss="cross_entropy")
+    before = mean_loss(grower.graph, data[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        event = grower.grow_step(data, data[0])
+    assert event is not None
+    assert mean_loss(grower.graph, data[:1]) <= before
