@@ -67,20 +67,43 @@ def expandable(graph: "Graph", node: str) -> bool:
     Op nodes, and nodes an op node reads (an operand edge is not growable), are excluded too:
     an opaque program may depend on the width (a reshape, a concatenation, a product with a
     gate of fixed width), so widening its input could break or change it.
+    :func:`expansion_blocker` says which rule applies.
     """
+    return expansion_blocker(graph, node) is None
+
+
+_BLOCKED_BY = {
+    "operand": "an op node reads it (an opaque program may depend on its width)",
+    "identity": "an identity edge (a residual stream) fixes its width",
+    "place": "it is part of a concatenation (growth through concatenations comes later)",
+    "pool": "a pooling passes its channels on unchanged",
+    "flatten": "a flatten edge passes its features on unchanged",
+    "frozen": "a frozen (leaf) module reads or writes it",
+    "conv": "a grouped or depthwise convolution fixes its channels",
+}
+
+
+def expansion_blocker(graph: "Graph", node: str) -> str | None:
+    """Why ``node`` cannot gain neurons (``None`` when it can), in words, e.g. ``"an op node
+    reads it (an opaque program may depend on its width)"``."""
     spec = graph.node(node)
     if node in graph.inputs or node in graph.outputs:
-        return False
+        return "inputs and outputs keep their width"
+    if spec.op is not None:
+        return "it is an op node (its program fixes its width)"
     if spec.norm is not None and spec.norm.kind == "layernorm":
-        return False
+        return "a LayerNorm normalises it (a new feature would change the others)"
     ins, outs = graph.in_edges(node), graph.out_edges(node)
     if not ins or not outs:
-        return False
-    if not all(is_growable(e.block) for e in ins + outs):
-        return False
+        return "it has no in- or out-edge"
+    for e in ins + outs:
+        if not is_growable(e.block):
+            return _BLOCKED_BY.get(e.block.kind, f"its {e.block.kind} edge {e.name!r} is not growable")
     if spec.spatial and len({edge_view(graph, e).key for e in outs}) > 1:
-        return False  # new channels share one S only when every out-edge has the same geometry
-    return len({e.target for e in outs}) == len(outs)
+        return "its out-edges read it with different geometries (new channels share one S only with one)"
+    if len({e.target for e in outs}) != len(outs):
+        return "two of its out-edges join the same target"
+    return None
 
 
 def _vector_pair(graph: "Graph", u: str, v: str) -> bool:

@@ -144,7 +144,7 @@ def test_returning_an_input_or_one_tensor_twice_gives_output_nodes():
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "selu", "gelu", "silu", "elu", "leaky_relu",
-                                        "softplus"])
+                                        "softplus", "relu6", "hardtanh", "hardswish", "hardsigmoid", "mish"])
 def test_every_activation_is_recognised(activation):
     graph = dg.trace(AllActivations(), torch.randn(2, 6))
     assert activation in {s.activation for s in graph.nodes.values()}
@@ -155,6 +155,8 @@ def test_activation_parameters_are_read():
     params = [s.activation_params for s in graph.nodes.values() if s.activation_params]
     assert {"negative_slope": 0.3} in params and {"negative_slope": 0.1} in params
     assert {"negative_slope": 0.2} in params and {"alpha": 0.7} in params and {"alpha": 0.5} in params
+    assert {"min_val": -0.5, "max_val": 2.0} in params and {"min_val": 0.0, "max_val": 3.0} in params
+    assert {"min_val": -1.0, "max_val": 1.5} in params
     # a node per activation except nn.Identity, whose Linear → Linear still needs the one
     # node between them, plus the input and the output
     activations = len(MODULE_ACTIVATIONS) - 1 + len(FUNCTION_ACTIVATIONS) + len(METHOD_ACTIVATIONS)

@@ -218,3 +218,19 @@ def test_stochastic_depth_is_a_row_dropout_in_training_and_nothing_in_eval():
     sums = rows.sum(1)
     assert set(sums.tolist()) == {0.0, float(torch.tensor(4 / 0.7))}          # whole samples dropped
     same(model, trained, torch.randn(5, 4))                                     # eval: the identity
+
+
+def test_each_node_that_cannot_widen_says_why():
+    from daggrow.grow.candidates import expansion_blocker
+
+    from .zoo_families import DenseNetLike, MobileNetV2Like
+
+    graph = quiet_trace(Gated(), torch.randn(3, 6))
+    assert expansion_blocker(graph, "silu") is None
+    assert expansion_blocker(graph, "relu").startswith("an op node reads it")
+    assert expansion_blocker(graph, "mul").startswith("it is an op node")
+    reasons = {expansion_blocker(g, n) for model in (DenseNetLike(), MobileNetV2Like())
+               for g in [quiet_trace(model.eval(), torch.randn(3, 3, 8, 8))] for n in g.nodes}
+    assert "it is part of a concatenation (growth through concatenations comes later)" in reasons
+    assert "a grouped or depthwise convolution fixes its channels" in reasons
+    assert "an identity edge (a residual stream) fixes its width" in reasons

@@ -80,11 +80,15 @@ class Nested(nn.Module):
 
 MODULE_ACTIVATIONS = [nn.ReLU(), nn.Tanh(), nn.GELU(), nn.SiLU(), nn.SELU(), nn.Sigmoid(), nn.LeakyReLU(0.3),
                       nn.ELU(0.7), nn.Softplus(), nn.ReLU(inplace=True), nn.LeakyReLU(0.1, inplace=True),
-                      nn.Identity()]
+                      nn.ReLU6(inplace=True), nn.Hardtanh(-0.5, 2.0), nn.Hardswish(), nn.Hardsigmoid(inplace=True),
+                      nn.Mish(), nn.SiLU(inplace=True), nn.Identity()]
 FUNCTION_ACTIVATIONS = [torch.relu, torch.tanh, torch.sigmoid, torch.selu, F.relu, F.gelu, F.silu, F.selu,
                         lambda h: F.leaky_relu(h, 0.1), lambda h: F.elu(h, alpha=0.5), F.elu, F.softplus,
                         F.tanh, F.sigmoid, lambda h: F.relu(h, inplace=True), torch.relu_,
-                        lambda h: F.leaky_relu_(h, 0.2), lambda h: F.softplus(h, 1, 20)]
+                        lambda h: F.leaky_relu_(h, 0.2), lambda h: F.softplus(h, 1, 20),
+                        F.relu6, lambda h: F.relu6(h, inplace=True), lambda h: F.hardtanh(h, 0.0, 3.0),
+                        lambda h: F.hardtanh_(h, -1.0, 1.5), F.hardswish, lambda h: F.hardsigmoid(h, inplace=True),
+                        F.mish, lambda h: F.silu(h, inplace=True)]
 METHOD_ACTIVATIONS = ["relu", "tanh", "sigmoid", "relu_", "tanh_", "sigmoid_"]
 
 
