@@ -361,11 +361,11 @@ def _rebuild(folder: Path, saved: SavedGraph, tensors: dict[str, torch.Tensor],
         common = dict(shape=node.shape, layout=node.layout, activation_params=node.activation_params,
                       norm=node.norm, dropout=node.dropout)
         if node.op is not None:
-            sources = sorted((e for e in spec.edges if e.target == node.name), key=lambda e: e.block.position)
-            g.add_op_node(node.name, [e.source for e in sources], module(f"op:{node.name}"), width=node.width,
-                          activation=node.activation, **common)
-            if node.dropout_mode != "element":
-                g._replace_node(g.node(node.name).model_copy(update={"dropout_mode": node.dropout_mode}))
+            operands = sorted((e for e in spec.edges if e.target == node.name and e.block.kind == "operand"),
+                              key=lambda e: e.block.position)
+            g.add_op_node(node.name, [e.source for e in operands], module(f"op:{node.name}"), width=node.width,
+                          activation=node.activation, dropout_mode=node.dropout_mode,
+                          edge_names=[e.name for e in operands], **common)
         else:
             g.add_node(node.name, node.width, node.activation, dropout_mode=node.dropout_mode, **common)
         if node.norm is not None:

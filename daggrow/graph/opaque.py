@@ -67,7 +67,7 @@ def _functions() -> dict[str, Callable]:
     for name in dir(F):
         obj = getattr(F, name)
         if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isbuiltin(obj)) and \
-                str(getattr(obj, "__module__", "")).startswith("torch"):
+                getattr(obj, "__module__", "") in ("torch", "torch.nn.functional", "torch._C._nn"):  # not helpers
             table[f"torch.nn.functional.{name}"] = obj
     for name in dir(operator):
         obj = getattr(operator, name)

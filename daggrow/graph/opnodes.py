@@ -34,6 +34,8 @@ class OpNodes:
         activation_params: dict[str, float] | None = None,
         norm: NormSpec | Literal["batchnorm", "layernorm"] | None = None,
         dropout: float = 0.0,
+        dropout_mode: Literal["element", "row", "batch"] = "element",
+        edge_names: list[str] | None = None,
     ) -> list[str]:
         """Add an op node: ``z = module(h_{sources[0]}, …)``, then norm, activation and dropout.
 
@@ -41,6 +43,7 @@ class OpNodes:
         ``op``); each source gets an operand edge (``OperandBlock(position=i)``), returned in
         order. The node is opaque to growth: its operand edges are not growable, and a node
         read by an op is never widened. ``layout="opaque"`` for a value only ops read (a tuple).
+        ``edge_names`` names the operand edges (default ``<source>_to_<name>``).
         """
         from .opaque import OpaqueOp
 
@@ -53,7 +56,7 @@ class OpNodes:
             self._require_node(s)
         spec = self._node_spec(name=name, width=width, shape=tuple(shape), layout=layout, activation=activation,
                                activation_params=dict(activation_params or {}), norm=_norm_spec(norm),
-                               dropout=dropout, op=module.spec, born=self.step)
+                               dropout=dropout, dropout_mode=dropout_mode, op=module.spec, born=self.step)
         if len(set(sources)) != len(sources):
             raise GraphError(f"op node {name!r}: a source appears twice in {sources}; give the program one "
                              "input per distinct node")
@@ -61,8 +64,11 @@ class OpNodes:
             raise DuplicateNameError(f"a node named {name!r} already exists")
         taken: set[str] = set()
         edges = []
+        if edge_names is not None and (len(edge_names) != len(sources) or len(set(edge_names)) != len(sources)
+                                       or set(edge_names) & set(self._edges)):
+            raise GraphError(f"op node {name!r}: edge_names {edge_names} must be {len(sources)} new distinct names")
         for i, s in enumerate(sources):
-            edge = self._fresh_edge_name(s, name, taken)
+            edge = edge_names[i] if edge_names is not None else self._fresh_edge_name(s, name, taken)
             taken.add(edge)
             edges.append(EdgeSpec(name=edge, source=s, target=name, block=OperandBlock(position=i), born=self.step))
         self._insert_node(spec)

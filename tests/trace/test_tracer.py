@@ -147,3 +147,24 @@ def test_api_example_prints_and_counts():
     text = str(graph)
     assert "relu" in text and "5 nodes" in text
     assert graph.num_parameters() == sum(p.numel() for p in ApiNet().parameters())
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_round_trips_through_save_and_load(name, tmp_path):
+    """Without pickle, except the user's leaf module (Gate), which loads only with trust=True."""
+    factory, widths, options = ZOO[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    graph = dg.trace(model, make_inputs(widths), **options)
+    graph.save(tmp_path / "g")
+    trust = bool(options.get("leaf_modules"))
+    assert (tmp_path / "g" / "frozen.pt").exists() == trust
+    if trust:
+        with pytest.raises(dg.PersistenceError, match="trust=True"):
+            dg.Graph.load(tmp_path / "g")
+    loaded = dg.Graph.load(tmp_path / "g", trust=trust)
+    assert loaded.spec() == graph.spec()
+    xs = make_inputs(widths, seed=3)
+    with torch.no_grad():
+        for a, b in zip(as_tuple(loaded.compile().eval()(*xs)), as_tuple(graph.compile().eval()(*xs))):
+            assert torch.equal(a, b)
