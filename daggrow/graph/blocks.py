@@ -63,7 +63,7 @@ def check_shapes(block: Block, source: NodeSpec, target: NodeSpec, name: str) ->
                 raise WidthMismatchError(f"{where}: a linear block into a tokens node is applied per token: its "
                                          "source must be a tokens node with the same token grid")
         elif target.shape:
-            raise WidthMismatchError(f"{where}: a linear block writes a vector or tokens node; use a conv block "
+            raise WidthMismatchError(f"{where}: a linear block writes a vector node (or, per token, a tokens node); use a conv block "
                                      "for an image/sequence target")
         elif source.layout == "tokens":
             raise WidthMismatchError(f"{where}: a linear block from a tokens node writes a tokens node (per token); "

@@ -25,7 +25,7 @@ def test_building_refusals():
         g.add_edge("x", "y", "conv")
     with pytest.raises(dg.GraphError, match="invalid input 'z'"):
         g.add_input("z", 0)
-    with pytest.raises(dg.GraphError, match="LayerNorm is supported on vector nodes only"):
+    with pytest.raises(dg.GraphError, match="LayerNorm normalises the features of a vector or tokens node"):
         g.add_node("img", 2, norm="layernorm", shape=(4, 4))
     with pytest.raises(dg.GraphError, match="set_output got a repeated name"):
         g.set_output("y", "y")
