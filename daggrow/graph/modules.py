@@ -82,7 +82,8 @@ def _record(module: nn.Module, ids: dict[int, str], records: dict[str, ModuleRec
 
 
 def _path(cls: type) -> str:
-    return f"torch.nn.{cls.__name__}" if _torch_class(cls.__name__) is cls else f"{cls.__module__}.{cls.__qualname__}"
+    """``torch.nn.GRU`` for a class of the torch.nn namespace, else its module path (for messages)."""
+    return f"torch.nn.{cls.__name__}" if getattr(nn, cls.__name__, None) is cls else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _torch_class(name: str) -> type | None:

@@ -18,7 +18,6 @@ from torch import fx
 
 from ..graph import PlaceBlock
 from . import ops
-from .checks import in_place_error
 from .source import LEAF_FIX, op_name
 from .uses import produces_tensor
 from .values import Fragment, Pending, Static, Term, first_arg, other_arg
@@ -45,8 +44,9 @@ class Arithmetic:
             return self.reshape(node)
         if method == "mean":
             return self.mean(node, node.args, node.kwargs)
-        if ops.mutates_input(node, None):
-            raise in_place_error(node)
+        if ops.mutates_input(node, None):  # nothing else reads its input (checked first): an op node runs it
+            raise ops.Unsupported(f"{op_name(node)}, which works in place", "write it out of place (`h = h * 2` "
+                                  "instead of `h.mul_(2)`); " + LEAF_FIX)
         raise ops.Unsupported(op_name(node), TRACED + LEAF_FIX)
 
     def visit_function(self: "GraphBuilder", node: fx.Node, fn: Any, args: tuple, kwargs: dict) -> Any:
@@ -79,8 +79,9 @@ class Arithmetic:
         if fn is torch.nn.functional.linear:
             raise ops.Unsupported("torch.nn.functional.linear with weights held as attributes",
                                   "use an nn.Linear module (its weights become the edge's weights)")
-        if ops.mutates_input(node, None):
-            raise in_place_error(node)
+        if ops.mutates_input(node, None):  # nothing else reads its input (checked first): an op node runs it
+            raise ops.Unsupported(f"{op_name(node)}, which works in place", "write it out of place (`h = h * 2` "
+                                  "instead of `h.mul_(2)`); " + LEAF_FIX)
         raise ops.Unsupported(f"the operation {op_name(node)}", TRACED + LEAF_FIX)
 
     # ================================================================== sums and multiples

@@ -81,8 +81,7 @@ class LayerOps:
         shape = self.shape(arg)
         if len(shape) != 2:
             _, _, layout = self.layout(arg)
-            self.layout(node)
-            if layout != "tokens":
+            if layout != "tokens" or self.layout(node)[2] != "tokens":
                 what = f"the input `{arg.target}`" if arg.op == "placeholder" else f"the tensor `{arg.name}`"
                 raise ops.Unsupported(f"{op_name(node)} applied to {what} of shape {shape}, which a convolution or "
                                       "a pooling also reads as channels",
