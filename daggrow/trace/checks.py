@@ -107,14 +107,12 @@ def check_in_place(gm: fx.GraphModule, uses: Counter, leaf_targets: set[str]) ->
 
 
 def in_place_error(node: fx.Node, module: nn.Module | None = None) -> TraceError:
-    """The refusal of an in-place op that is not an activation, a dropout or an ``inplace=True`` op."""
+    """The refusal of an in-place op whose input something else reads (or of an item assignment)."""
     if node.target is operator.setitem:
         return trace_error(node, "an item assignment `x[...] = ...`",
                            "build the tensor without assignment (e.g. torch.cat or torch.where); " + LEAF_FIX)
     if node.op == "call_method":
         what = f"the in-place tensor method .{node.target}() (call_method {node.target})"
-    elif node.op == "call_module":
-        what = f"{op_name(node)}, which writes into its input"
     else:
         what = f"the in-place operation {op_name(node)}"
     return trace_error(node, what, "write it out of place (e.g. `h = h + x` instead of `h.add_(x)`): a graph of "
