@@ -263,15 +263,17 @@ class GraphBuilder(LayerOps, Arithmetic):
         """A fragment computing ``node``, extended by the open fragments it reads: a tensor one read
         only here (its body moves in), and values that are not tensors (copied)."""
         tensor = produces_tensor(node)
-        body, inputs = [node], []
+        body, inputs, aliases = [node], [], {}
         for arg in node.all_input_nodes:
             value = self.values.get(arg)
-            if isinstance(value, Fragment) and value.open and not value.tensor:
+            copied = isinstance(value, Fragment) and value.open and not value.tensor
+            moved = isinstance(value, Fragment) and value.open and tensor and not value.merged and self.uses[arg] <= 1
+            if copied or moved:
                 body += value.body; inputs += value.inputs; reasons = reasons + value.reasons  # noqa: E702
-            elif isinstance(value, Fragment) and value.open and tensor and not value.merged \
-                    and self.uses[arg] <= 1:
-                body += value.body; inputs += value.inputs; reasons = reasons + value.reasons  # noqa: E702
-                value.merged = True
+                aliases.update(value.aliases)
+                if value.output is not arg:  # `h.contiguous()`, eval-mode dropout: ``arg`` is the fragment's value
+                    aliases[arg] = value.output
+                value.merged = value.merged or moved
             elif isinstance(value, (str, Pending, Fragment)):
                 inputs.append(arg)
             else:
@@ -279,7 +281,7 @@ class GraphBuilder(LayerOps, Arithmetic):
                                 "pass it as a Python value, not through concrete_args")
         inside = set(body)
         return Fragment(sorted(inside, key=self.order.__getitem__),
-                        [i for i in dict.fromkeys(inputs) if i not in inside], node, tensor, reasons)
+                        [i for i in dict.fromkeys(inputs) if i not in inside], node, tensor, reasons, aliases=aliases)
 
     def make_op_node(self, fragment: Fragment) -> str:
         """An op node running the fragment's program on the nodes of its inputs."""
@@ -295,7 +297,7 @@ class GraphBuilder(LayerOps, Arithmetic):
             raise self.fail(out, f"{op_name(out)}, a tensor computed without the model's inputs, read by a layer",
                             "every node of a daggrow graph depends on an input: keep the module that uses this "
                             "tensor whole with leaf_modules=[...]")
-        op = build_op(self.gm, fragment.body, positions, len(sources), out, self.copies)
+        op = build_op(self.gm, fragment.body, positions, len(sources), out, self.copies, fragment.aliases)
         try:
             width, shape, layout = self.layout(out)
         except ops.Unsupported:

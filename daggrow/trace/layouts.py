@@ -26,10 +26,17 @@ _CHANNEL_MODULES = (*spatial.CONVS, *spatial.POOL_MODULES, nn.BatchNorm1d, nn.Ba
 
 
 class _Groups:
-    """Union-find over fx nodes."""
+    """Union-find over fx nodes, with the layout votes of each group (joined groups pool their votes)."""
 
     def __init__(self) -> None:
         self.parent: dict[fx.Node, fx.Node] = {}
+        self.votes: dict[fx.Node, set[str]] = {}
+
+    def vote(self, a: fx.Node, layout: str) -> None:
+        self.votes.setdefault(self.find(a), set()).add(layout)
+
+    def votes_of(self, a: fx.Node) -> set[str]:
+        return self.votes.get(self.find(a), set())
 
     def find(self, a: fx.Node) -> fx.Node:
         self.parent.setdefault(a, a)
@@ -39,7 +46,10 @@ class _Groups:
         return a
 
     def join(self, a: fx.Node, b: fx.Node) -> None:
-        self.parent[self.find(a)] = self.find(b)
+        root_a, root_b = self.find(a), self.find(b)
+        if root_a is not root_b:
+            self.parent[root_a] = root_b
+            self.votes.setdefault(root_b, set()).update(self.votes.pop(root_a, set()))
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -53,12 +63,12 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
 
 def infer_layouts(gm: fx.GraphModule, leaf_targets: set[str]) -> dict[fx.Node, str]:
     """``"tokens"`` or ``"channels"`` for every fx node whose value is a 3-d or 4-d tensor."""
-    groups, votes = _Groups(), {}
+    groups = _Groups()
 
     def vote(node: Any, layout: str) -> None:
         shape = _shape(node)
         if shape is not None and len(shape) >= 3:
-            votes.setdefault(groups.find(node), set()).add(layout)
+            groups.vote(node, layout)
 
     def join_all(nodes: list[fx.Node]) -> None:
         nodes = [n for n in nodes if (_shape(n) or ()) and len(_shape(n)) >= 3]
@@ -97,7 +107,7 @@ def infer_layouts(gm: fx.GraphModule, leaf_targets: set[str]) -> dict[fx.Node, s
     for node in gm.graph.nodes:
         shape = _shape(node)
         if shape is not None and len(shape) in (3, 4):
-            found = votes.get(groups.find(node), set())
+            found = groups.votes_of(node)
             layouts[node] = "tokens" if found == {"tokens"} else "channels"
     return layouts
 

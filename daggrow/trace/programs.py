@@ -37,11 +37,12 @@ def step_name(node: fx.Node) -> str:
 
 
 def build_op(gm: fx.GraphModule, body: list[fx.Node], positions: dict[fx.Node, int], inputs: int,
-             output: fx.Node, memo: dict[int, Any]) -> OpaqueOp:
+             output: fx.Node, memo: dict[int, Any], aliases: dict[fx.Node, fx.Node] | None = None) -> OpaqueOp:
     """The op computing ``output`` by ``body`` from ``inputs`` values: ``positions`` gives the
     program input each outside fx node is (two fx values of one graph node share a position).
 
-    Modules and tensors are deep-copied through ``memo`` (one per trace). A module called with
+    ``aliases`` maps fx nodes the tracer passed through (``h.contiguous()``, eval-mode dropout) to the
+    body node whose value they are. Modules and tensors are deep-copied through ``memo`` (one per trace). A module called with
     ``inplace=True`` gets ``inplace=False`` on its copy, and an ``inplace=True`` keyword becomes
     ``False``: the tracer only lets an op work in place when nothing else reads its input, and
     the graph keeps values that other code (statistics, the line search) may read afterwards.
@@ -66,8 +67,10 @@ def build_op(gm: fx.GraphModule, body: list[fx.Node], positions: dict[fx.Node, i
                 constants[slots[id(obj)]] = copied
         return slots[id(obj)]
 
+    aliases = aliases or {}
+
     def ref(n: fx.Node) -> Ref:
-        return Ref(index[n])
+        return Ref(index[aliases.get(n, n)])
 
     for node in body:
         args = fx.node.map_arg(node.args, ref)
@@ -100,11 +103,13 @@ def build_op(gm: fx.GraphModule, body: list[fx.Node], positions: dict[fx.Node, i
 
 
 def _out_of_place(method: str) -> str:
-    """``add_`` → ``add``, ``bernoulli_`` → ``bernoulli``: the tracer lets a method write in place only
+    """``add_`` → ``add``, ``bernoulli_`` → ``bernoulli``, ``view`` → ``reshape`` (same values): the tracer lets a method write in place only
     when nothing else reads its input, so the out-of-place method gives the same values without
     writing into a node's value that statistics or the line search may still read."""
     if method.endswith("_") and not method.endswith("__") and callable(getattr(torch.Tensor, method[:-1], None)):
         return method[:-1]
+    if method == "view":  # the tracer passes `.contiguous()` through: a view after a transpose must copy
+        return "reshape"
     return method
 
 

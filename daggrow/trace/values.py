@@ -80,6 +80,7 @@ class Fragment:
     reasons: list[tuple[fx.Node, str]] = field(default_factory=list)
     materialised: str | None = field(default=None, repr=False)
     merged: bool = field(default=False, repr=False)  # its body went into a reader's fragment
+    aliases: dict[fx.Node, fx.Node] = field(default_factory=dict, repr=False)  # fx nodes whose value is a body node's
 
     @property
     def open(self) -> bool:
