@@ -1,6 +1,7 @@
 """The ``daggrow`` command: ``grow``, ``report``, ``show``. It only parses and wires things up.
 
-    daggrow grow --dataset synthetic --out runs/demo
+    daggrow grow --out runs/demo              # the default job: digits, ≥ 0.9 test accuracy in seconds
+    daggrow grow --dataset synthetic --out runs/talk   # the talk's task
     daggrow grow --resume runs/demo          # go on after a kill or Ctrl-C
     daggrow report runs/demo
     daggrow show runs/demo
@@ -200,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "checkpoint is written after every growth step and epoch: after a kill or "
                                       "Ctrl-C, --resume DIR goes on exactly where the run stopped.",
                           formatter_class=_Formatter)
-    grow.add_argument("--dataset", default="synthetic", choices=["synthetic", "digits", "mnist1d"],
-                      help="built-in data set (generated or bundled: nothing is downloaded)")
+    grow.add_argument("--dataset", default="digits", choices=["digits", "synthetic", "mnist1d"],
+                      help="built-in data set (generated or bundled: nothing is downloaded): digits (sklearn's "
+                           "8×8 digits, the default job), synthetic (the talk's task, hard for small networks), "
+                           "mnist1d (MNIST-1D generated locally)")
     grow.add_argument("--strategy", default="amplitude",
                       choices=["amplitude", "naive", "max_eigenvalue", "bottleneck_node", "efficiency",
                                "information_criterion"],

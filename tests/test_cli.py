@@ -287,3 +287,21 @@ def test_report_on_a_folder_left_between_two_renames(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert (run / "history.json").is_file() and (run / "report.html").is_file()
     assert not atomic.backup_path(run).exists()
+
+
+def test_the_default_job_learns(tmp_path, capsys):
+    """`daggrow grow --out DIR` with no other option: digits, ≥ 0.90 test accuracy, growth that pays off."""
+    run = tmp_path / "run"
+    assert main(["grow", "--quiet", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == "digits"
+    graph = dg.Graph.load(run)
+    _, _, test = dg.data.load_dataset("digits").loaders(256)
+    test_loss, test_acc = evaluate(graph, test, "cross_entropy")
+    assert test_acc >= 0.90
+    assert f"test accuracy {test_acc:.4f}" in capsys.readouterr().out
+    history = History.load(run)
+    growth = [e for e in history if e.is_growth]
+    assert len(growth) >= 5 and graph.num_parameters() > 2 * history.events[0].params_after
+    # growth pays off: validation accuracy after the last step well above the thin starting network's
+    first = next(e.val_accuracy for e in history if e.val_accuracy is not None)
+    assert growth[-1].val_accuracy > first + 0.2
