@@ -1,4 +1,4 @@
-"""The user's view of ../shared/design/API.md, run as written (loaders supplied, paths in a tmp dir)."""
+"""The examples of docs/api.md, run as written (loaders supplied, paths in a tmp dir)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..graph.spec import GraphSpec
 
-Action = Literal["start", "expand_node", "new_node", "new_edge", "best_update", "prune", "train"]
+Action = Literal["start", "expand_node", "new_node", "new_edge", "best_update", "prune", "train", "declined"]
 GROWTH_ACTIONS = frozenset({"expand_node", "new_node", "new_edge", "prune"})
 
 
@@ -24,7 +24,8 @@ class GrowthEvent(BaseModel):
     loss changes are ``L(after) − L(before)`` on the held-out batch, the prediction being the
     first-order one ``−γ*·first_order_gain``; metrics are measured after the step; ``wall_time``
     counts seconds since the run started, ``duration`` those the step took; ``graph`` is the
-    architecture after the step. NaN and infinite floats (a diverged loss) survive JSON.
+    architecture after the step. A ``"declined"`` event is a growth step that added nothing,
+    its reason in ``note``. NaN and infinite floats (a diverged loss) survive JSON.
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
