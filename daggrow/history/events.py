@@ -46,6 +46,8 @@ class GrowthEvent(BaseModel):
     val_loss: float | None = None
     train_accuracy: float | None = None
     val_accuracy: float | None = None
+    test_loss: float | None = None  # measured at the end of a run (``daggrow grow``): on its last event
+    test_accuracy: float | None = None
     wall_time: float = 0.0
     duration: float = 0.0
     seed: int | None = None

@@ -144,7 +144,8 @@ class History:
     def summary_table(self) -> str:
         """A text table, one row per event except training epochs.
 
-        Columns: step, action, where, +neurons, params, γ*, Δloss pred, Δloss meas, val acc.
+        Columns: step, action, where, +neurons, params, γ*, Δloss pred, Δloss meas, val acc; then
+        the reason of each declined step and, for a finished ``daggrow grow`` run, the test metrics.
         """
         header = ("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas", "val acc")
         rows = [header]
@@ -161,6 +162,11 @@ class History:
         lines = ["  ".join(c.ljust(w) if i in left_aligned else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [f"step {e.step} declined: {e.note}" for e in self.events if e.action == "declined"]
+        test = [e for e in self.events if e.test_loss is not None]
+        if test:
+            acc = test[-1].test_accuracy
+            lines.append(f"test accuracy {'-' if acc is None else f'{acc:.4f}'}, test loss {test[-1].test_loss:.4f}")
         return "\n".join(line.rstrip() for line in lines)
 
 
