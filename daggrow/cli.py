@@ -116,6 +116,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         check_out(Path(out), resume=args.resume is not None, force=args.force)
     except ConfigError as err:
         parser.error(f"argument {'--resume' if args.resume is not None else '--out'}: {err}")
+    _graphviz_or_note(args)
     try:
         result = run_growth(config, progress=not args.quiet, resume=args.resume is not None, force=args.force)
     except KeyboardInterrupt:
@@ -157,6 +158,18 @@ def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
     return given
 
 
+def _graphviz_or_note(args: argparse.Namespace) -> bool:
+    """Whether Graphviz ``dot`` is installed; when not, one line on stderr says so and how to install it."""
+    from .history import drawings
+
+    if drawings.can_render():
+        return True
+    if not drawings._warned:
+        drawings._warned = True  # the library's own warning would say the same again
+        print(f"daggrow {args.command}: note: {drawings.MISSING_DOT}", file=sys.stderr)
+    return False
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .atomic import recover
     from .history import History, write_report
@@ -164,6 +177,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if Path(args.run_dir).parent.is_dir():
         recover(args.run_dir)  # a run folder left between the two renames of a killed save: put it back first
     history = History.load(args.run_dir)
+    if _graphviz_or_note(args):
+        from .history.drawings import write_step_files
+
+        write_step_files(history.step_drawings(), Path(args.run_dir))  # step_NNN.dot and .svg, as grow writes
     path = write_report(history, args.run_dir)
     print(path)
     return 0

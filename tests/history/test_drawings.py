@@ -91,3 +91,15 @@ def test_inline_svg_prefixes_ids_and_drops_prolog_comments_and_namespaces():
     assert "://" not in out and "<!--" not in out and "xmlns" not in out
     assert 'id="s3-graph0"' in out and 'xlink:href="#s3-graph0"' in out and "url(#s3-grad)" in out
     assert 'href="page.html"' in out and 'data-id="k"' in out
+
+
+def test_a_missing_dot_is_said_once_by_a_warning(tmp_path, monkeypatch):
+    from daggrow.history import drawings
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(drawings, "_warned", False)
+    history, _ = fake_history(1)
+    with pytest.warns(RuntimeWarning, match="Graphviz `dot` is not on PATH") as caught:
+        history.save(tmp_path / "a")
+        history.save(tmp_path / "b")
+    assert sum("Graphviz" in str(w.message) for w in caught) == 1
