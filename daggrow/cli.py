@@ -154,7 +154,7 @@ def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
         for action in parser._actions:
             matches = [s for s in action.option_strings if s == name or (s.startswith(name) and len(name) > 2)]
             if matches:
-                given.add(action.option_strings[-1])
+                given.add(action.option_strings[0])
     return given
 
 
@@ -229,8 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--init", default="tiny", choices=["tiny", "gradmax", "north", "random", "zero"],
                       help="how new neurons are initialised (tiny: the closed-form best neurons)")
     grow.add_argument("--steps", type=_count(0), default=20, help="growth steps")
-    grow.add_argument("--neurons-per-step", type=_count(1), default=2,
-                      help="directions added per step (ReLU: ×2 neurons)")
+    grow.add_argument("--directions-per-step", "--neurons-per-step", dest="neurons_per_step", type=_count(1),
+                      default=2, metavar="K",
+                      help="directions (α, ω) solved and added per growth step; each is one new neuron, or a pair "
+                           "of neurons under ReLU-like activations (docs/math.md §8). --neurons-per-step is the "
+                           "old name")
     grow.add_argument("--epochs-between", type=_count(0), default=1, help="training epochs after each growth step")
     grow.add_argument("--mode", default="sgd", choices=["sgd", "pure", "grow_only"],
                       help="sgd: Adam epochs between steps; pure: the talk's Algorithm 1 (best updates, no "

@@ -132,7 +132,8 @@ def test_console_script(tmp_path):
 BAD_OPTIONS = [
     (["--steps", "-1"], "argument --steps: must be ≥ 0, got -1"),
     (["--steps", "two"], "argument --steps: expected an integer, got 'two'"),
-    (["--neurons-per-step", "0"], "argument --neurons-per-step: must be ≥ 1, got 0"),
+    (["--neurons-per-step", "0"], "argument --directions-per-step/--neurons-per-step: must be ≥ 1, got 0"),
+    (["--directions-per-step", "0"], "argument --directions-per-step/--neurons-per-step: must be ≥ 1, got 0"),
     (["--epochs-between", "-1"], "argument --epochs-between: must be ≥ 0"),
     (["--final-epochs", "-2"], "argument --final-epochs: must be ≥ 0"),
     (["--batch-size", "0"], "argument --batch-size: must be ≥ 1"),

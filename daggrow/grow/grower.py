@@ -479,7 +479,7 @@ class Grower:
             where=where if where is not None else ([p.candidate.node] if p and p.candidate.node else
                                                    [p.node_name] if p and p.node_name else []),
             sources=list(p.sources) if p else [], targets=list(p.targets) if p else [],
-            neurons_added=p.num_neurons if p else 0,
+            neurons_added=p.num_neurons if p else 0, directions_added=p.num_directions if p else 0,
             eigenvalues=list(p.eigenvalues) if p else [], amplitude=amplitude,
             predicted_loss_change=predicted, measured_loss_change=measured,
             params_before=params_before, params_after=self.graph.num_parameters(),

@@ -150,7 +150,8 @@ def _details(event: GrowthEvent) -> str:
     rows = [
         ("step", event.step), ("action", event.action), ("where", ", ".join(event.where) or "-"),
         ("sources → targets", f"{', '.join(event.sources) or '-'} → {', '.join(event.targets) or '-'}"),
-        ("neurons added", event.neurons_added), ("eigenvalues λ", lam or "-"),
+        ("neurons added", event.neurons_added if event.directions_added is None else
+         f"{event.neurons_added} ({event.directions_added} directions)"), ("eigenvalues λ", lam or "-"),
         ("amplitude γ*", _num(event.amplitude)),
         ("Δloss predicted / measured", f"{_num(event.predicted_loss_change)} / {_num(event.measured_loss_change)}"),
         ("parameters", f"{event.params_before:,} → {event.params_after:,}"),
