@@ -307,6 +307,11 @@ def test_the_default_job_learns(tmp_path, capsys):
     # growth pays off: validation accuracy after the last step well above the thin starting network's
     first = next(e.val_accuracy for e in history if e.val_accuracy is not None)
     assert growth[-1].val_accuracy > first + 0.2
+    # the test metrics are in the history, the report and `daggrow show`
+    assert history.events[-1].test_accuracy == test_acc and history.events[-1].test_loss == pytest.approx(test_loss)
+    assert f"test accuracy<b>{test_acc:.4g}</b>" in (run / "report.html").read_text()
+    assert main(["show", str(run)]) == 0
+    assert f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f}" in capsys.readouterr().out
 
 
 def _fake_run(folder: Path) -> History:

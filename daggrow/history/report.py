@@ -221,11 +221,11 @@ h1{font-size:22px;margin:0 0 2px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .card b{display:block;font-size:17px;margin-top:2px}
 .controls{display:flex;align-items:center;gap:10px;margin:8px 0}.controls input{flex:1}
 #step-label{min-width:150px;font-variant-numeric:tabular-nums}button{padding:3px 10px;cursor:pointer}
-.step{display:flex;gap:18px;align-items:flex-start}.step[hidden]{display:none}
+.step{display:flex;flex-direction:column;gap:12px}.step[hidden]{display:none}
 .drawing{flex:1 1 auto;min-width:0;overflow:auto;border:1px solid #dee2e6;border-radius:6px;padding:6px;text-align:center}
 .drawing svg{width:100%;height:auto;max-height:78vh;cursor:grab;touch-action:none}.drawing svg:active{cursor:grabbing}
 table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #e9ecef;padding:3px 8px;text-align:left}
-.details{flex:0 0 380px}.details th{color:#495057;white-space:nowrap;font-weight:600}.details td{word-break:break-word}
+.details{width:100%;max-width:900px}.details th{color:#495057;white-space:nowrap;font-weight:600}.details td{word-break:break-word}
 .events td{font-variant-numeric:tabular-nums}.events tr.current td{background:#fff4e6}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(400px,100%),1fr));gap:12px}
 .plots svg{width:100%;height:auto;max-width:660px}.events-wrap{overflow-x:auto}
