@@ -90,7 +90,7 @@ def dot_to_svg(dot_text: str) -> str | None:
     try:
         return graphviz.pipe("dot", "svg", dot_text.encode("utf-8"), quiet=True).decode("utf-8")
     except (graphviz.ExecutableNotFound, graphviz.CalledProcessError) as err:
-        warnings.warn(f"Graphviz `dot` could not render a step drawing ({err}); keeping the DOT text only",
+        warnings.warn(f"Graphviz `dot` could not render a step drawing ({err}); the report draws it with its built-in layout",
                       RuntimeWarning, stacklevel=2)
         return None
 

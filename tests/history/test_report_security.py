@@ -99,3 +99,22 @@ def test_no_payload_runs_in_a_headless_browser(tmp_path):
     dom = result.stdout
     assert 'data-ready="1"' in dom, result.stderr[-2000:]  # the page's own script ran under the CSP
     assert 'data-pwned="1"' not in dom
+
+
+def test_a_failing_dot_falls_back_to_the_built_in_drawing(tmp_path, monkeypatch):
+    import graphviz
+
+    from daggrow.history import drawings
+
+    def broken(*args, **kwargs):
+        raise graphviz.CalledProcessError(1, ["dot"], "", "dot: crashed")
+
+    from daggrow.history import report
+
+    monkeypatch.setattr(drawings, "can_render", lambda: True)
+    monkeypatch.setattr(report, "can_render", lambda: True)
+    monkeypatch.setattr(graphviz, "pipe", broken)
+    history, _ = fake_history(1)
+    with pytest.warns(RuntimeWarning, match="could not render a step drawing"):
+        page = write_report(history, tmp_path).read_text()
+    assert page.count('<div class="drawing"><svg class="graph"') == 2
