@@ -131,6 +131,9 @@ def test_report_runs_in_a_headless_browser(tmp_path):
     visible = re.findall(r'<div class="step" data-index="\d+" data-step="(\d+)"(?! hidden)', dom)
     assert visible == ["6"]
     assert dom.count('<tr data-step="6" class="current">') == 1
+    # the zoom-and-pan script took over every drawing: fit to width, sized by its viewBox alone
+    drawings = re.findall(r'<div class="drawing"><svg([^>]*)>', dom)
+    assert len(drawings) == 7 and all("viewbox=" in d.lower() and " width=" not in d for d in drawings)
 
     result = _chromium(tmp_path, url + "#step=3", "--dump-dom")
     dom = result.stdout
