@@ -1,4 +1,4 @@
-"""The top-level functions of API.md §4, wiring the stats, solve and grow rooms together."""
+"""The top-level functions of docs/api.md §2, wiring the stats, solve and grow rooms together."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The user's view of ../shared/design/API.md, run as written (loaders supplied, paths in a tmp dir)."""
+"""The examples of docs/api.md, run as written (loaders supplied, paths in a tmp dir)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,72 @@ def test_api_md_sections_work_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "demo" / "history.json").exists()
     assert (tmp_path / "runs" / "demo" / "report.html").exists()
     assert list((tmp_path / "runs" / "demo").glob("step_*.dot"))
+
+
+# ------------------------------------------------------------------------------- docs/api.md itself
+import inspect  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from daggrow.cli import build_parser  # noqa: E402
+
+API_MD = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+DOCUMENTED_CLASSES = ("Graph", "Grower", "History", "Statistics")
+
+
+def test_api_md_examples_run_as_written(tmp_path, monkeypatch):
+    """Every ```python block of docs/api.md, in order, in one namespace (the later build on the earlier)."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    blocks = re.findall(r"```python\n(.*?)```", API_MD.read_text(), re.S)
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{API_MD}#block{i}", "exec"), namespace)
+    assert (tmp_path / "runs" / "demo" / "report.html").exists()
+
+
+def _parameters(obj) -> list[str]:
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def test_every_public_name_and_argument_is_in_api_md():
+    text = API_MD.read_text()
+    missing = []
+    for name in dg.__all__:
+        obj = getattr(dg, name)
+        if not re.search(rf"\b{re.escape(name)}\b", text):
+            missing.append(name)
+        if callable(obj) and not (inspect.isclass(obj) and issubclass(obj, BaseException)):
+            missing += [f"{name}({p})" for p in _parameters(obj) if not re.search(rf"\b{p}\b", text)]
+    for cls in DOCUMENTED_CLASSES:
+        for attr, member in vars(getattr(dg, cls)).items():
+            if attr.startswith("_"):
+                continue
+            if not re.search(rf"\b{attr}\b", text):
+                missing.append(f"{cls}.{attr}")
+            function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+            if callable(function):
+                missing += [f"{cls}.{attr}({p})" for p in _parameters(function) if not re.search(rf"\b{p}\b", text)]
+    for field in dg.GrowthEvent.model_fields:
+        if f"`{field}`" not in text:
+            missing.append(f"GrowthEvent.{field}")
+    assert not missing, f"docs/api.md does not mention: {', '.join(missing)}"
+
+
+def test_every_cli_option_is_in_api_md():
+    text = API_MD.read_text()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
+    missing = []
+    for command, sub in subparsers.items():
+        if f"daggrow {command}" not in text:
+            missing.append(f"daggrow {command}")
+        for action in sub._actions:
+            missing += [f"{command} {s}" for s in action.option_strings if s.startswith("--") and f"`{s}" not in text
+                        and f"[{s}" not in text and f" {s}" not in text]
+    assert not missing, f"docs/api.md does not document: {', '.join(missing)}"

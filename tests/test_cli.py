@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,8 @@ def test_console_script(tmp_path):
 BAD_OPTIONS = [
     (["--steps", "-1"], "argument --steps: must be ≥ 0, got -1"),
     (["--steps", "two"], "argument --steps: expected an integer, got 'two'"),
-    (["--neurons-per-step", "0"], "argument --neurons-per-step: must be ≥ 1, got 0"),
+    (["--neurons-per-step", "0"], "argument --directions-per-step/--neurons-per-step: must be ≥ 1, got 0"),
+    (["--directions-per-step", "0"], "argument --directions-per-step/--neurons-per-step: must be ≥ 1, got 0"),
     (["--epochs-between", "-1"], "argument --epochs-between: must be ≥ 0"),
     (["--final-epochs", "-2"], "argument --final-epochs: must be ≥ 0"),
     (["--batch-size", "0"], "argument --batch-size: must be ≥ 1"),
@@ -287,3 +289,74 @@ def test_report_on_a_folder_left_between_two_renames(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert (run / "history.json").is_file() and (run / "report.html").is_file()
     assert not atomic.backup_path(run).exists()
+
+
+def test_the_default_job_learns(tmp_path, capsys):
+    """`daggrow grow --out DIR` with no other option: digits, ≥ 0.90 test accuracy, growth that pays off."""
+    run = tmp_path / "run"
+    assert main(["grow", "--quiet", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == "digits"
+    graph = dg.Graph.load(run)
+    _, _, test = dg.data.load_dataset("digits").loaders(256)
+    test_loss, test_acc = evaluate(graph, test, "cross_entropy")
+    assert test_acc >= 0.90
+    assert f"test accuracy {test_acc:.4f}" in capsys.readouterr().out
+    history = History.load(run)
+    growth = [e for e in history if e.is_growth]
+    assert len(growth) >= 5 and graph.num_parameters() > 2 * history.events[0].params_after
+    # growth pays off: validation accuracy after the last step well above the thin starting network's
+    first = next(e.val_accuracy for e in history if e.val_accuracy is not None)
+    assert growth[-1].val_accuracy > first + 0.2
+    # the test metrics are in the history, the report and `daggrow show`
+    assert history.events[-1].test_accuracy == test_acc and history.events[-1].test_loss == pytest.approx(test_loss)
+    assert f"test accuracy<b>{test_acc:.4g}</b>" in (run / "report.html").read_text()
+    assert main(["show", str(run)]) == 0
+    assert f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f}" in capsys.readouterr().out
+
+
+def _fake_run(folder: Path) -> History:
+    from tests.history.fakes import fake_history
+
+    history, graph = fake_history(3)
+    history.save(folder, graph=graph, render_svg=False)
+    return history
+
+
+def test_report_without_dot_says_so_once_and_still_draws_every_step(tmp_path, capsys, monkeypatch):
+    from daggrow.history import drawings
+
+    history = _fake_run(tmp_path / "run")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))  # no `dot` anywhere on PATH
+    monkeypatch.setattr(drawings, "_warned", False)
+    assert shutil.which("dot") is None
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert main(["report", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("Graphviz `dot` is not on PATH") == 1 and "apt-get install graphviz" in err
+    page = (tmp_path / "run" / "report.html").read_text()
+    panels = re.findall(r'<div class="drawing">(.*?)</div><table', page, re.S)
+    assert len(panels) == len(history.step_drawings()) == 4
+    assert all(p.startswith("<svg") and p.endswith("</svg>") for p in panels)
+    assert not list((tmp_path / "run").glob("step_*.svg"))
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+def test_report_writes_the_step_svgs_when_dot_is_there(tmp_path, capsys):
+    history = _fake_run(tmp_path / "run")
+    assert not list((tmp_path / "run").glob("step_*.svg"))  # saved without rendering
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert sorted(p.stem for p in (tmp_path / "run").glob("step_*.svg")) == \
+        [d.stem for d in history.step_drawings()]
+    assert "Graphviz" not in capsys.readouterr().err
+
+
+def test_grow_without_dot_warns_once(tmp_path, capsys, monkeypatch):
+    from daggrow.history import drawings
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    monkeypatch.setattr(drawings, "_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the library's warning must not come on top
+        assert main(["grow", "--steps", "1", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err.count("Graphviz `dot` is not on PATH") == 1
+    assert not list((tmp_path / "run").glob("step_*.svg")) and list((tmp_path / "run").glob("step_*.dot"))

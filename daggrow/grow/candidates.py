@@ -51,7 +51,7 @@ class Candidate:
 
 
 def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
-    """The views a candidate's fan-in reads (MATH §5): its in-edges' views when it widens a node,
+    """The views a candidate's fan-in reads (docs/math.md §5): its in-edges' views when it widens a node,
     else its source node (flattened when it is an image/sequence node)."""
     if cand.kind == "expand_node":
         return [edge_view(graph, graph.edge(e)).key for e in cand.in_edges]

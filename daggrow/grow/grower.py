@@ -11,7 +11,7 @@ growth and best updates δW* of every node, each with its own amplitude.
 Default candidate kinds are ``expand_node`` and ``new_node``. ``new_edge`` is available but not
 default: once a direct linear edge u→v exists, V⊥_v is orthogonal to B_u, so every later
 TINY neuron that reads u (or any other source of v) and writes v has zero first-order value
-(MATH §5): an early input→output edge would stall growth between them.
+(docs/math.md §6): an early input→output edge would stall growth between them.
 """
 
 from __future__ import annotations
@@ -238,10 +238,11 @@ class Grower:
         attempt, self._attempts = self._attempts, self._attempts + 1
         graph = self.graph
         if self.max_parameters is not None and graph.num_parameters() >= self.max_parameters:
-            return None
+            return self._decline(f"the parameter budget is reached (max_parameters={self.max_parameters})", start)
         candidates = enumerate_candidates(graph, self.kinds, **self.limits)
         if not candidates:
-            return None
+            return self._decline("no place to grow: the limits (max_width, max_nodes, max_fan_in) leave no candidate",
+                                 start)
         plan = statistics_plan(graph, candidates)
         reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
         stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse)
@@ -265,7 +266,8 @@ class Grower:
             room = self.max_parameters - graph.num_parameters()
             proposals = [p for p in proposals if p.num_new_parameters <= room]
         if not proposals:
-            return None
+            return self._decline("no proposal: nothing to gain at any candidate (every λ is 0)"
+                                 + ("" if self.max_parameters is None else ", or it would pass max_parameters"), start)
         batch = held_out if held_out is not None else next(iter(loader))
         evaluator = BatchEvaluator(graph, batch, self.loss)
         ctx = SelectionContext(
@@ -275,7 +277,7 @@ class Grower:
                                              evaluator=evaluator))
         choice = self.strategy.select(proposals, ctx)
         if choice is None:
-            return None
+            return self._decline(f"the strategy {self.strategy.name!r} declined all {len(proposals)} proposals", start)
         p, result = choice.proposal, choice.search
         if _silent(p):
             # GradMax/NORTH/zero: a zero fan-in or fan-out leaves the function unchanged at any
@@ -283,7 +285,8 @@ class Grower:
             result = LineSearchResult(1.0, result.loss_before, result.loss_before, result.evaluations)
         elif result.amplitude == 0.0 or result.loss_drop <= 0:
             # γ* = 0: nothing helps the held-out loss now; zero-amplitude ReLU pairs would be dead
-            return None
+            return self._decline(f"the chosen proposal ({p.kind} {p.where}) does not lower the "
+                                 "held-out loss (γ* = 0)", start)
         params_before = graph.num_parameters()
         new = _apply(graph, p, result.amplitude)
         self.swap(new)
@@ -476,7 +479,7 @@ class Grower:
             where=where if where is not None else ([p.candidate.node] if p and p.candidate.node else
                                                    [p.node_name] if p and p.node_name else []),
             sources=list(p.sources) if p else [], targets=list(p.targets) if p else [],
-            neurons_added=p.num_neurons if p else 0,
+            neurons_added=p.num_neurons if p else 0, directions_added=p.num_directions if p else 0,
             eigenvalues=list(p.eigenvalues) if p else [], amplitude=amplitude,
             predicted_loss_change=predicted, measured_loss_change=measured,
             params_before=params_before, params_after=self.graph.num_parameters(),
@@ -487,6 +490,15 @@ class Grower:
         )
         self.history.append(event)
         return event
+
+    def _decline(self, reason: str, start: float) -> None:
+        """Record a declined growth step (action ``"declined"``, the reason in ``note``); returns ``None``."""
+        self.history.append(GrowthEvent(
+            step=self.graph.step, action="declined", params_before=self.graph.num_parameters(),
+            params_after=self.graph.num_parameters(), **self._last_metrics, wall_time=time.perf_counter() - self._t0,
+            duration=time.perf_counter() - start, seed=self.seed, strategy=self.strategy.name, init=self.init,
+            note=reason))
+        return None
 
     def _record_start(self) -> "GrowthEvent":
         return self._record(action="start", params_before=self.graph.num_parameters(),

@@ -1,4 +1,4 @@
-"""The amplitude factor γ* = argmin_{γ∈[0,u]} L(θ ⊕ γ·change) on a held-out batch (MATH §6).
+"""The amplitude factor γ* = argmin_{γ∈[0,u]} L(θ ⊕ γ·change) on a held-out batch (docs/math.md §9).
 
 A coarse geometric grid over (0, u] plus γ = 0, then golden-section refinement around the
 best grid point: a bounded number of evaluations, and γ = 0 always competes, so an accepted

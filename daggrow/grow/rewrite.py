@@ -195,7 +195,7 @@ def new_edge(graph: "Graph", source: str, target: str, weight: torch.Tensor, bia
 
 def update_weights(graph: "Graph", deltas: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
                    *, step: int | None = None, record: bool = True) -> "Graph":
-    """Add ``(δW, δb)`` to the weights of linear or conv edges (the best update of MATH §4; a
+    """Add ``(δW, δb)`` to the weights of linear or conv edges (the best update of docs/math.md §4; a
     conv's δW may be given as a (C_v × C_u·Πk) matrix over unfolded patches).
 
     ``record=False`` when the update is part of a growth step that already has its record."""

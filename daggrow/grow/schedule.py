@@ -38,8 +38,8 @@ def run_schedule(grower: "Grower", pos: FitPosition, train: Iterable, val: Itera
                 grower._evaluate(train, val)
                 grower._emit(grower._refresh(event), callback)
             else:
-                if event is not None:
-                    grower._emit(event, callback)  # a declined step, recorded with its reason
+                if grower.history.events and grower.history.events[-1].action == "declined":
+                    grower._emit(grower.history.events[-1], callback)  # a declined step, recorded with its reason
                 if pos.mode != "sgd" or pos.epochs_between == 0:
                     pos.declined += 1  # nothing helped here; a round-robin strategy moves on
                     if pos.declined >= 3:

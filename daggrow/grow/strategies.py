@@ -1,4 +1,4 @@
-"""Where to grow: small pluggable strategy objects (MATH §6).
+"""Where to grow: small pluggable strategy objects (docs/math.md §9).
 
 A strategy receives the solved proposals and a :class:`SelectionContext` (which can run the
 amplitude line search, cached per proposal) and returns a :class:`Choice`, or ``None`` to
@@ -150,7 +150,7 @@ class Efficiency(Amplitude):
 
 
 class InformationCriterion(Amplitude):
-    """Minimise an information criterion with a real likelihood (MATH §6), BIC by default.
+    """Minimise an information criterion with a real likelihood (docs/math.md §9), BIC by default.
 
     log-lik = −n·CE for cross-entropy, −(n/2)·log MSE for MSE; the change of
     −2·log-lik + penalty·#params must be negative, otherwise growth is declined.

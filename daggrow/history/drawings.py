@@ -66,6 +66,23 @@ def can_render() -> bool:
     return shutil.which("dot") is not None
 
 
+MISSING_DOT = ("Graphviz `dot` is not on PATH: no step_NNN.svg files, and the report draws each step with its "
+               "built-in layout; install Graphviz (`apt-get install graphviz`, `brew install graphviz` or "
+               "`conda install graphviz`) for the Graphviz drawings")
+_warned = False
+
+
+def warn_if_no_dot() -> bool:
+    """Warn once per process (a :class:`RuntimeWarning`) when ``dot`` is missing; returns whether it is there."""
+    global _warned
+    if can_render():
+        return True
+    if not _warned:
+        _warned = True
+        warnings.warn(MISSING_DOT, RuntimeWarning, stacklevel=2)
+    return False
+
+
 def dot_to_svg(dot_text: str) -> str | None:
     """SVG text rendered by Graphviz ``dot``; ``None`` (with a warning if ``dot`` failed) when it cannot."""
     if not can_render():
@@ -73,7 +90,7 @@ def dot_to_svg(dot_text: str) -> str | None:
     try:
         return graphviz.pipe("dot", "svg", dot_text.encode("utf-8"), quiet=True).decode("utf-8")
     except (graphviz.ExecutableNotFound, graphviz.CalledProcessError) as err:
-        warnings.warn(f"Graphviz `dot` could not render a step drawing ({err}); keeping the DOT text only",
+        warnings.warn(f"Graphviz `dot` could not render a step drawing ({err}); the report draws it with its built-in layout",
                       RuntimeWarning, stacklevel=2)
         return None
 

@@ -13,18 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..graph.spec import GraphSpec
 
-Action = Literal["start", "expand_node", "new_node", "new_edge", "best_update", "prune", "train"]
+Action = Literal["start", "expand_node", "new_node", "new_edge", "best_update", "prune", "train", "declined"]
 GROWTH_ACTIONS = frozenset({"expand_node", "new_node", "new_edge", "prune"})
 
 
 class GrowthEvent(BaseModel):
     """What one step did and measured.
 
-    ``where`` names the nodes/edges involved; ``amplitude`` is γ* (or η* for a best update);
+    ``where`` names the nodes/edges involved; ``neurons_added`` counts the new units and
+    ``directions_added`` the solved directions they come from (one neuron each, or a ±pair under
+    ReLU-like activations: docs/math.md §8); ``amplitude`` is γ* (or η* for a best update);
     loss changes are ``L(after) − L(before)`` on the held-out batch, the prediction being the
     first-order one ``−γ*·first_order_gain``; metrics are measured after the step; ``wall_time``
     counts seconds since the run started, ``duration`` those the step took; ``graph`` is the
-    architecture after the step. NaN and infinite floats (a diverged loss) survive JSON.
+    architecture after the step. A ``"declined"`` event is a growth step that added nothing,
+    its reason in ``note``. NaN and infinite floats (a diverged loss) survive JSON.
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
@@ -34,7 +37,8 @@ class GrowthEvent(BaseModel):
     where: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
     targets: list[str] = Field(default_factory=list)
-    neurons_added: int = 0
+    neurons_added: int = 0  # neurons (units) the step added: directions × 2 under ReLU-like activations
+    directions_added: int | None = None  # solved directions (α, ω) the step added (None in older histories)
     eigenvalues: list[float] = Field(default_factory=list)
     amplitude: float | None = None
     predicted_loss_change: float | None = None
@@ -45,6 +49,8 @@ class GrowthEvent(BaseModel):
     val_loss: float | None = None
     train_accuracy: float | None = None
     val_accuracy: float | None = None
+    test_loss: float | None = None  # measured at the end of a run (``daggrow grow``): on its last event
+    test_accuracy: float | None = None
     wall_time: float = 0.0
     duration: float = 0.0
     seed: int | None = None

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..atomic import readable, replace_folder, write_file
 from ..errors import PersistenceError
-from .drawings import STEP_FILE, StepDrawing, step_drawings, write_step_files
+from .drawings import STEP_FILE, StepDrawing, step_drawings, warn_if_no_dot, write_step_files
 from .events import GrowthEvent
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ class History:
              report: bool = True) -> Path:
         """Write the run folder (see the module docstring) and return its path.
 
-        ``render_svg=False`` (or no Graphviz ``dot`` on PATH) writes the DOT files only; the
-        report then shows the drawings as DOT text.
+        ``render_svg=False`` (or no Graphviz ``dot`` on PATH, said once by a warning) writes the DOT
+        files only; the report then draws each step with its built-in layout.
 
         The folder is written as a temporary sibling and swapped in whole
         (:func:`daggrow.atomic.replace_folder`), so a kill at any instant leaves the earlier
@@ -103,6 +103,9 @@ class History:
             return entry.name not in owned and not STEP_FILE.fullmatch(entry.name)
 
         from ..graph.io import save_graph
+
+        if render_svg:
+            warn_if_no_dot()
 
         with replace_folder(folder, replaceable=_is_run_folder, keep=keep, what="run folder") as tmp:
             (tmp / HISTORY_FILE).write_text(self.to_json(), encoding="utf-8")
@@ -144,7 +147,8 @@ class History:
     def summary_table(self) -> str:
         """A text table, one row per event except training epochs.
 
-        Columns: step, action, where, +neurons, params, γ*, Δloss pred, Δloss meas, val acc.
+        Columns: step, action, where, +neurons, params, γ*, Δloss pred, Δloss meas, val acc; then
+        the reason of each declined step and, for a finished ``daggrow grow`` run, the test metrics.
         """
         header = ("step", "action", "where", "+neurons", "params", "γ*", "Δloss pred", "Δloss meas", "val acc")
         rows = [header]
@@ -161,6 +165,11 @@ class History:
         lines = ["  ".join(c.ljust(w) if i in left_aligned else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [f"step {e.step} declined: {e.note}" for e in self.events if e.action == "declined"]
+        test = [e for e in self.events if e.test_loss is not None]
+        if test:
+            acc = test[-1].test_accuracy
+            lines.append(f"test accuracy {'-' if acc is None else f'{acc:.4f}'}, test loss {test[-1].test_loss:.4f}")
         return "\n".join(line.rstrip() for line in lines)
 
 

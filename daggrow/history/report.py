@@ -12,6 +12,8 @@ PosixPath('runs/demo/report.html')
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import math
@@ -19,18 +21,24 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..atomic import write_file
-from .drawings import StepDrawing, dot_to_svg, inline_svg
+from .drawings import StepDrawing, can_render, dot_to_svg, inline_svg
 from .events import GrowthEvent
 from .history import History
+from .layout import layered_svg
 from .plots import PLOT_CSS, svg_plot
+from .sanitize import UnsafeSVGError, sanitize_svg
 
 
 def write_report(history: History, run_dir: str | Path, *, render_svg: bool = True) -> Path:
     """Write ``run_dir/report.html`` for ``history`` and return its path.
 
     Step drawings come from ``run_dir/step_NNN.svg`` when it matches the history, else they are
-    rendered with Graphviz ``dot`` (when installed and ``render_svg``), else shown as DOT text.
-    ``run_dir/config.json`` (written by ``daggrow grow``), when present, names the data set.
+    rendered with Graphviz ``dot`` (when installed and ``render_svg``), else drawn by the built-in
+    layered layout (:func:`~daggrow.history.layout.layered_svg`). An SVG read from disk or made
+    by ``dot`` is inlined only after :func:`~daggrow.history.sanitize.sanitize_svg`; every text
+    from the history is escaped; a Content-Security-Policy allows only the page's own style and
+    script (by hash) and no other resource. ``run_dir/config.json`` (written by ``daggrow grow``),
+    when present, names the data set.
     """
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,7 +48,9 @@ def write_report(history: History, run_dir: str | Path, *, render_svg: bool = Tr
     title = f"daggrow report: {config.get('dataset') or folder.resolve().name}"
     panels = "".join(_step_panel(folder, d, i, render_svg) for i, d in enumerate(drawings))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title>
 <style>{CSS}</style></head>
 <body data-ready="0">
@@ -51,10 +61,11 @@ def write_report(history: History, run_dir: str | Path, *, render_svg: bool = Tr
 <input id="step-slider" type="range" min="0" max="{max(len(drawings) - 1, 0)}" value="{max(len(drawings) - 1, 0)}"
  step="1" aria-label="growth step"><button id="next" type="button" aria-label="next step">▶</button>
 <span id="step-label"></span></div>
-<p class="hint">Orange: the neurons, nodes and edges added at the step shown. Arrow keys step too; click a drawing for full size.</p>
+<p class="hint">Orange: the neurons, nodes and edges added at the step shown. Arrow keys step too. Drawings fit the
+width: the mouse wheel zooms, dragging pans, a double click fits again.</p>
 <div id="steps">{panels or '<p class="empty">no architecture recorded</p>'}</div>
 <h2>Loss and accuracy</h2><div class="plots">{_plots(events, drawings)}</div>
-<h2>Events</h2>{_events_table(events)}
+<h2>Events</h2><div class="events-wrap">{_events_table(events)}</div>
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -101,23 +112,35 @@ def _summary_cards(events: list[GrowthEvent], config: dict) -> str:
         ("final train accuracy", _num(_last(events, "train_accuracy"))),
         ("final val accuracy", _num(_last(events, "val_accuracy"))),
         ("final val loss", _num(_last(events, "val_loss"))),
+        ("test accuracy", _num(_last(events, "test_accuracy"))),
+        ("test loss", _num(_last(events, "test_loss"))),
+        ("declined steps", sum(e.action == "declined" for e in events) or None),
         ("wall time", f"{last.wall_time:.1f} s"),
     ]
     return "".join(f'<div class="card">{_e(k)}<b>{_e(v)}</b></div>' for k, v in cards if v not in (None, "-"))
 
 
 def _drawing(folder: Path, drawing: StepDrawing, index: int, render_svg: bool) -> str:
-    """Inline SVG of the step's architecture, or its DOT text when it cannot be rendered."""
+    """Inline SVG of the step's architecture: the saved ``step_NNN.svg`` when it was made from this
+    very DOT, else Graphviz ``dot``, else the built-in layered drawing; SVG text that was read or
+    rendered is sanitised (:func:`sanitize_svg`) before it enters the page."""
     dot = drawing.dot()
     svg_file, dot_file = folder / f"{drawing.stem}.svg", folder / f"{drawing.stem}.dot"
-    svg = None
+    candidates = []
     if svg_file.is_file() and dot_file.is_file() and dot_file.read_text(encoding="utf-8") == dot:
-        svg = svg_file.read_text(encoding="utf-8")  # rendered by History.save from this very DOT
-    elif render_svg:
-        svg = dot_to_svg(dot)
-    if svg is not None and "<svg" in svg:
-        return inline_svg(svg, f"s{index}-")
-    return f'<pre class="dot">{_e(dot)}</pre>'
+        candidates.append(lambda: svg_file.read_text(encoding="utf-8"))  # rendered by History.save from this DOT
+    if render_svg and can_render():
+        candidates.append(lambda: dot_to_svg(dot))
+    for make in candidates:
+        svg = make()
+        if svg is None:
+            continue
+        try:
+            return inline_svg(sanitize_svg(svg), f"s{index}-")
+        except UnsafeSVGError:
+            continue  # a damaged or foreign file: draw it afresh instead
+    assert drawing.event.graph is not None
+    return layered_svg(drawing.event.graph, highlight_step=drawing.highlight_step, title=drawing.title)
 
 
 def _details(event: GrowthEvent) -> str:
@@ -127,7 +150,8 @@ def _details(event: GrowthEvent) -> str:
     rows = [
         ("step", event.step), ("action", event.action), ("where", ", ".join(event.where) or "-"),
         ("sources → targets", f"{', '.join(event.sources) or '-'} → {', '.join(event.targets) or '-'}"),
-        ("neurons added", event.neurons_added), ("eigenvalues λ", lam or "-"),
+        ("neurons added", event.neurons_added if event.directions_added is None else
+         f"{event.neurons_added} ({event.directions_added} directions)"), ("eigenvalues λ", lam or "-"),
         ("amplitude γ*", _num(event.amplitude)),
         ("Δloss predicted / measured", f"{_num(event.predicted_loss_change)} / {_num(event.measured_loss_change)}"),
         ("parameters", f"{event.params_before:,} → {event.params_after:,}"),
@@ -166,6 +190,8 @@ def _plots(events: list[GrowthEvent], drawings: list[StepDrawing]) -> str:
         ("time", "loss", "loss vs wall time", "wall time (s)", "loss", "top", by_time),
         ("time", "accuracy", "accuracy vs wall time", "wall time (s)", "accuracy", "bottom", by_time),
     ]
+    if not any(e.train_accuracy is not None or e.val_accuracy is not None for e in events):
+        charts = [c for c in charts if c[1] != "accuracy"]  # a regression run: no empty accuracy panels
     return "".join(svg_plot(_series(events, x, metric), title=title, xlabel=xlabel, ylabel=ylabel, legend=legend,
                             cursor=cursor, standalone=False)
                    for x, metric, title, xlabel, ylabel, legend, cursor in charts)
@@ -178,7 +204,8 @@ def _events_table(events: list[GrowthEvent]) -> str:
     for e in events:
         if e.action == "train":
             continue
-        cells = (e.step, e.action, ", ".join(e.where) or "-", e.neurons_added, f"{e.params_after:,}",
+        where = e.note if e.action == "declined" else ", ".join(e.where) or "-"  # a declined step: its reason
+        cells = (e.step, e.action, where, e.neurons_added, f"{e.params_after:,}",
                  _num(e.amplitude), _num(e.predicted_loss_change), _num(e.measured_loss_change), _num(e.train_loss),
                  _num(e.val_loss), _num(e.val_accuracy), f"{e.wall_time:.2f}")
         rows.append(f'<tr data-step="{e.step}">' + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
@@ -194,14 +221,15 @@ h1{font-size:22px;margin:0 0 2px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .card b{display:block;font-size:17px;margin-top:2px}
 .controls{display:flex;align-items:center;gap:10px;margin:8px 0}.controls input{flex:1}
 #step-label{min-width:150px;font-variant-numeric:tabular-nums}button{padding:3px 10px;cursor:pointer}
-.step{display:flex;gap:18px;align-items:flex-start}.step[hidden]{display:none}
+.step{display:flex;flex-direction:column;gap:12px}.step[hidden]{display:none}
 .drawing{flex:1 1 auto;min-width:0;overflow:auto;border:1px solid #dee2e6;border-radius:6px;padding:6px;text-align:center}
-.drawing svg{max-width:100%;height:auto;cursor:zoom-in}.drawing.zoomed svg{max-width:none;cursor:zoom-out}.drawing pre{text-align:left;font-size:11px;margin:0}
+.drawing svg{width:100%;height:auto;max-height:78vh;cursor:grab;touch-action:none}.drawing svg:active{cursor:grabbing}
 table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #e9ecef;padding:3px 8px;text-align:left}
-.details{flex:0 0 380px}.details th{color:#495057;white-space:nowrap;font-weight:600}.details td{word-break:break-word}
+.details{width:100%;max-width:900px}.details th{color:#495057;white-space:nowrap;font-weight:600}.details td{word-break:break-word}
 .events td{font-variant-numeric:tabular-nums}.events tr.current td{background:#fff4e6}
-.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}.plots svg{width:100%;height:auto;max-width:660px}
-@media (max-width:900px){.step{flex-direction:column}.details{flex:none}}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(400px,100%),1fr));gap:12px}
+.plots svg{width:100%;height:auto;max-width:660px}.events-wrap{overflow-x:auto}
+@media (max-width:900px){.step{flex-direction:column}.details{flex:none;width:100%}body{margin:10px}}
 """
 
 SCRIPT = """
@@ -224,8 +252,27 @@ SCRIPT = """
     rows.forEach(function(r){r.classList.toggle('current',r.getAttribute('data-step')===step);});
   }
   function current(){return +slider.value;}
-  [].forEach.call(document.querySelectorAll('.drawing'),function(d){
-    d.addEventListener('click',function(){d.classList.toggle('zoomed');});
+  [].forEach.call(document.querySelectorAll('.drawing > svg'),function(svg){
+    // fit to width, wheel zooms around the pointer, drag pans, double click fits again: all on the viewBox
+    var vb0=(svg.getAttribute('viewBox')||'').trim().split(/[\\s,]+/).map(Number);
+    if(vb0.length!==4||vb0.some(isNaN)){vb0=[0,0,parseFloat(svg.getAttribute('width'))||100,parseFloat(svg.getAttribute('height'))||100];}
+    var vb=vb0.slice(), drag=null;
+    function set(){svg.setAttribute('viewBox',vb.join(' '));}
+    svg.removeAttribute('width');svg.removeAttribute('height');set();
+    svg.addEventListener('wheel',function(e){
+      e.preventDefault();
+      var r=svg.getBoundingClientRect(), fx=(e.clientX-r.left)/r.width, fy=(e.clientY-r.top)/r.height;
+      var k=e.deltaY<0?0.8:1.25, w=vb[2]*k, h=vb[3]*k;
+      vb=[vb[0]+(vb[2]-w)*fx,vb[1]+(vb[3]-h)*fy,w,h];set();
+    },{passive:false});
+    svg.addEventListener('pointerdown',function(e){drag=[e.clientX,e.clientY,vb[0],vb[1]];});
+    svg.addEventListener('pointermove',function(e){
+      if(!drag)return;
+      var r=svg.getBoundingClientRect();
+      vb[0]=drag[2]-(e.clientX-drag[0])*vb[2]/r.width;vb[1]=drag[3]-(e.clientY-drag[1])*vb[3]/r.height;set();
+    });
+    ['pointerup','pointerleave'].forEach(function(t){svg.addEventListener(t,function(){drag=null;});});
+    svg.addEventListener('dblclick',function(){vb=vb0.slice();set();});
   });
   slider.addEventListener('input',function(){show(current());});
   document.getElementById('prev').addEventListener('click',function(){show(current()-1);});
@@ -241,3 +288,13 @@ SCRIPT = """
   document.body.setAttribute('data-ready','1');
 })();
 """
+
+
+def _source_hash(text: str) -> str:
+    """The CSP source expression of an inline ``<style>``/``<script>`` body: ``'sha256-<base64>'``."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+# nothing may load or run but the page's own style and script, identified by their hashes
+CSP = (f"default-src 'none'; style-src {_source_hash(CSS)}; script-src {_source_hash(SCRIPT)}; "
+       "img-src 'none'; base-uri 'none'; form-action 'none'")

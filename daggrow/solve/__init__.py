@@ -1,6 +1,6 @@
-"""The closed-form solver (MATH.md §4–§6): pure functions of statistics, float64 inside.
+"""The closed-form solver (docs/math.md §4–§9): pure functions of statistics, float64 inside.
 
-Nothing here touches modules or graphs; inputs are the moment matrices of MATH §3:
+Nothing here touches modules or graphs; inputs are the moment matrices of docs/math.md §3:
 ``S = (1/n) B Bᵀ``, ``M = (1/n) B Vᵀ``, ``N = (1/n) B V⊥ᵀ``, ``g = (1/n)‖V‖²``, where B (D × n)
 stacks the augmented inputs of the fan-in sources (constant row included if the caller wants a
 bias) and V (d × n) the desired moves of the targets.

@@ -1,4 +1,4 @@
-"""Best update of existing weights, jointly over a node's in-edges (MATH §4).
+"""Best update of existing weights, jointly over a node's in-edges (docs/math.md §4).
 
     δW* = argmin_δW (1/n)‖V − δW B‖² = Mᵀ S⁺,     gain = tr(Mᵀ S⁺ M),     Ψ = g − gain
 
@@ -58,7 +58,7 @@ def best_update(S: torch.Tensor, M: torch.Tensor, g: float, rel_tol: float = 1e-
 
 
 def projected_moment(M_UT: torch.Tensor, P_U_in: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """N = M_{U,T} − P_{U,in} δWᵀ = (1/n) B_U (V − δW B_in)ᵀ (MATH §5), float64.
+    """N = M_{U,T} − P_{U,in} δWᵀ = (1/n) B_U (V − δW B_in)ᵀ (docs/math.md §5), float64.
 
     ``M_UT`` = (1/n) B_U Vᵀ (D_U × d), ``P_U_in`` = (1/n) B_U B_inᵀ (D_U × D_in) and ``delta`` the
     best update δW (d × D_in) of the target whose in-edges stack into B_in. Call it once per

@@ -1,4 +1,4 @@
-"""How a solved direction (α, ω) becomes real neurons (MATH §5, "ReLU made exact").
+"""How a solved direction (α, ω) becomes real neurons (docs/math.md §8, "ReLU made exact").
 
 The solver's neurons are linear: at amplitude γ they should add γ·ω αᵀb to the targets. Let
 t = αᵀb and f = √(γ/c).

@@ -1,4 +1,4 @@
-"""New neurons for an expansion with fan-in sources U and targets T (MATH §5).
+"""New neurons for an expansion with fan-in sources U and targets T (docs/math.md §5).
 
 TINY (default): with S = (1/n) B_U B_Uᵀ (D × D), N = (1/n) B_U V⊥_Tᵀ (D × d) and
 M = (1/n) B_U V_Tᵀ (D × d),
@@ -89,7 +89,7 @@ def _empty(D: int, d: int) -> NeuronSolution:
 def tiny_neurons(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons: int, *,
                  rel_threshold: float = 1e-3, rel_tol: float = 1e-10, min_decrease: float = 0.0,
                  decomposition: Decomposition | None = None) -> NeuronSolution:
-    """The TINY neurons of MATH §5, float64.
+    """The TINY neurons of docs/math.md §5, float64.
 
     K = min(max_neurons, #{λ_k > rel_threshold·λ_1 and λ_k² > min_decrease}, rank S). K = 0 (empty
     tensors, gains 0) when every λ is 0, e.g. at a perfect fit or with all-zero gradients.

@@ -1,4 +1,4 @@
-"""A new direct edge u→v (MATH §5): plain least squares of V⊥_v on B_u, no linearisation.
+"""A new direct edge u→v (docs/math.md §6): plain least squares of V⊥_v on B_u, no linearisation.
 
 With S_u = (1/n) B_u B_uᵀ, N = (1/n) B_u V⊥_vᵀ and M = (1/n) B_u V_vᵀ:
 

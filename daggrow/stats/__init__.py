@@ -1,4 +1,4 @@
-"""Streaming statistics S, P, M, g (MATH.md §3) in one pass with hooks and batched GEMMs."""
+"""Streaming statistics S, P, M, g (docs/math.md §3) in one pass with hooks and batched GEMMs."""
 
 from .collect import collect_statistics, graph_device, split_batch
 from .losses import LOSSES, LossLike, per_sample_loss

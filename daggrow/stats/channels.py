@@ -1,4 +1,4 @@
-"""Sums for new channels in an image/sequence node (MATH §7), streamed batch by batch.
+"""Sums for new channels in an image/sequence node (docs/math.md §10), streamed batch by batch.
 
 New channels in node w read the views ``sources`` (unfolded patches at w's positions q, plus a
 constant channel) and write into a target through an out-edge of kernel k2. Treating the
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class ChannelSums:
-    """Streams the sums of one new-channel expansion (MATH §7) with conv weight-gradient ops:
+    """Streams the sums of one new-channel expansion (docs/math.md §10) with conv weight-gradient ops:
     the (samples × positions × offsets × D) tensor of shifted patches is never built."""
 
     def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,

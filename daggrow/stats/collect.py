@@ -2,7 +2,7 @@
 
 Per batch: forward through the compiled module (eval mode by default), per-sample losses ℓ_i,
 then ``torch.autograd.grad(Σ ℓ_i, [z_v …])`` gives ∂ℓ_i/∂z_v for every sample at once (no
-weight gradients are computed). v_goal = −∂ℓ_i/∂z_v (MATH §2). Products are batched GEMMs in
+weight gradients are computed). v_goal = −∂ℓ_i/∂z_v (docs/math.md §2). Products are batched GEMMs in
 the model's dtype, added into float64 sums; nothing of a batch outlives its iteration.
 """
 

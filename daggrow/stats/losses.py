@@ -1,4 +1,4 @@
-"""Per-sample losses (MATH §1): the statistics, the line search and training all use these.
+"""Per-sample losses (docs/math.md §1): the statistics, the line search and training all use these.
 
 ``mse``: ℓ_i = ‖f(x_i) − y_i‖² summed over output features (integer labels become one-hot);
 ``cross_entropy``: the usual per-sample cross-entropy; or any callable ``(output, y) -> (n,)``.

@@ -1,8 +1,8 @@
 """Which moments one statistics pass accumulates.
 
-A pass needs, for the best update δW* of a node v (MATH §4), the moments among the sources
+A pass needs, for the best update δW* of a node v (docs/math.md §4), the moments among the sources
 of v's linear in-edges and between those sources and V_v; for an expansion with fan-in
-sources U and fan-out targets T (MATH §5), S_U, M_{U,T} and P_{U,in(v)} for every v in T.
+sources U and fan-out targets T (docs/math.md §5), S_U, M_{U,T} and P_{U,in(v)} for every v in T.
 :func:`plan_for` gathers exactly those blocks, nothing more, so the pass costs what the
 candidates need.
 """
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def in_views(graph: "Graph", node: str) -> list[View]:
-    """The views read by ``node``'s growable in-edges, one per edge (the rows of B_in, MATH §4)."""
+    """The views read by ``node``'s growable in-edges, one per edge (the rows of B_in, docs/math.md §4)."""
     return [edge_view(graph, e) for e in graph.in_edges(node) if is_growable(e.block)]
 
 
@@ -32,7 +32,7 @@ def update_sources(graph: "Graph", node: str) -> list[str]:
 @dataclass(frozen=True)
 class FullKernel:
     """New channels in image/sequence node ``node`` written into ``target`` through ``out_edge``
-    (MATH §7): their fan-in reads ``sources`` (views, at the node's positions); the out-edge's
+    (docs/math.md §10): their fan-in reads ``sources`` (views, at the node's positions); the out-edge's
     geometry ``out_view`` (a conv, or a flatten into a linear edge) spreads each channel over
     the target's positions."""
 
@@ -90,7 +90,7 @@ class StatisticsPlan:
                 self.add_value_pair(u, w, order)
 
     def add_full_kernel(self, graph: "Graph", fk: FullKernel, order: dict[str, int]) -> None:
-        """Sums for new channels through one out-edge (MATH §7), and δW* at its target."""
+        """Sums for new channels through one out-edge (docs/math.md §10), and δW* at its target."""
         self._register(graph, fk.node)
         self.add_best_update(graph, fk.target, order)
         self.values.update(fk.sources)

@@ -1,4 +1,4 @@
-"""Running sums behind the moments of MATH.md §3, and their assembly into solver inputs.
+"""Running sums behind the moments of docs/math.md §3, and their assembly into solver inputs.
 
 With ``h_u`` a node's value (n × d_u), ``v_v = −∂ℓ_i/∂z_v`` its desired move (n × d_v) and
 ``b_u = [h_u, 1]``, the accumulators are sums over samples (float64):
@@ -37,7 +37,7 @@ class Statistics:
     v: dict[str, torch.Tensor] = field(default_factory=dict)
     vv: dict[str, torch.Tensor] = field(default_factory=dict)
     hv: dict[Pair, torch.Tensor] = field(default_factory=dict)
-    # new-channel sums of image/sequence nodes (MATH §7), keyed by (FullKernel.key, "S" | "M" | "P")
+    # new-channel sums of image/sequence nodes (docs/math.md §10), keyed by (FullKernel.key, "S" | "M" | "P")
     expansion: dict[Pair, torch.Tensor] = field(default_factory=dict)
     # observations per sample of each view key and each target node (Π of the target's shape)
     positions: dict[str, int] = field(default_factory=dict)
@@ -141,7 +141,7 @@ class Statistics:
         return float(self.vv[t]) / self.n
 
     def full_kernel_moments(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(S, M, P) of a new-channel expansion (MATH §7), as means over samples:
+        """(S, M, P) of a new-channel expansion (docs/math.md §10), as means over samples:
 
         S = (1/n) Σ_{i,q} c(q) b(q) b(q)ᵀ (D × D, c(q) = how many (position, offset) pairs of the
         out-edge read position q), M[c, :, o] = (1/n) Σ_{i,p} v_c(p) b(p+o) (C_v × D × offsets),

@@ -1,4 +1,4 @@
-"""What a growable edge reads from its source: the rows b_u of MATH §2 and §7.
+"""What a growable edge reads from its source: the rows b_u of docs/math.md §2 and §10.
 
 Every growable edge is linear in a *view* of its source's value, one row per observation:
 
@@ -12,7 +12,7 @@ Every growable edge is linear in a *view* of its source's value, one row per obs
 
 **Count convention** (one for every layer type): statistics sum over positions and average
 over samples, ``S = (1/n) Σ_i Σ_p b(i,p) b(i,p)ᵀ`` with n the number of samples. With the
-per-sample loss ℓ_i (MATH §1) the first-order loss change of a linear or conv edge update is
+per-sample loss ℓ_i (docs/math.md §1) the first-order loss change of a linear or conv edge update is
 then ``−tr(δWᵀ M)`` in both cases, so gains compare across layer types.
 
 >>> View("x").key, View("x", "patches", dim=1, kernel=(3,), stride=(1,), padding=(1,), dilation=(1,)).key

@@ -1,4 +1,4 @@
-"""The programmatic API of API.md §2–3 and every refused operation (graph left unchanged)."""
+"""The programmatic API of docs/api.md §1 and every refused operation (graph left unchanged)."""
 
 from __future__ import annotations
 

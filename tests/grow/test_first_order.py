@@ -100,7 +100,7 @@ def test_bottleneck_decrease_equals_sum_of_squared_eigenvalues(activation):
         if p.kind == "new_edge":
             continue
         B = torch.cat([values[s] for s in p.sources] + ([one] if p.bias else []), 1)
-        # projected proposals fit V⊥ (MATH §5); the unprojected fallback fits V itself
+        # projected proposals fit V⊥ (docs/math.md §5); the unprojected fallback fits V itself
         Vp = torch.cat([v_perp(t) if p.projected else moves[t] for t in p.targets], 1)
         before = (Vp ** 2).sum() / n
         after = ((Vp - B @ p.fan_in @ p.fan_out.T) ** 2).sum() / n

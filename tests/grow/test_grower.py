@@ -71,7 +71,7 @@ def test_pure_growth_mode_algorithm_1(digits):
 
 
 def _expected_choice(strategy: str, proposals, ctx):
-    """The proposal each built-in strategy must pick, computed here from its definition (MATH §6)."""
+    """The proposal each built-in strategy must pick, computed here from its definition (docs/math.md §9)."""
     shortlist = list(proposals)[:8]  # the amplitude family line-searches the 8 best first-order gains
 
     def lam1(p):
@@ -373,7 +373,8 @@ def test_grow_only_stops_after_three_declined_steps():
     grower = Grower(_chain(), neurons_per_step=1, max_parameters=40)  # the budget leaves no room at all
     events = []
     history = grower.fit(_batches(), _batches(seed=1), growth_steps=10, mode="grow_only", callback=events.append)
-    assert [e.action for e in history] == ["start"] and grower._attempts == 3  # three declines, then stop
+    assert [e.action for e in history] == ["start"] + ["declined"] * 3 and grower._attempts == 3  # then stop
+    assert all("max_parameters" in e.note and e.params_after == e.params_before for e in history.events[1:])
     assert events == history.events
 
 
@@ -381,7 +382,8 @@ def test_patience_stops_when_validation_loss_stalls():
     torch.manual_seed(0)
     grower = Grower(_chain(), kinds=["expand_node"], max_width=3, lr=1e-9)  # nothing can grow or learn
     history = grower.fit(_batches(), _batches(seed=1), growth_steps=10, epochs_between=1, patience=2)
-    assert [e.action for e in history] == ["start", "train", "train", "train"]
+    assert [e.action for e in history] == ["start"] + ["declined", "train"] * 3
+    assert all("no place to grow" in e.note for e in history if e.action == "declined")
 
 
 def test_the_parameter_budget_filters_proposals(digits):
@@ -425,3 +427,4 @@ def test_no_candidate_means_no_growth():
     g.set_output("y")
     grower = Grower(g, kinds=["expand_node"])  # no hidden node to widen
     assert grower.grow_step(_batches()) is None
+    assert grower.history.events[-1].action == "declined" and "no place to grow" in grower.history.events[-1].note

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -72,7 +73,11 @@ def test_without_dot_only_dot_files_are_written(tmp_path, monkeypatch):
     history, _ = fake_history(2)
     history.save(tmp_path)
     assert len(list(tmp_path.glob("step_*.dot"))) == 3 and not list(tmp_path.glob("step_*.svg"))
-    assert '<pre class="dot">' in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    # each step is still drawn: the built-in layered SVG, its new parts marked as in the Graphviz drawing
+    panels = re.findall(r'<div class="drawing">(.*?)</div><table', page, re.S)
+    assert len(panels) == 3 and all(p.startswith('<svg class="graph"') and p.endswith("</svg>") for p in panels)
+    assert "+2 neurons" in panels[1] and "#e8590c" in panels[1] and "#e8590c" not in panels[0]
 
 
 def test_inline_svg_prefixes_ids_and_drops_prolog_comments_and_namespaces():
@@ -86,3 +91,15 @@ def test_inline_svg_prefixes_ids_and_drops_prolog_comments_and_namespaces():
     assert "://" not in out and "<!--" not in out and "xmlns" not in out
     assert 'id="s3-graph0"' in out and 'xlink:href="#s3-graph0"' in out and "url(#s3-grad)" in out
     assert 'href="page.html"' in out and 'data-id="k"' in out
+
+
+def test_a_missing_dot_is_said_once_by_a_warning(tmp_path, monkeypatch):
+    from daggrow.history import drawings
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(drawings, "_warned", False)
+    history, _ = fake_history(1)
+    with pytest.warns(RuntimeWarning, match="Graphviz `dot` is not on PATH") as caught:
+        history.save(tmp_path / "a")
+        history.save(tmp_path / "b")
+    assert sum("Graphviz" in str(w.message) for w in caught) == 1

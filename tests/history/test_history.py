@@ -87,3 +87,32 @@ def test_summary_table_rows_and_columns():
     assert lines[4].split() == ["2", "new_node", "a_very_long_node_name_i…", "2", "12,345", "nan", "-", "-", "-"]
     # numbers are right-aligned under their header
     assert lines[3].index("39") + 2 == lines[0].index("params") + len("params")
+
+
+def test_a_history_written_before_directions_and_test_metrics_still_reads(tmp_path):
+    """history.json of an earlier daggrow: no directions_added, test_loss, test_accuracy; no declined events."""
+    old_event = {"step": 1, "action": "expand_node", "where": ["h"], "sources": ["x"], "targets": ["y"],
+                 "neurons_added": 4, "eigenvalues": [0.5, 0.25], "amplitude": 0.5, "params_before": 10,
+                 "params_after": 30, "val_accuracy": 0.5, "wall_time": 1.0, "duration": 0.5, "note": ""}
+    (tmp_path / "history.json").write_text(json.dumps({"format": "daggrow-history", "format_version": 1,
+                                                       "events": [old_event]}))
+    (event,) = History.load(tmp_path).events
+    assert event.neurons_added == 4 and event.directions_added is None
+    assert event.test_loss is None and event.test_accuracy is None
+    table = History.load(tmp_path).summary_table()
+    assert "test accuracy" not in table and " 4 " in table
+
+
+def test_declined_steps_and_test_metrics_are_in_the_table(tmp_path):
+    history = History([GrowthEvent(step=0, action="start", params_after=10),
+                       GrowthEvent(step=0, action="declined", params_before=10, params_after=10,
+                                   note="no proposal: nothing to gain"),
+                       GrowthEvent(step=0, action="train", params_after=10, test_loss=0.25, test_accuracy=0.9375)])
+    history.save(tmp_path)
+    assert History.load(tmp_path) == history
+    table = history.summary_table()
+    assert "step 0 declined: no proposal: nothing to gain" in table
+    assert table.endswith("test accuracy 0.9375, test loss 0.2500")
+    page = (tmp_path / "report.html").read_text()
+    assert "<td>declined</td><td>no proposal: nothing to gain</td>" in page
+    assert "test accuracy<b>0.9375</b>" in page and "declined steps<b>1</b>" in page

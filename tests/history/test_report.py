@@ -80,10 +80,11 @@ def test_report_renders_drawings_even_without_step_files(tmp_path):
     assert len(re.findall(r'<div class="drawing"><svg', page)) == 3
 
 
-def test_without_rendering_the_drawings_are_dot_text(tmp_path):
+def test_without_rendering_the_drawings_are_the_built_in_layout(tmp_path):
     page = _report(tmp_path, 2, render_svg=False)
-    pres = re.findall(r'<pre class="dot">(.*?)</pre>', page, re.S)
-    assert len(pres) == 3 and all(html.unescape(p).startswith("digraph daggrow") for p in pres)
+    panels = re.findall(r'<div class="drawing">(.*?)</div><table', page, re.S)
+    assert len(panels) == 3 and all(p.startswith('<svg class="graph"') for p in panels)
+    assert "step 2: expand_node h" in panels[2] and "<pre" not in page
 
 
 def test_a_stale_svg_is_not_trusted(tmp_path):
@@ -105,10 +106,10 @@ def test_dataset_comes_from_the_run_config(tmp_path):
 
 def test_empty_and_metric_free_histories_still_make_a_page(tmp_path):
     page = write_report(History(), tmp_path / "empty").read_text()
-    assert "none recorded" in page and "no architecture recorded" in page and page.count("no data") == 4
+    assert "none recorded" in page and "no architecture recorded" in page and page.count("no data") == 2
     only_train = History([GrowthEvent(step=0, action="train", params_after=10, train_loss=float("nan"))])
     page = write_report(only_train, tmp_path / "nan").read_text()
-    assert page.count("no data") == 4
+    assert page.count("no data") == 2 and "accuracy vs" not in page  # no accuracy measured: no accuracy panels
 
 
 def _chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
@@ -130,6 +131,9 @@ def test_report_runs_in_a_headless_browser(tmp_path):
     visible = re.findall(r'<div class="step" data-index="\d+" data-step="(\d+)"(?! hidden)', dom)
     assert visible == ["6"]
     assert dom.count('<tr data-step="6" class="current">') == 1
+    # the zoom-and-pan script took over every drawing: fit to width, sized by its viewBox alone
+    drawings = re.findall(r'<div class="drawing"><svg([^>]*)>', dom)
+    assert len(drawings) == 7 and all("viewbox=" in d.lower() and " width=" not in d for d in drawings)
 
     result = _chromium(tmp_path, url + "#step=3", "--dump-dom")
     dom = result.stdout

@@ -1,4 +1,4 @@
-"""Conv statistics (MATH §7) against float64 brute force: explicit loops over samples,
+"""Conv statistics (docs/math.md §10) against float64 brute force: explicit loops over samples,
 positions and kernel offsets; lstsq on explicit unfolded patches; streaming vs one shot."""
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ class WithLeaf(nn.Module):
 
 
 class ApiNet(nn.Module):
-    """The example of API.md §1."""
+    """The example of docs/api.md §1."""
 
     def __init__(self):
         super().__init__()
