@@ -130,7 +130,7 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
     widths.update({k: views[k].features(graph) for k in plan.values})
     stats = empty_statistics(widths, plan.values, plan.value_pairs, plan.grads, plan.grad_pairs, device=device)
     stats.aliases = dict(plan.aliases)
-    stats.shapes = {k: graph.node(v.node).shape for k, v in plan.aliases.items()}
+    stats.shapes = {k: (graph.node(v.node).width, *graph.node(v.node).shape) for k, v in plan.aliases.items()}
     stats.positions = {t: positions(graph, t) for t in plan.grads}
     stats.positions.update({k: view_positions(graph, views[k]) for k in plan.values})
     kernels = [ChannelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]

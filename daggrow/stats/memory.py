@@ -199,8 +199,8 @@ class MemoryReport:
 
 
 def _grids(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Pooling grids for a node of shape (C, *positions): positions halved until all are 1."""
-    grid, out = tuple(shape[1:]), []
+    """Pooling grids for a node of spatial shape ``shape``: its sizes halved until all are 1."""
+    grid, out = tuple(shape), []
     while any(g > 1 for g in grid):
         grid = tuple(max(1, (g + 1) // 2) for g in grid)
         out.append(grid)
@@ -219,7 +219,10 @@ def fit_plan(graph: "Graph", candidates: Sequence, budget: int, *, bottleneck_no
     order = {n: i for i, n in enumerate(graph.topological_order())}
     requests = requests_for(graph, candidates)
     report = MemoryReport(budget)
-    wide = any(_too_wide(graph, r, max_view_features) for r in requests)
+    # a view an existing edge reads is never replaced (δW* at its target needs it in full)
+    read = {k for n in graph.nodes for k in update_sources(graph, n)}
+    poolable = lambda r: _flat_source(r) and r.sources[0] not in read  # noqa: E731
+    wide = any(poolable(r) and _too_wide(graph, r, max_view_features) for r in requests)
     if not wide:  # the common case: everything in full, one plan, no per-candidate accounting
         plan = plan_for(graph, [(r.sources, r.targets) for r in requests if r.targets], bottleneck_nodes,
                         [fk for r in requests for fk in r.kernels])
@@ -236,7 +239,7 @@ def fit_plan(graph: "Graph", candidates: Sequence, budget: int, *, bottleneck_no
             f"{format_bytes(budget)}: raise memory_budget= (--memory-budget), or collect on a machine with more memory")
     options = []
     for index, (cand, req) in enumerate(zip(candidates, requests)):
-        choices = _choices(graph, req, order, max_view_features)
+        choices = _choices(graph, req, order, max_view_features) if poolable(req) else [(None, req.plan(graph, order))]
         size = sum(b for k, b in plan_blocks(graph, choices[-1][1]).items() if k not in blocks)
         options.append((size, index, cand, req, choices))
     chosen: dict[str, View | None] = {}   # source key → the view all its candidates read
@@ -273,19 +276,21 @@ def fit_plan(graph: "Graph", candidates: Sequence, budget: int, *, bottleneck_no
     return plan, [c for _, c in sorted(kept, key=lambda x: x[0])], report
 
 
+def _flat_source(req: Request) -> bool:
+    """A vector expansion reading one flattened image/sequence node: it can be read pooled."""
+    return len(req.sources) == 1 and bool(req.targets) and req.sources[0].endswith("|flatten")
+
+
 def _too_wide(graph: "Graph", req: Request, max_view_features: int) -> bool:
-    return (len(req.sources) == 1 and bool(req.targets) and req.sources[0].endswith("|flatten")
-            and node_view(graph, req.sources[0].removesuffix("|flatten")).features(graph) > max_view_features)
+    return node_view(graph, req.sources[0].removesuffix("|flatten")).features(graph) > max_view_features
 
 
 def _choices(graph: "Graph", req: Request, order: dict[str, int], max_view_features: int) -> list:
-    """[(view or None for the full read, its plan)], best first."""
+    """[(view or None for the full read, its plan)], best first, for a :func:`_flat_source` request."""
     full = (None, req.plan(graph, order))
-    if len(req.sources) != 1 or not req.targets or not req.sources[0].endswith("|flatten"):
-        return [full]
     node = req.sources[0].removesuffix("|flatten")
     shape = graph.node(node).shape
-    pooled = [pooled_view(node, shape, g) for g in _grids(shape)]
+    pooled = [pooled_view(node, g) for g in _grids(shape)]
     if not _too_wide(graph, req, max_view_features):
         return [full] + [(v, req.plan(graph, order, v)) for v in pooled]
     small = [v for v in pooled if v.features(graph) <= max_view_features] or pooled[-1:]  # C alone may be wider

@@ -49,6 +49,8 @@ class Statistics:
     aliases: dict[str, "View"] = field(default_factory=dict)
     # (C, *positions) of each aliased source's node, for :meth:`lift`
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # candidates (``Candidate.where``) the memory planner left out of this pass
+    left_out: set[str] = field(default_factory=set)
 
     # ----------------------------------------------------------------- combining
     def __add__(self, other: "Statistics") -> "Statistics":

@@ -128,9 +128,9 @@ class View:
         return grad.reshape(k, -1).T
 
 
-def pooled_view(node: str, shape: tuple[int, ...], grid: tuple[int, ...]) -> View:
-    """The pooled read of the image/sequence node ``node`` (shape (C, *positions)) on ``grid``."""
-    return View(node, "pooled", len(shape) - 1, tuple(grid))
+def pooled_view(node: str, grid: tuple[int, ...]) -> View:
+    """The pooled read of the image/sequence node ``node`` on ``grid`` (one size per spatial axis)."""
+    return View(node, "pooled", len(grid), tuple(grid))
 
 
 def as_rows(signal: torch.Tensor) -> torch.Tensor:
