@@ -87,6 +87,16 @@ def _activation(text: str) -> str:
     return text
 
 
+def _size(text: str) -> str:
+    from .stats.memory import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 # ------------------------------------------------------------------------------------- commands
 def _cmd_grow(args: argparse.Namespace) -> int:
     from .grow.runner import RunConfig, check_out, run_growth
@@ -106,7 +116,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
             model=args.model, hidden=args.hidden, channels=args.channels, activation=args.activation,
             kinds=args.kinds, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
             keep_best=args.keep_best, final_epochs=args.final_epochs, max_parameters=args.max_parameters,
-            seed=args.seed, device=args.device, out=out,
+            seed=args.seed, device=args.device, memory_budget=args.memory_budget, out=out,
         )
         try:
             config.check()
@@ -259,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop growing at this many parameters (default: no limit)")
     grow.add_argument("--seed", type=_count(0), default=0, help="random seed (runs are deterministic given it)")
     grow.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    grow.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
+                      help="memory the statistics of a growth step may use, e.g. 4GB or 512MB (default: half "
+                           "the memory available); wide sources are then read pooled, or candidates left out")
     grow.add_argument("--out", default="runs/demo",
                       help="run folder (must be new or empty, unless --force or --resume)")
     grow.add_argument("--force", action="store_true", help="replace the run folder --out if it holds a run")

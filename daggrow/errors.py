@@ -50,6 +50,16 @@ class StatisticsError(DaggrowError):
     """Statistics could not be collected (bad data such as NaN, shape mismatch, wrong loss)."""
 
 
+class SolverError(DaggrowError):
+    """A factorisation failed on the active coordinates, with jitter and as an SVD: the moment
+    matrix is numerically broken (e.g. huge dynamic range). ``propose`` skips such a candidate."""
+
+
+class MemoryBudgetWarning(UserWarning):
+    """The statistics plan did not fit the memory budget as asked: the listed candidates were read
+    through cheaper (pooled) views or left out. ``memory_budget=`` raises the budget."""
+
+
 class RenderError(DaggrowError):
     """Graphviz rendering failed, usually because the `dot` program is not installed."""
 

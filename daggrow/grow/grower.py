@@ -29,9 +29,10 @@ from ..history import GrowthEvent, History
 from ..solve import INITS, RankDeficiencyWarning
 from ..stats import LossLike, collect_statistics, per_sample_loss, plan_for, split_batch
 from ..stats.collect import graph_device
+from ..stats.memory import fit_plan, parse_bytes, resolve_budget
 from ..stats.losses import LOSSES, loss_name
 from . import inputs
-from .candidates import KINDS, Kind, enumerate_candidates, statistics_plan
+from .candidates import KINDS, Kind, enumerate_candidates
 from .checkpoint import FitPosition, save_checkpoint
 from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
 from .optim import carry_optimizer
@@ -113,6 +114,7 @@ class Grower:
         seed: int | None = 0,
         progress: bool = False,
         reuse_input_moments: bool = False,
+        memory_budget: int | str | None = None,
     ) -> None:
         from ..graph import Graph, get_activation
 
@@ -165,6 +167,8 @@ class Grower:
         # augmentation): that is the caller's promise, so it is off by default.
         self.reuse_input_moments = reuse_input_moments
         self._input_moments: dict[int, object] = {}
+        # bytes (or "4GB") the statistics plan may use per step; None: half the memory available then
+        self.memory_budget = memory_budget if memory_budget is None else parse_bytes(memory_budget)
         self._resume_from: "Checkpoint | None" = None
         # called with the fit position after each checkpoint (the runner and tests hook in here)
         self.on_checkpoint: Callable[[FitPosition], None] | None = None
@@ -180,7 +184,7 @@ class Grower:
             "init": self.init, "kinds": list(self.kinds), "neurons_per_step": self.neurons_per_step,
             "new_node_activation": self.new_node_activation, **self.limits, "max_parameters": self.max_parameters,
             "amplitude_upper": self.amplitude_upper, "lr": self.lr, "seed": self.seed, "progress": self.progress,
-            "reuse_input_moments": self.reuse_input_moments,
+            "reuse_input_moments": self.reuse_input_moments, "memory_budget": self.memory_budget,
         }
 
     def _custom_settings(self) -> dict[str, str]:
@@ -243,9 +247,14 @@ class Grower:
         if not candidates:
             return self._decline("no place to grow: the limits (max_width, max_nodes, max_fan_in) leave no candidate",
                                  start)
-        plan = statistics_plan(graph, candidates)
+        budget = resolve_budget(self.memory_budget, graph_device(graph))
+        plan, candidates, memory = fit_plan(graph, candidates, budget)  # pooled reads or left out: in the note
+        if not candidates:
+            return self._decline("no candidate fits the memory budget (memory_budget=...): every one was left out",
+                                 start)
         reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
-        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse)
+        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse,
+                                   memory_budget=budget)
         if self.reuse_input_moments and reuse is None:
             self._input_moments[id(loader)] = stats
         with warnings.catch_warnings(record=True) as caught:
@@ -295,7 +304,8 @@ class Grower:
                             measured=result.loss_after - result.loss_before,
                             params_before=params_before, start=start,
                             note=f"{len(proposals)} proposals, {ctx.evaluations} line-search evaluations, "
-                                 f"{singular} singular moment matrices")
+                                 f"{singular} singular moment matrices"
+                                 + (f"; {memory.summary()}" if memory.summary() else ""))
 
     def best_update_step(self, loader: Iterable, held_out: Any | None = None) -> list["GrowthEvent"]:
         """Algorithm 1's training part: for every node in order, δW* with its own amplitude η*."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Literal
 
+import warnings
+
 import torch
 
-from ..errors import GraphError
+from ..errors import GraphError, SolverError
 from ..graph.spec import is_growable
 from ..solve import BestUpdate, Decomposition, activation_layout, best_update, solve_neurons, whitening
 from ..solve import new_edge as solve_new_edge
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from ..graph import Graph
 
 Init = Literal["tiny", "gradmax", "north", "random", "zero"]
+
+
+class SolverWarning(UserWarning):
+    """A candidate was skipped because its moment matrix could not be factorised (SolverError)."""
 ROUND_OFF = 1e-10
 
 
@@ -194,6 +200,7 @@ def propose(
     chain x → h → y could never leave it.
     """
     candidates = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
+    candidates = [c for c in candidates if c.where not in stats.left_out]  # the memory planner's
     updates: dict[str, NodeUpdate] = {}
 
     memo: dict = {}
@@ -208,8 +215,12 @@ def propose(
     for cand in candidates:
         if cand.kind == "expand_node" and _same_as_new_node(graph, cand, new_node_activation) in pairs:
             continue  # the same change as a new node between its source and target: see the docstring
-        p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
-                         rel_threshold, rel_tol, generator, memo, unprojected_fallback)
+        try:
+            p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
+                             rel_threshold, rel_tol, generator, memo, unprojected_fallback)
+        except SolverError as err:  # one candidate never aborts propose
+            warnings.warn(f"{cand.where}: skipped, {err}", SolverWarning, stacklevel=2)
+            continue
         if p is not None:
             proposals.append(p)
     proposals.sort(key=lambda p: (-p.first_order_gain, -p.bottleneck_decrease))
@@ -257,7 +268,7 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
             return None
         return Proposal(cand, "least_squares", [], float(sol.first_order_gain), float(sol.gain),
                         fan_in=S.new_zeros(S.shape[0], 0), fan_out=S.new_zeros(N.shape[1], 0), bias=True,
-                        weight=sol.weight, updates=target_updates)
+                        weight=stats.lift(sources, sol.weight.T).T, updates=target_updates)
     if cand.kind == "expand_node":
         spec = graph.node(cand.node)
         activation, params = spec.activation, dict(spec.activation_params)
@@ -285,7 +296,7 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
     if sol.fan_in.shape[1] == 0:
         return None
     return Proposal(cand, init, [float(x) for x in sol.eigenvalues], float(sol.first_order_gain),
-                    float(sol.bottleneck_decrease), fan_in=sol.fan_in, fan_out=sol.fan_out, bias=bias,
+                    float(sol.bottleneck_decrease), fan_in=stats.lift(sources, sol.fan_in), fan_out=sol.fan_out, bias=bias,
                     activation=activation, activation_params=params, node_name=name, updates=target_updates,
                     projected=projected)
 

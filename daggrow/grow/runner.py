@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     max_nodes: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0)
     device: str = "cpu"
+    memory_budget: str | None = None  # e.g. "4GB": statistics per step (default: half the memory available)
     out: str = "runs/demo"
 
     def check(self) -> None:
@@ -262,7 +263,8 @@ def _new_grower(config: RunConfig, data: Any) -> Grower:
                   neurons_per_step=config.neurons_per_step, new_node_activation=config.activation,
                   max_parameters=config.max_parameters, max_width=config.max_width, max_nodes=config.max_nodes,
                   lr=config.lr, seed=config.seed, optimizer=_optimizer(config),
-                  reuse_input_moments=True)  # our loaders yield the same samples every epoch
+                  reuse_input_moments=True,  # our loaders yield the same samples every epoch
+                  memory_budget=config.memory_budget)
 
 
 def _progress_bar(config: RunConfig, grower: Grower):

@@ -21,7 +21,10 @@ from .linalg import (
     RankDeficiencyWarning,
     SolverInputError,
     Whitening,
+    active_coordinates,
     psd_eigh,
+    stable_eigh,
+    stable_svd,
     sym_pinv_sqrt,
     whitening,
 )
@@ -41,6 +44,6 @@ __all__ = [
     "Decomposition",
     "BestUpdate", "EdgeSolution", "INITS", "NeuronLayout", "NeuronSolution", "RankDeficiencyWarning",
     "SolverInputError", "activation_layout", "best_update", "bottleneck_value", "gradmax_neurons", "new_edge",
-    "north_neurons", "projected_moment", "psd_eigh", "random_neurons", "solve_neurons", "sym_pinv_sqrt",
+    "north_neurons", "projected_moment", "psd_eigh", "active_coordinates", "stable_eigh", "stable_svd", "random_neurons", "solve_neurons", "sym_pinv_sqrt",
     "tiny_neurons", "whitening", "Whitening", "zero_neurons",
 ]

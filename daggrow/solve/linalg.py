@@ -17,6 +17,14 @@ from a float64 Cholesky factor S = L Lᵀ (D³/3 flops, about 15× cheaper than 
 whenever that gives the same answer as the spectral cut — every kept eigenvalue, i.e. S well
 conditioned on the coordinates with S_ii > 0 — and F = diag(μ_r^{-1/2}) E_rᵀ otherwise.
 
+**Never a raw LinAlgError.** Every factorisation runs on the *active* coordinates only (the rows
+of S with a nonzero entry: a dead neuron, a padding tap that no sample reaches), and the results
+are scattered back with zeros, which is exactly the full-S answer since S⁺ is zero on those rows.
+When a factorisation still fails, :func:`stable_eigh` retries with a jitter δI (δ subtracted back
+from the eigenvalues: the eigenvectors of S + δI are those of S), then as an SVD; only if all
+three fail does a :class:`~daggrow.errors.SolverError` name the matrix (``propose`` skips that
+candidate).
+
 >>> S = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
 >>> inv_sqrt, pinv, rank = sym_pinv_sqrt(S, warn=False)
 >>> inv_sqrt.tolist(), pinv.tolist(), rank
@@ -31,7 +39,7 @@ from typing import Literal
 
 import torch
 
-from ..errors import DaggrowError
+from ..errors import DaggrowError, SolverError
 
 
 class RankDeficiencyWarning(UserWarning):
@@ -60,25 +68,131 @@ def as_float64_matrix(name: str, x: torch.Tensor, rows: int | None = None, cols:
     return x
 
 
+def active_coordinates(S: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows of ``S`` with a nonzero entry; ``None`` when every row has one."""
+    nonzero = (S != 0).any(1)
+    if bool(nonzero.all()):
+        return None
+    return nonzero.nonzero().flatten()
+
+
+def _block(S: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return S if index is None else S[index][:, index]
+
+
+def _scatter_rows(X: torch.Tensor, index: torch.Tensor | None, size: int) -> torch.Tensor:
+    """X (len(index) × k) placed at rows ``index`` of a zero (size × k) matrix."""
+    if index is None:
+        return X
+    out = X.new_zeros(size, X.shape[1])
+    out[index] = X
+    return out
+
+
+JITTER = 1e-10  # relative to max |S_ii|: the shift of the second eigh attempt
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def stable_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ ascending, E) with S = E diag(μ) Eᵀ for a symmetric float64 S, never a raw LinAlgError.
+
+    Tries ``eigh(S)``; then ``eigh(S + δI)`` with δ = JITTER·max|S_ii| and μ = its eigenvalues − δ
+    (same eigenvectors); then the SVD S = U Σ Vᵀ, which for a PSD S is its eigendecomposition
+    (μ = σ ascending, E = U; a negative round-off eigenvalue comes back as |μ|, below any cut).
+    Raises :class:`SolverError` when all three fail or give non-finite values.
+    """
+    S = (S + S.T) / 2
+    D = S.shape[0]
+    attempts = []
+    try:
+        evals, evecs = torch.linalg.eigh(S)
+        if _finite(evals, evecs):
+            return evals, evecs
+        attempts.append("eigh: non-finite result")
+    except torch.linalg.LinAlgError as err:
+        attempts.append(f"eigh: {err}".splitlines()[0])
+    except torch.OutOfMemoryError:
+        raise SolverError(_no_memory(D)) from None
+    delta = JITTER * float(torch.diagonal(S).abs().max()) if D else 0.0
+    try:
+        evals, evecs = torch.linalg.eigh(S + delta * torch.eye(D, dtype=S.dtype, device=S.device))
+        if _finite(evals, evecs):
+            return evals - delta, evecs
+        attempts.append("eigh with jitter: non-finite result")
+    except torch.linalg.LinAlgError as err:
+        attempts.append(f"eigh with jitter {delta:.3g}: {err}".splitlines()[0])
+    try:
+        U, sigma, _ = torch.linalg.svd(S)
+        if _finite(U, sigma):
+            return sigma.flip(0), U.flip(1)
+        attempts.append("svd: non-finite result")
+    except torch.linalg.LinAlgError as err:
+        attempts.append(f"svd: {err}".splitlines()[0])
+    raise SolverError(f"could not factorise a {D}×{D} moment matrix ({'; '.join(attempts)}): its entries "
+                      "are probably badly scaled (values spanning many orders of magnitude); normalise the "
+                      "inputs or the activations (e.g. BatchNorm) and grow again")
+
+
+def stable_svd(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD X = U diag(σ) Vᵀ (σ descending), returned as (U, σ, Vᵀ), never a raw LinAlgError.
+
+    Falls back to the eigendecomposition of the smaller Gram matrix (XᵀX = V Σ² Vᵀ, U = X V / σ,
+    zero columns where σ = 0) through :func:`stable_eigh`, else raises :class:`SolverError`.
+    """
+    try:
+        U, sigma, Vt = torch.linalg.svd(X, full_matrices=False)
+        if _finite(U, sigma, Vt):
+            return U, sigma, Vt
+    except torch.linalg.LinAlgError:
+        pass
+    except torch.OutOfMemoryError:
+        raise SolverError(_no_memory(max(X.shape))) from None
+    wide = X.shape[0] < X.shape[1]
+    Y = X.T if wide else X                                  # tall: rows ≥ columns
+    evals, V = stable_eigh(Y.T @ Y)
+    sigma = evals.clamp_min(0).sqrt().flip(0)
+    V = V.flip(1)
+    scale = torch.where(sigma > 0, 1 / sigma, torch.zeros_like(sigma))
+    U = (Y @ V) * scale
+    return (V, sigma, U.T) if wide else (U, sigma, V.T)
+
+
+def _no_memory(D: int) -> str:
+    return (f"not enough memory to factorise a {D}×{D} moment matrix: lower the statistics plan's size "
+            "with memory_budget= (or --memory-budget), which reads large sources through pooled views")
+
+
 def psd_eigh(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The kept part ``(μ_r, E_r)`` of the eigendecomposition of a symmetric PSD ``S``.
 
     μ_r (r,) are the eigenvalues above ``rel_tol · μ_max`` (ascending), E_r (D × r) their
-    orthonormal eigenvectors. Warns with :class:`RankDeficiencyWarning` when r < D.
+    orthonormal eigenvectors. Warns with :class:`RankDeficiencyWarning` when r < D. Only the
+    active coordinates are decomposed (:func:`active_coordinates`; E_r is zero on the others).
     """
     S = as_float64_matrix("S", S)
     D = S.shape[0]
     if S.shape[1] != D:
         raise SolverInputError(f"S must be square, got shape {tuple(S.shape)}")
-    if D == 0:
-        return S.new_zeros(0), S.new_zeros(0, 0)
-    evals, evecs = torch.linalg.eigh((S + S.T) / 2)
+    mu, E, index = _kept_eigenpairs(S, rel_tol)
+    if warn and mu.numel() < D:
+        _warn_rank(D, int(mu.numel()), rel_tol)
+    return mu, _scatter_rows(E, index, D)
+
+
+def _kept_eigenpairs(S: torch.Tensor, rel_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(μ_r, E_r on the active coordinates, their index) of a square float64 S."""
+    D = S.shape[0]
+    index = active_coordinates(S) if D else None
+    block = _block(S, index)
+    if block.shape[0] == 0:
+        return S.new_zeros(0), S.new_zeros(0, 0), index
+    evals, evecs = stable_eigh(block)
     top = float(evals[-1])
     keep = evals > rel_tol * top if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
-    rank = int(keep.sum())
-    if warn and rank < D:
-        _warn_rank(D, rank, rel_tol)
-    return evals[keep], evecs[:, keep]
+    return evals[keep], evecs[:, keep], index
 
 
 def sym_pinv_sqrt(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True) -> Decomposition:
@@ -105,8 +219,8 @@ CHOLESKY_MARGIN = 1e2
 class Whitening:
     """A whitening factor F (r × D) of a symmetric PSD S: F S Fᵀ = I_r and Fᵀ F = S⁺ (float64).
 
-    ``method`` is ``"cholesky"`` (F = L⁻¹ on the coordinates with S_ii > 0, zero on the others)
-    or ``"eigh"`` (F = diag(μ_r^{-1/2}) E_rᵀ, the kept eigenpairs). Apply it, never form it:
+    ``method`` is ``"cholesky"`` (F = L⁻¹) or ``"eigh"`` (F = diag(μ_r^{-1/2}) E_rᵀ, the kept
+    eigenpairs), both on the ``active`` coordinates (zero on the others). Apply it, never form it:
 
     >>> W = whitening(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
     >>> W.method, W.rank, W.solve(torch.tensor([[4.0], [1.0]])).flatten().tolist()
@@ -116,26 +230,23 @@ class Whitening:
     method: Literal["cholesky", "eigh"]
     rank: int
     size: int
-    factor: torch.Tensor                 # cholesky: L (r × r, lower); eigh: E_r diag(μ_r^{-1/2}) (D × r)
-    active: torch.Tensor | None = None   # cholesky: the r coordinates with S_ii > 0 (None: all of them)
+    factor: torch.Tensor                 # cholesky: L (a × a, lower); eigh: E_r diag(μ_r^{-1/2}) (a × r)
+    active: torch.Tensor | None = None   # the a coordinates with a nonzero row of S (None: all of them)
 
     def whiten(self, N: torch.Tensor) -> torch.Tensor:
         """F N (r × d) for N (D × d)."""
-        if self.method == "eigh":
-            return self.factor.T @ N
         rows = N if self.active is None else N[self.active]
+        if self.method == "eigh":
+            return self.factor.T @ rows
         return torch.linalg.solve_triangular(self.factor, rows, upper=False)
 
     def unwhiten(self, A: torch.Tensor) -> torch.Tensor:
         """Fᵀ A (D × k) for A (r × k): maps whitened directions back to fan-in weights."""
         if self.method == "eigh":
-            return self.factor @ A
-        out = torch.linalg.solve_triangular(self.factor.T, A, upper=True)
-        if self.active is None:
-            return out
-        full = out.new_zeros(self.size, A.shape[1])
-        full[self.active] = out
-        return full
+            out = self.factor @ A
+        else:
+            out = torch.linalg.solve_triangular(self.factor.T, A, upper=True)
+        return _scatter_rows(out, self.active, self.size)
 
     def solve(self, M: torch.Tensor) -> torch.Tensor:
         """S⁺ M = Fᵀ F M (D × d): the minimum-norm least-squares solution."""
@@ -146,10 +257,11 @@ def whitening(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True,
               method: Literal["auto", "eigh"] = "auto") -> Whitening:
     """The :class:`Whitening` of a symmetric PSD S, float64, with the spectral cut of :func:`psd_eigh`.
 
-    ``"auto"``: Cholesky of S restricted to the coordinates with S_ii > 0 (a dead neuron or a
-    constant-zero input is exactly such a coordinate) when it succeeds and that block's estimated
-    condition number is below 1/(CHOLESKY_MARGIN·rel_tol); the eigendecomposition otherwise
-    (duplicated inputs, near-singular S). ``"eigh"`` always decomposes.
+    Both methods work on the active coordinates (rows of S with a nonzero entry; a dead neuron,
+    a constant-zero input or a padding tap is not one). ``"auto"``: Cholesky of that block when it
+    succeeds and its estimated condition number is below 1/(CHOLESKY_MARGIN·rel_tol); the
+    eigendecomposition (:func:`stable_eigh`) otherwise (duplicated inputs, near-singular S).
+    ``"eigh"`` always decomposes.
     """
     S = as_float64_matrix("S", S)
     D = S.shape[0]
@@ -163,25 +275,27 @@ def whitening(S: torch.Tensor, rel_tol: float = 1e-10, warn: bool = True,
             if warn and found.rank < D:
                 _warn_rank(D, found.rank, rel_tol)
             return found
-    mu, E = psd_eigh(S, rel_tol, warn)
-    return Whitening("eigh", int(mu.numel()), D, E * mu.rsqrt())
+    mu, E, index = _kept_eigenpairs(S, rel_tol)
+    if warn and mu.numel() < D:
+        _warn_rank(D, int(mu.numel()), rel_tol)
+    return Whitening("eigh", int(mu.numel()), D, E * mu.rsqrt(), index)
 
 
 def _cholesky_whitening(S: torch.Tensor, rel_tol: float) -> Whitening | None:
-    diag = torch.diagonal(S)
-    active = diag > 0
-    r = int(active.sum())
-    if r == 0:
+    index = active_coordinates(S)
+    block = _block(S, index)
+    if block.shape[0] == 0 or not bool((torch.diagonal(block) > 0).all()):
+        return None  # nothing active, or a zero diagonal with a nonzero row: not PSD, decompose
+    try:
+        L, info = torch.linalg.cholesky_ex((block + block.T) / 2)
+        if int(info) != 0 or not _finite(L):
+            return None
+        low, high = _extreme_eigenvalue_estimates(block, L)
+    except torch.linalg.LinAlgError:  # the estimate's QR/eigvalsh: leave it to the eigh path
         return None
-    block = S if r == S.shape[0] else S[active][:, active]
-    L, info = torch.linalg.cholesky_ex((block + block.T) / 2)
-    if int(info) != 0:
-        return None
-    low, high = _extreme_eigenvalue_estimates(block, L)
     if not low > CHOLESKY_MARGIN * rel_tol * high:
         return None
-    index = None if r == S.shape[0] else active.nonzero().flatten()
-    return Whitening("cholesky", r, S.shape[0], L, index)
+    return Whitening("cholesky", block.shape[0], S.shape[0], L, index)
 
 
 def _extreme_eigenvalue_estimates(S: torch.Tensor, L: torch.Tensor, iterations: int = 6,

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from .linalg import Decomposition, SolverInputError, as_float64_matrix, psd_eigh, whitening
+from .linalg import Decomposition, SolverInputError, as_float64_matrix, psd_eigh, stable_svd, whitening
 
 Init = Literal["tiny", "gradmax", "north", "random", "zero"]
 INITS: tuple[str, ...] = ("tiny", "gradmax", "north", "random", "zero")
@@ -107,7 +107,7 @@ def tiny_neurons(S: torch.Tensor, N: torch.Tensor, M: torch.Tensor, max_neurons:
     if D == 0 or d == 0:
         return _empty(D, d)
     white = decomposition if decomposition is not None else whitening(S, rel_tol)
-    a, lam, ct = torch.linalg.svd(white.whiten(N), full_matrices=False)
+    a, lam, ct = stable_svd(white.whiten(N))
     lam = _drop_round_off(lam)
     k = min(_count(lam, max_neurons, rel_threshold, min_decrease), white.rank)
     root = lam[:k].sqrt()
@@ -127,7 +127,7 @@ def gradmax_neurons(M: torch.Tensor, max_neurons: int, *, rel_threshold: float =
     D, d = M.shape
     if D == 0 or d == 0:
         return _empty(D, d)
-    _, sigma, vt = torch.linalg.svd(M, full_matrices=False)  # M = L diag(σ) Rᵀ, rows of Rᵀ live in R^d
+    _, sigma, vt = stable_svd(M)  # M = L diag(σ) Rᵀ, rows of Rᵀ live in R^d
     sigma = _drop_round_off(sigma)
     k = _count(sigma, max_neurons, rel_threshold, min_square)
     fan_in, fan_out = _fix_signs(M.new_zeros(D, k), vt[:k].T * sigma[:k].sqrt())

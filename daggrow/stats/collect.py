@@ -16,6 +16,7 @@ import torch
 from ..errors import StatisticsError
 from .losses import LossLike, per_sample_loss
 from .channels import ChannelSums
+from .memory import ROWS_PER_CHUNK, format_bytes, plan_bytes, resolve_budget
 from .plan import StatisticsPlan, plan_for
 from .statistics import Statistics, empty_statistics
 from .views import as_rows, positions, value_rows, view_positions
@@ -76,6 +77,7 @@ def collect_statistics(
     train_mode: bool = False,
     progress: bool = False,
     reuse: Statistics | None = None,
+    memory_budget: int | str | None = None,
 ) -> Statistics:
     """Accumulate the statistics of ``plan`` (default: Ψ of every node) over ``loader``.
 
@@ -87,15 +89,48 @@ def collect_statistics(
     ``compute_dtype`` is the dtype of the per-batch products (default: the model's); sums are
     float64 whatever it is. The graph's modules are left exactly as they were (train/eval flags
     restored, no parameter or buffer changed in the default eval mode).
+
+    ``memory_budget`` (bytes or a size such as ``"4GB"``; default: half the memory available now,
+    :mod:`daggrow.stats.memory`): a plan that needs more raises :class:`StatisticsError` before
+    anything is allocated (``fit_plan`` makes plans that fit), and running out of memory during
+    the pass raises one too, with the plan's numbers, never an allocator error.
     """
     plan = plan if plan is not None else plan_for(graph)
     device = torch.device(device) if device is not None else graph_device(graph)
+    budget = resolve_budget(memory_budget, device)
+    need = plan_bytes(graph, plan)
+    if need > budget:
+        raise StatisticsError(f"the statistics plan needs {format_bytes(need)}, over the memory budget of "
+                              f"{format_bytes(budget)}: raise memory_budget= (--memory-budget), or plan with "
+                              "daggrow.stats.memory.fit_plan, which reads large sources pooled or leaves them out")
+    try:
+        return _collect(graph, loader, loss, plan, device, compute_dtype, max_batches, train_mode, progress, reuse)
+    except torch.OutOfMemoryError as err:
+        raise StatisticsError(_out_of_memory(err, need, budget)) from None
+    except RuntimeError as err:
+        if "not enough memory" not in str(err) and "out of memory" not in str(err).lower():
+            raise
+        raise StatisticsError(_out_of_memory(err, need, budget)) from None
+
+
+def _out_of_memory(err: Exception, need: int, budget: int) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"out of memory during the statistics pass ({first}): the plan needs {format_bytes(need)} (budget "
+            f"{format_bytes(budget)}) plus the model's activations for one batch; lower memory_budget= "
+            "(--memory-budget) so that large sources are read pooled or left out, or use smaller batches")
+
+
+def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsPlan, device: torch.device,
+             compute_dtype: torch.dtype | None, max_batches: int | None, train_mode: bool, progress: bool,
+             reuse: Statistics | None) -> Statistics:
     module = graph.compile(taps=True)
     flags = [(m, m.training) for m in module.modules()]
     views = plan.views
     widths = {t: graph.node(t).width for t in plan.grads}
     widths.update({k: views[k].features(graph) for k in plan.values})
     stats = empty_statistics(widths, plan.values, plan.value_pairs, plan.grads, plan.grad_pairs, device=device)
+    stats.aliases = dict(plan.aliases)
+    stats.shapes = {k: (graph.node(v.node).width, *graph.node(v.node).shape) for k, v in plan.aliases.items()}
     stats.positions = {t: positions(graph, t) for t in plan.grads}
     stats.positions.update({k: view_positions(graph, views[k]) for k in plan.values})
     kernels = [ChannelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]
@@ -259,12 +294,10 @@ def _finite(t: torch.Tensor) -> bool:
     return not t.is_floating_point() or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-ROWS_PER_CHUNK = 1 << 24  # values per view tensor of one chunk (64 MB in float32)
-
-
 def _chunk_size(n: int, plan: StatisticsPlan, stats: Statistics) -> int:
-    """Samples per chunk, so that the unfolded patches of a chunk stay within ROWS_PER_CHUNK."""
-    widest = max([stats.positions[k] * (stats.widths[k] + 1) for k in plan.values] + [1])
+    """Samples per chunk, so that all the view rows of a chunk together (unfolded patches
+    included) stay within ROWS_PER_CHUNK values: a pass's transient memory is bounded."""
+    total = sum(stats.positions[k] * (stats.widths[k] + 1) for k in plan.values) + 1
     for fk in plan.full_kernels.values():
-        widest = max(widest, stats.positions[fk.sources[0]] * sum(stats.widths[k] + 1 for k in fk.sources))
-    return max(1, min(n, ROWS_PER_CHUNK // widest))
+        total += stats.positions[fk.sources[0]] * sum(stats.widths[k] + 1 for k in fk.sources)
+    return max(1, min(n, ROWS_PER_CHUNK // total))

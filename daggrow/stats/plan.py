@@ -69,6 +69,15 @@ class StatisticsPlan:
     grad_pairs: set[tuple[str, str]] = field(default_factory=set)
     views: dict[str, View] = field(default_factory=dict)   # key → view, for every key in ``values``
     full_kernels: dict[str, FullKernel] = field(default_factory=dict)
+    # a candidate's source key → the cheaper view read instead (memory planner, :mod:`.memory`)
+    aliases: dict[str, View] = field(default_factory=dict)
+
+    def merge(self, other: "StatisticsPlan") -> None:
+        """Add ``other``'s moments to this plan (in place)."""
+        for name in ("values", "grads", "value_pairs", "grad_pairs"):
+            getattr(self, name).update(getattr(other, name))
+        for name in ("views", "full_kernels", "aliases"):
+            getattr(self, name).update(getattr(other, name))
 
     def add_value_pair(self, u: str, w: str, order: dict[str, int]) -> None:
         a, b = (u, w) if (order[self.views[u].node], u) <= (order[self.views[w].node], w) else (w, u)

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import StatisticsError
+from .views import View
 
 Pair = tuple[str, str]
 SUMS = ("h", "hh", "v", "vv", "hv", "expansion")
@@ -44,6 +45,12 @@ class Statistics:
     # quantities derived from data-only moments (e.g. the solver's decomposition of S_x); like
     # those moments they stay valid for another pass over the same samples (``reuse=``)
     data_cache: dict[tuple, object] = field(default_factory=dict)
+    # a source key the memory planner read through a cheaper view → that view (see :meth:`lift`)
+    aliases: dict[str, "View"] = field(default_factory=dict)
+    # (C, *positions) of each aliased source's node, for :meth:`lift`
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # candidates (``Candidate.where``) the memory planner left out of this pass
+    left_out: set[str] = field(default_factory=set)
 
     # ----------------------------------------------------------------- combining
     def __add__(self, other: "Statistics") -> "Statistics":
@@ -51,7 +58,8 @@ class Statistics:
             return NotImplemented
         if self._layout() != other._layout():
             raise StatisticsError("cannot merge statistics collected with different plans or widths")
-        out = Statistics(widths=dict(self.widths), n=self.n + other.n, positions=dict(self.positions))
+        out = Statistics(widths=dict(self.widths), n=self.n + other.n, positions=dict(self.positions),
+                         aliases=dict(self.aliases), shapes=dict(self.shapes))
         for name in SUMS:
             mine, theirs = getattr(self, name), getattr(other, name)
             setattr(out, name, {k: mine[k] + theirs[k] for k in mine})
@@ -75,6 +83,7 @@ class Statistics:
 
     def _layout(self) -> tuple:
         return (tuple(sorted(self.widths.items())), tuple(sorted(self.positions.items())),
+                tuple(sorted((k, v.key) for k, v in self.aliases.items())),
                 *(tuple(sorted(getattr(self, k))) for k in SUMS))
 
     # ----------------------------------------------------------------- reading
@@ -82,8 +91,27 @@ class Statistics:
         if self.n == 0:
             raise StatisticsError("no sample was accumulated: the loader yielded no batch")
 
+    def key(self, u: str) -> str:
+        """The key ``u``'s sums are stored under: the planner's cheaper view of it, if any."""
+        return self.aliases[u].key if u in self.aliases else u
+
+    def lift(self, keys: Sequence[str], X: torch.Tensor) -> torch.Tensor:
+        """Rows of X stacked as the views of ``keys`` (then anything else, e.g. the constant row)
+        → the same with each aliased key's rows lifted to its full view: Aᵀ X_u for a pooled
+        read A·flatten(h_u) (:meth:`View.lift`). An identity when no key is aliased."""
+        if not any(k in self.aliases for k in keys):
+            return X
+        blocks, offset = [], 0
+        for k in keys:
+            d = self.widths[self.key(k)]
+            part = X[offset: offset + d]
+            blocks.append(self.aliases[k].lift(part, self.shapes[k]) if k in self.aliases else part)
+            offset += d
+        return torch.cat(blocks + [X[offset:]], 0)
+
     def value_block(self, u: str, w: str) -> torch.Tensor:
         """Σ h_u h_wᵀ (d_u × d_w) from whichever orientation was accumulated."""
+        u, w = self.key(u), self.key(w)
         if (u, w) in self.hh:
             return self.hh[(u, w)]
         if (w, u) in self.hh:
@@ -92,6 +120,7 @@ class Statistics:
                               "add the candidate that needs it to the statistics plan")
 
     def _value_sum(self, u: str) -> torch.Tensor:
+        u = self.key(u)
         if u not in self.h:
             raise StatisticsError(f"the values of node {u!r} were not collected")
         return self.h[u]
@@ -107,7 +136,7 @@ class Statistics:
         if bias_u:
             last = [self._value_sum(w)[None, :] for w in W]
             if bias_w:
-                count = float(self.n * self.positions.get((list(U) or list(W) or [""])[0], 1))
+                count = float(self.n * self.positions.get(self.key((list(U) or list(W) or [""])[0]), 1))
                 last.append(torch.full((1, 1), count, dtype=torch.float64, device=self._device()))
             rows.append(torch.cat(last, 1))
         return torch.cat(rows, 0) / self.n
@@ -116,7 +145,7 @@ class Statistics:
         """M_{U,T} = (1/n) B_U V_Tᵀ, with V_T the stacked desired moves of the targets."""
         self._check_n()
         rows = []
-        for u in U:
+        for u in map(self.key, U):
             blocks = []
             for t in T:
                 if (u, t) not in self.hv:
@@ -161,7 +190,8 @@ class Statistics:
         return torch.device("cpu")
 
     def to(self, device: torch.device | str) -> "Statistics":
-        out = Statistics(widths=dict(self.widths), n=self.n, positions=dict(self.positions))
+        out = Statistics(widths=dict(self.widths), n=self.n, positions=dict(self.positions),
+                         aliases=dict(self.aliases), shapes=dict(self.shapes))
         for name in SUMS:
             setattr(out, name, {k: t.to(device) for k, t in getattr(self, name).items()})
         return out

@@ -7,6 +7,10 @@ Every growable edge is linear in a *view* of its source's value, one row per obs
 - ``flatten``: a linear edge from an image/sequence node reads ``flatten(h_u)``.
 - ``patches``: a conv edge reads the unfolded patch (C_u·Πk values, channel-major as in the
   kernel ``weight.reshape(C_v, -1)``) at each of the target's P positions.
+- ``pooled``: a cheaper read of an image/sequence node chosen by the memory planner
+  (:mod:`daggrow.stats.memory`): ``flatten(adaptive_avg_pool(h_u, grid))``, C_u·Π(grid) values
+  per sample. It is a linear function A·flatten(h_u) of the flattened view, so a fan-in α solved
+  on it is the flattened-view fan-in Aᵀα (:meth:`View.lift`), exactly.
 - ``tokens``: a per-token linear edge from a tokens node ``(n, *grid, d)`` reads each token's
   d features: one row per (sample, token), like a 1×1 conv's positions; its key is the node's name.
 
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class View:
     node: str
-    kind: Literal["plain", "flatten", "patches", "tokens"] = "plain"
+    kind: Literal["plain", "flatten", "patches", "tokens", "pooled"] = "plain"
     dim: int = 0
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
@@ -50,6 +54,8 @@ class View:
         if self.kind == "flatten":
             return f"{self.node}|flatten"
         size = lambda t: "x".join(map(str, t))  # noqa: E731
+        if self.kind == "pooled":
+            return f"{self.node}|pool {size(self.kernel)}"
         return (f"{self.node}|conv k{size(self.kernel)} s{size(self.stride)} p{size(self.padding)} "
                 f"d{size(self.dilation)}")
 
@@ -67,7 +73,7 @@ class View:
         spec = graph.node(self.node)
         if self.kind == "tokens":
             return spec.width
-        if self.kind == "patches":
+        if self.kind in ("patches", "pooled"):  # a pooled view's ``kernel`` is its grid
             out = spec.width
             for k in self.kernel:
                 out *= k
@@ -78,6 +84,8 @@ class View:
         """The view as a multi-channel signal (n, D, *target positions): patches as channels."""
         if self.kind == "tokens":
             return h.movedim(-1, 1)
+        if self.kind == "pooled":
+            h = self.pool(h)
         if self.kind != "patches":
             return h.reshape(h.shape[0], -1, *([1] * max(self.dim, 1)))
         if self.dim == 2:
@@ -100,7 +108,29 @@ class View:
             return h.reshape(-1, h.shape[-1])
         if self.kind == "flatten":
             return h.flatten(1)
+        if self.kind == "pooled":
+            return self.pool(h).flatten(1)
         return as_rows(self.signal(h))
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """adaptive_avg_pool(h, grid): (n, C, *shape) → (n, C, *grid), a pooled view's values."""
+        return (F.adaptive_avg_pool1d if self.dim == 1 else F.adaptive_avg_pool2d)(h, self.kernel)
+
+    def lift(self, alpha: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Aᵀ α: fan-in rows (C·Π grid × k) on this pooled view → rows (C·Π shape × k) on the
+        flattened node of ``shape`` = (C, *positions), with A the pooling (so (Aᵀα)ᵀ flatten(h) =
+        αᵀ pool(h) for every h: the same function). Computed as the pooling's vector-Jacobian product."""
+        k = alpha.shape[1]
+        x = torch.zeros(k, *shape, dtype=alpha.dtype, device=alpha.device, requires_grad=True)
+        with torch.enable_grad():
+            pooled = self.pool(x)
+            (grad,) = torch.autograd.grad(pooled, x, alpha.T.reshape(pooled.shape))
+        return grad.reshape(k, -1).T
+
+
+def pooled_view(node: str, grid: tuple[int, ...]) -> View:
+    """The pooled read of the image/sequence node ``node`` on ``grid`` (one size per spatial axis)."""
+    return View(node, "pooled", len(grid), tuple(grid))
 
 
 def as_rows(signal: torch.Tensor) -> torch.Tensor:
