@@ -30,11 +30,12 @@ from daggrow.data import load_dataset
 
 # stage → the daggrow function whose cumulative time it is (cProfile)
 STAGES = {
-    "candidates + plan": ("candidates.py", "enumerate_candidates"),
+    "candidates": ("candidates.py", "enumerate_candidates"),
     "statistics pass": ("collect.py", "collect_statistics"),
     "propose": ("propose.py", "propose"),
     "bottleneck Ψ": ("propose.py", "bottleneck"),
     "line search": ("strategies.py", "select"),
+    "statistics plan": ("candidates.py", "statistics_plan"),
     "apply + carry optimizer": ("grower.py", "swap"),
 }
 

@@ -50,6 +50,11 @@ class StatisticsError(DaggrowError):
     """Statistics could not be collected (bad data such as NaN, shape mismatch, wrong loss)."""
 
 
+class SolverError(DaggrowError):
+    """A factorisation failed on the active coordinates, with jitter and as an SVD: the moment
+    matrix is numerically broken (e.g. huge dynamic range). ``propose`` skips such a candidate."""
+
+
 class RenderError(DaggrowError):
     """Graphviz rendering failed, usually because the `dot` program is not installed."""
 
@@ -62,3 +67,9 @@ class ConfigError(DaggrowError, ValueError):
 class TrainingError(DaggrowError):
     """Training cannot go on: non-finite inputs, targets or loss (the weights would turn NaN),
     or a loader that cannot be read the way growth needs (once per pass, every pass)."""
+
+
+class CandidateSkippedWarning(UserWarning):
+    """``propose`` skipped candidates whose problem could not be solved (a factorisation that
+    failed even after its fallbacks, statistics that were not collected): one warning per call
+    lists them; the proposals returned carry the reasons (``proposals.skipped``)."""
