@@ -72,7 +72,7 @@ def measure(hidden: int, repeats: int, skip: float, profile: bool) -> dict:
     grower = dg.Grower(g, loss="cross_entropy", seed=0)
     grower.train_epoch(train)  # warm-up: optimizer state, compiled module
     epochs, steps, grown = [], [], 0
-    prof = cProfile.Profile() if profile else None
+    prof = cProfile.Profile(time.process_time) if profile else None
     for _ in range(repeats):
         t = time.process_time()
         grower.train_epoch(train)

@@ -70,7 +70,7 @@ class Proposal:
     weight: torch.Tensor | None = None     # new_edge: (d_v × (d_u + 1)), bias column last
     updates: dict[str, NodeUpdate] = field(default_factory=dict)  # δW* at the targets
     projected: bool = True  # False: solved on V, not V⊥ (the projected problem was empty)
-    round_off: bool = False  # its Σλ² is float64 round-off of the targets' energy: ranked last
+    round_off: bool = False  # first-order gain ≤ round-off of the targets' energy (or < 0): ranked last
 
     @property
     def kind(self) -> Kind:
@@ -257,8 +257,8 @@ def rank_key(p: "Proposal") -> tuple:
     """Proposals rank by the loss decrease the growth step will make, to first order: a step
     adds the new parts only (not δW*), so L(γ) ≈ L(0) − γ·first_order_gain (the neurons'
     Σ α_kᵀ M ω_k, a new edge's tr(W M)); ties are broken by Σλ². A proposal whose gain is
-    float64 round-off (at most ROUND_OFF times its targets' energy Σ g_v) ranks after every
-    real one. The strategy "amplitude" then measures the real loss drop of the first ones."""
+    not above float64 round-off (at most ROUND_OFF times its targets' energy Σ g_v, negative
+    included) ranks after every real one. The strategy "amplitude" then measures the real loss drop of the first ones."""
     return (p.round_off, -p.first_order_gain, -p.bottleneck_decrease)
 
 
