@@ -223,9 +223,12 @@ def propose(
     name = _fresh_node_name(graph)
     problems, skipped = [], []
     pairs = {(c.sources, c.targets) for c in candidates if c.kind == "new_node"}
+    candidates = [c for c in candidates if not (
+        c.kind == "expand_node" and _same_as_new_node(graph, c, new_node_activation) in pairs)]
+    # (the same change as a new node between its source and target: see the docstring)
+    if grouped:
+        ctx.share(_target_groups(graph, candidates))
     for cand in candidates:
-        if cand.kind == "expand_node" and _same_as_new_node(graph, cand, new_node_activation) in pairs:
-            continue  # the same change as a new node between its source and target: see the docstring
         try:
             prob = _assemble(ctx, cand, max_neurons, new_node_activation, name)
         except DaggrowError as err:
@@ -262,6 +265,17 @@ def rank_key(p: "Proposal") -> tuple:
     return (p.round_off, -p.first_order_gain, -p.bottleneck_decrease)
 
 
+def _target_groups(graph: "Graph", candidates: list[Candidate]) -> dict[tuple, list[str]]:
+    """Every source set (with its bias flag) of the vector-node candidates, with all its targets."""
+    groups: dict[tuple, list[str]] = {}
+    for c in candidates:
+        if c.kind == "expand_node" and graph.node(c.node).spatial:
+            continue
+        bias = _has_bias(graph, c.node) if c.kind == "expand_node" else True
+        groups.setdefault((tuple(source_keys(graph, c)), bias), []).extend(c.targets)
+    return groups
+
+
 def _same_as_new_node(graph: "Graph", cand: Candidate, new_node_activation: str) -> tuple | None:
     """``((u,), (v,))`` when widening ``cand.node`` is the same change as a new node u → n → v."""
     if len(cand.in_edges) != 1 or len(cand.out_edges) != 1:
@@ -277,14 +291,14 @@ def _same_as_new_node(graph: "Graph", cand: Candidate, new_node_activation: str)
 
 class _Context:
     """What candidates share within one call: δW* per target, S_U and its whitening per source
-    set, and (``shared``) the blocks M_{U,v}, N_{U,v} and their whitened forms per (U, v)."""
+    set, and (``shared``) the blocks M_{U,T}, N_{U,T} and their whitened forms per source set U,
+    for all of U's targets T at once (:meth:`share`)."""
 
     def __init__(self, graph: "Graph", stats: Statistics, rel_tol: float, shared: bool) -> None:
         self.graph, self.stats, self.rel_tol, self.shared = graph, stats, rel_tol, shared
         self.memo: dict = {}
         self.updates: dict[str, NodeUpdate] = {}
-        self.blocks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.white_blocks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.groups: dict[tuple, tuple] = {}  # (U, bias) → (target columns, (M, N, F M, F N))
         self.node_info: dict[str, tuple[list[str], bool]] = {}
 
     def update(self, v: str) -> NodeUpdate:
@@ -300,30 +314,73 @@ class _Context:
 
     def block(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(M_{U,v}, N_{U,v} = M_{U,v} − P_{U,in(v)} δW_v*ᵀ)."""
-        key = (tuple(sources), bias, v)
-        if self.shared and key in self.blocks:
-            return self.blocks[key]
+        key = (tuple(sources), bias)
+        if self.shared and key in self.groups:
+            return self._columns(key, v, 0)
         stats = self.stats
         M = stats.grad_moment(sources, [v], bias)
         upd = self.update(v)
         if upd.solution.delta.shape[1] == 0:
-            value = (M, M)
-        else:
-            in_sources, v_bias = self.info(v)
-            P = stats.moment(sources, in_sources, bias, v_bias)
-            value = (M, M - P @ upd.solution.delta.T.to(P.dtype))
-        if self.shared:
-            self.blocks[key] = value
-        return value
+            return M, M
+        in_sources, v_bias = self.info(v)
+        P = stats.moment(sources, in_sources, bias, v_bias)
+        return M, M - P @ upd.solution.delta.T.to(P.dtype)
 
-    def whitened(self, sources: list[str], bias: bool, v: str, white: Decomposition) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F_U M_{U,v}, F_U N_{U,v}), computed once per (U, v)."""
-        key = (tuple(sources), bias, v)
-        if key not in self.white_blocks:
-            M, N = self.block(sources, bias, v)
-            both = white.whiten(torch.cat([M, N], 1))
-            self.white_blocks[key] = (both[:, : M.shape[1]], both[:, M.shape[1]:])
-        return self.white_blocks[key]
+    def whitened(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F_U M_{U,v}, F_U N_{U,v}) from the whitened blocks of U's group."""
+        return self._columns((tuple(sources), bias), v, 2)
+
+    def share(self, groups: dict[tuple, list[str]]) -> None:
+        """Solve the blocks of every source set U (key ``(U, bias)``) for all its targets T_U at
+        once: M_{U,T} in one read, N_{U,T} = M_{U,T} − P_{U,W} Δ with W the union of the
+        targets' in-views and Δ (Σd_w [+1] × Σd_v) holding each δW_v*ᵀ in its in-views' rows
+        (the constant row last), then F_U [M N] in one triangular solve."""
+        for key, targets in groups.items():
+            try:
+                self.groups[key] = self._group(key, list(dict.fromkeys(targets)))
+            except DaggrowError:
+                pass  # the candidates of this source set fail one by one (and are skipped)
+
+    def _group(self, key: tuple, targets: list[str]):
+        sources, bias = list(key[0]), key[1]
+        stats = self.stats
+        M = stats.grad_moment(sources, targets, bias)
+        columns, offset = {}, 0
+        for v in targets:
+            columns[v] = (offset, offset + stats.widths[v])
+            offset += stats.widths[v]
+        rows: dict[str, int] = {}
+        for v in targets:
+            if self.update(v).solution.delta.shape[1]:
+                for w in self.info(v)[0]:
+                    rows.setdefault(w, sum(stats.widths[x] for x in rows))
+        N = M
+        if rows or any(self.info(v)[1] for v in targets):
+            W = list(rows)
+            P = stats.moment(sources, W, bias, True)
+            delta = P.new_zeros(P.shape[1], M.shape[1])
+            for v in targets:
+                d = self.update(v).solution.delta.to(P.dtype)
+                if d.shape[1] == 0:
+                    continue
+                lo, hi = columns[v]
+                in_sources, v_bias = self.info(v)
+                at = 0
+                for w in in_sources:
+                    width = stats.widths[w]
+                    delta[rows[w]: rows[w] + width, lo:hi] += d[:, at: at + width].T
+                    at += width
+                if v_bias:
+                    delta[-1, lo:hi] = d[:, -1]
+            N = M - P @ delta
+        _, white = moment_and_decomposition(self.graph, stats, sources, bias, self.rel_tol, self.memo)
+        both = white.whiten(torch.cat([M, N], 1))
+        return columns, (M, N, both[:, : M.shape[1]], both[:, M.shape[1]:])
+
+    def _columns(self, key: tuple, v: str, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+        columns, blocks = self.groups[key]
+        lo, hi = columns[v]
+        return blocks[first][:, lo:hi], blocks[first + 1][:, lo:hi]
 
 
 @dataclass
@@ -360,8 +417,8 @@ def _assemble(ctx: _Context, cand: Candidate, max_neurons: int, new_node_activat
         S, white = moment_and_decomposition(graph, stats, sources, bias, ctx.rel_tol, ctx.memo)
         blocks = [ctx.block(sources, bias, v) for v in targets]
         M, N = torch.cat([b[0] for b in blocks], 1), torch.cat([b[1] for b in blocks], 1)
-        if ctx.shared and cand.kind != "new_edge":
-            white_blocks = [ctx.whitened(sources, bias, v, white) for v in targets]
+        if (tuple(sources), bias) in ctx.groups and cand.kind != "new_edge":
+            white_blocks = [ctx.whitened(sources, bias, v) for v in targets]
             FM, FN = torch.cat([b[0] for b in white_blocks], 1), torch.cat([b[1] for b in white_blocks], 1)
     updates = {v: ctx.update(v) for v in dict.fromkeys(targets)}
     # below this bottleneck decrease a direction is float64 round-off, not a real gain
