@@ -164,10 +164,12 @@ def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
     """The moments one pass must collect for every candidate and for Ψ at ``bottleneck_nodes``
     (default: every non-input node; ``[]``: only what the candidates need, i.e. δW* at their
     targets)."""
-    vector, channels = [], []
+    vector: dict[tuple[str, ...], dict[str, None]] = {}
+    channels = []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).spatial:
             channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
-        else:
-            vector.append((source_keys(graph, c), c.targets))
-    return plan_for(graph, vector, bottleneck_nodes=bottleneck_nodes, full_kernels=channels)
+        else:  # candidates that share a source set need its moments once, with all their targets
+            vector.setdefault(tuple(source_keys(graph, c)), {}).update(dict.fromkeys(c.targets))
+    return plan_for(graph, [(list(u), list(t)) for u, t in vector.items()], bottleneck_nodes=bottleneck_nodes,
+                    full_kernels=channels)
