@@ -72,3 +72,9 @@ class ConfigError(DaggrowError, ValueError):
 class TrainingError(DaggrowError):
     """Training cannot go on: non-finite inputs, targets or loss (the weights would turn NaN),
     or a loader that cannot be read the way growth needs (once per pass, every pass)."""
+
+
+class CandidateSkippedWarning(UserWarning):
+    """``propose`` skipped candidates whose problem could not be solved (a factorisation that
+    failed even after its fallbacks, statistics that were not collected): one warning per call
+    lists them; the proposals returned carry the reasons (``proposals.skipped``)."""

@@ -123,13 +123,39 @@ def _with_added_terms(graph: "Graph", name: str, z_old: torch.Tensor, values: di
 
 def _new_channel_term(m: torch.nn.Module, h: torch.Tensor, start: int, tokens: bool = False) -> torch.Tensor:
     """What an edge adds through its source's channels ``start:`` (weight columns only, no bias)."""
-    if tokens:  # a per-token linear edge from a tokens node: its last features
-        return F.linear(h[..., start:], m.weight[:, start:])
-    if isinstance(m, torch.nn.Linear):
+    if isinstance(m, torch.nn.Linear) and not tokens:
         per_channel = h[0].numel() // h.shape[1]           # positions of a flattened image source
-        return F.linear(torch.flatten(h[:, start:], 1), m.weight[:, start * per_channel:])
+        return columns_term(m, h[:, start:], m.weight[:, start * per_channel:])
+    return columns_term(m, h[..., start:] if tokens else h[:, start:], m.weight[:, start:], tokens)
+
+
+def columns_term(m: torch.nn.Module, h: torch.Tensor, weight: torch.Tensor, tokens: bool = False) -> torch.Tensor:
+    """What edge module ``m`` adds through some source channels ``h`` read with ``weight`` (those
+    channels' columns of m's weight, no bias): W h for a linear edge (flattening an image
+    source channel-major), the convolution of ``h`` for a conv edge."""
+    if tokens:  # a per-token linear edge from a tokens node
+        return F.linear(h, weight)
+    if isinstance(m, torch.nn.Linear):
+        return F.linear(torch.flatten(h, 1), weight)
     conv = F.conv1d if isinstance(m, torch.nn.Conv1d) else F.conv2d
-    return conv(h[:, start:], m.weight[:, start:], None, m.stride, m.padding, m.dilation)
+    return conv(h, weight, None, m.stride, m.padding, m.dilation)
+
+
+def rows_term(m: torch.nn.Module, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              flatten: bool) -> torch.Tensor:
+    """What an in-edge with module ``m`` gives to output rows (neurons, channels) with ``weight``
+    (those rows of m's weight) and ``bias``: a linear map of ``h`` (flattened first when the edge
+    flattens an image source) or a convolution with m's geometry."""
+    if isinstance(m, torch.nn.Linear):
+        return F.linear(torch.flatten(h, 1) if flatten else h, weight, bias)
+    conv = F.conv1d if isinstance(m, torch.nn.Conv1d) else F.conv2d
+    return conv(h, weight, bias, m.stride, m.padding, m.dilation)
+
+
+def new_entries_norm(norm: torch.nn.Module | None, z: torch.Tensor) -> torch.Tensor:
+    """An eval-mode BatchNorm's map on channels it gained in a rewrite (running mean 0, running
+    variance 1, weight 1, bias 0): z / √(1 + eps). Identity without a norm."""
+    return z if norm is None else z / (1.0 + norm.eps) ** 0.5
 
 
 def _new_neurons(graph: "Graph", name: str, start: int, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -138,11 +164,7 @@ def _new_neurons(graph: "Graph", name: str, start: int, values: dict[str, torch.
     for e in graph.in_edges(name):
         m, h = graph.module(e.name), values[e.source]
         bias = None if m.bias is None else m.bias[start:]
-        if isinstance(m, torch.nn.Linear):
-            term = F.linear(torch.flatten(h, 1) if graph.node(e.source).spatial else h, m.weight[start:], bias)
-        else:  # a conv: the new output channels only
-            conv = F.conv1d if isinstance(m, torch.nn.Conv1d) else F.conv2d
-            term = conv(h, m.weight[start:], bias, m.stride, m.padding, m.dilation)
+        term = rows_term(m, h, m.weight[start:], bias, graph.node(e.source).spatial)
         z = term if z is None else z + term
     norm = graph.norm_module(name)
     if norm is not None:

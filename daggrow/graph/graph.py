@@ -362,10 +362,31 @@ class Graph(OpNodes):
 
     # ------------------------------------------------------------------ other rooms
     def compile(self, device: torch.device | str | None = None, *, taps: bool = False) -> "GraphModule":
-        """A ``torch.fx.GraphModule`` computing the graph, sharing parameters with it."""
+        """A ``torch.fx.GraphModule`` computing the graph, sharing parameters with it.
+
+        Without ``device``, the module is cached: the same object comes back until the graph's
+        structure changes (a node, an edge, a module, the inputs or outputs: any mutation, each
+        one replaces an object the cache key holds), then it is rebuilt. Parameters are shared,
+        so training never invalidates it."""
         from ..compile import compile_graph
 
-        return compile_graph(self, device=device, taps=taps)
+        if device is not None:
+            return compile_graph(self, device=device, taps=taps)
+        key = self._structure_key()
+        cache = self.__dict__.setdefault("_compiled", {})
+        hit = cache.get(taps)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        module = compile_graph(self, taps=taps)
+        cache[taps] = (key, module)
+        return module
+
+    def _structure_key(self) -> tuple:
+        """Everything a compiled module depends on, as the objects themselves (compared by
+        identity first; a mutation replaces at least one of them)."""
+        return (tuple(self._nodes.items()), tuple(self._edges.items()), tuple(self._edge_modules.items()),
+                tuple(self._norm_modules.items()), tuple(self._op_modules.items()), tuple(self._inputs),
+                tuple(self._outputs))
 
     def save(self, path: str | Path) -> None:
         """Write the graph to ``path`` (a folder: ``graph.json`` + ``weights.pt``)."""
@@ -508,6 +529,8 @@ class Graph(OpNodes):
         for k, v in self.__dict__.items():
             if k == "_nx":
                 new._nx = self._nx.copy()
+            elif k == "_compiled":
+                new._compiled = {}  # a copy compiles its own modules
             elif k in ("_nodes", "_edges", "_inputs", "_outputs", "growth_log"):
                 new.__dict__[k] = _copy.copy(v)  # specs are frozen: sharing them is safe
             else:

@@ -176,7 +176,7 @@ PARAMETER_FREE_KINDS = frozenset({"identity", "pool", "flatten", "place", "opera
 
 def is_growable(block: "Block") -> bool:
     """Linear blocks, and convolutions with ``groups == 1``."""
-    return block.kind in GROWABLE_KINDS and getattr(block, "groups", 1) == 1
+    return block.kind == "linear" or (block.kind == "conv" and block.groups == 1)
 
 
 class NormSpec(_Frozen):

@@ -106,13 +106,12 @@ def expansion_blocker(graph: "Graph", node: str) -> str | None:
     return None
 
 
-def _vector_pair(graph: "Graph", u: str, v: str) -> bool:
+def _vector_target(graph: "Graph", v: str) -> bool:
     """A new node or edge u → v is a linear block into a vector node v that sums its in-edges,
-    read from a vector or (flattened) image/sequence node u; tokens and opaque values, and op
-    nodes as targets, are left out."""
-    source, target = graph.node(u), graph.node(v)
-    return (not target.shape and target.layout == "channels" and target.op is None
-            and source.layout == "channels")
+    read from a vector or (flattened) image/sequence node u (``layout == "channels"``); tokens
+    and opaque values, and op nodes as targets, are left out."""
+    target = graph.node(v)
+    return not target.shape and target.layout == "channels" and target.op is None
 
 
 def enumerate_candidates(
@@ -145,16 +144,21 @@ def enumerate_candidates(
     pair_kinds = [k for k in ("new_node", "new_edge") if k in kinds]
     if not pair_kinds:
         return out
-    for u in order:
-        for v in order:
-            if u == v or v in graph.inputs or not _vector_pair(graph, u, v) or graph.is_ancestor(v, u):
-                continue
-            if max_fan_in is not None and len(graph.in_edges(v)) >= max_fan_in:
-                continue
-            if "new_node" in pair_kinds and (max_nodes is None or len(graph) < max_nodes):
+    # per node once: O(nodes + edges) graph queries, then O(nodes²) set lookups for the pairs
+    descendants = {n: graph.descendants(n) for n in order}
+    fan_in = {n: len(graph.in_edges(n)) for n in order}
+    joined = {u: {e.target for e in graph.out_edges(u) if is_growable(e.block)} for u in order}
+    sources = [u for u in order if graph.node(u).layout == "channels"]
+    targets = [v for v in order if v not in graph.inputs and _vector_target(graph, v)
+               and (max_fan_in is None or fan_in[v] < max_fan_in)]
+    room_for_nodes = max_nodes is None or len(graph) < max_nodes
+    for u in sources:
+        for v in targets:
+            if u == v or u in descendants[v]:
+                continue  # v would be an ancestor of u: a cycle
+            if "new_node" in pair_kinds and room_for_nodes:
                 out.append(Candidate("new_node", (u,), (v,), room=max_width))
-            if "new_edge" in pair_kinds and not any(
-                    e.target == v and is_growable(e.block) for e in graph.out_edges(u)):
+            if "new_edge" in pair_kinds and v not in joined[u]:
                 out.append(Candidate("new_edge", (u,), (v,)))
     return out
 
@@ -164,10 +168,12 @@ def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
     """The moments one pass must collect for every candidate and for Ψ at ``bottleneck_nodes``
     (default: every non-input node; ``[]``: only what the candidates need, i.e. δW* at their
     targets)."""
-    vector, channels = [], []
+    vector: dict[tuple[str, ...], dict[str, None]] = {}
+    channels = []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).spatial:
             channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
-        else:
-            vector.append((source_keys(graph, c), c.targets))
-    return plan_for(graph, vector, bottleneck_nodes=bottleneck_nodes, full_kernels=channels)
+        else:  # candidates that share a source set need its moments once, with all their targets
+            vector.setdefault(tuple(source_keys(graph, c)), {}).update(dict.fromkeys(c.targets))
+    return plan_for(graph, [(list(u), list(t)) for u, t in vector.items()], bottleneck_nodes=bottleneck_nodes,
+                    full_kernels=channels)

@@ -35,7 +35,7 @@ from . import inputs
 from .candidates import KINDS, Kind, enumerate_candidates
 from .checkpoint import FitPosition, save_checkpoint
 from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
-from .optim import carry_optimizer
+from .optim import carry_optimizer, default_optimizer
 from .propose import NodeUpdate, Proposal, bottleneck, node_update, propose
 from .rewrite import update_weights
 from .strategies import SelectionContext, Strategy, get_strategy
@@ -155,7 +155,7 @@ class Grower:
         self.progress = progress
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         self.lr = inputs.positive_float("lr", lr)
-        self._make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self._make_optimizer = optimizer or (lambda params: default_optimizer(params, lr))
         self._custom = {"loss": callable(loss), "strategy": not isinstance(strategy, str), "optimizer": optimizer is not None}
         self.optimizer: torch.optim.Optimizer | None = None
         self.history: "History" = History()

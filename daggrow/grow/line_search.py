@@ -1,26 +1,49 @@
 """The amplitude factor γ* = argmin_{γ∈[0,u]} L(θ ⊕ γ·change) on a held-out batch (docs/math.md §9).
 
-A coarse geometric grid over (0, u] plus γ = 0, then golden-section refinement around the
-best grid point: a bounded number of evaluations, and γ = 0 always competes, so an accepted
-change never raises the held-out loss. Each evaluation recomputes only the nodes downstream
-of the change, from cached values of the unchanged graph.
+No graph is copied or rewritten. A proposal changes the function only through terms added to
+its targets' pre-activations: with the neurons' fan-in and fan-out at amplitude 1 (from
+:func:`~daggrow.solve.activation_layout`: pairs for ReLU, √(1/c) scaling), amplitude γ scales
+both by √γ, so
+
+    Δz_t(γ) = √γ · W_t^out σ_w(√γ · t₁)        t₁ = the new neurons' pre-activations at γ = 1
+
+(σ_w: the widened node's activation after its norm's map on new entries; a new node has no
+norm), and a new edge adds Δz_v(γ) = γ · W [h_u; 1]. t₁ is computed once from the cached values
+of the unchanged graph; every amplitude of a round is then evaluated in one batched pass: the
+held-out batch is stacked once per amplitude, and only the targets and their descendants are
+recomputed (with the unchanged graph's modules), from cached values everywhere else.
+
+Search: γ = 0 (the unchanged loss), a geometric grid u·2^-j (j < grid) in one pass; while the
+best point is the bound u, the bound doubles (four doublings per pass) up to ``max_upper``, so
+the chosen γ is an interior minimum unless the loss still falls at ``max_upper``; then rounds of
+equally spaced points between the neighbours of the best point (``refine`` evaluations in all,
+at most ``REFINE_ROUND`` per pass). γ = 0 always competes, so an accepted change never raises the
+held-out loss.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from ..compile import eval_mode, node_values
+from ..compile.evaluate import columns_term, new_entries_norm, pre_activation, rows_term
+from ..graph.activations import get_activation
+from ..graph.blocks import edge_forward, flattens_source
+from ..solve import activation_layout
 from ..stats import LossLike, per_sample_loss, split_batch
 from ..stats.collect import graph_device
 
 if TYPE_CHECKING:
     from ..graph import Graph
     from .propose import Proposal
+
+REFINE_ROUND = 8          # refinement points evaluated per batched pass
+STACKED_VALUES = 1 << 24  # values per node tensor of one batched pass (64 MB in float32)
 
 
 @dataclass(frozen=True)
@@ -44,14 +67,20 @@ class BatchEvaluator:
         device = graph_device(graph)
         self.graph, self.loss_fn = graph, loss
         self.xs, self.y = tuple(x.to(device) for x in xs), y.to(device)
+        self.n = int(self.y.shape[0])
         self.pre: dict[str, torch.Tensor] = {}
         with torch.no_grad(), eval_mode(graph):
             self.cache = node_values(graph, self.xs, pre=self.pre)
-        self.base_loss = self._loss_of(graph, self.cache)
+        self.base_loss = float(self.mean_losses(self.cache[graph.outputs[0]], 1)[0])
+        self._order = graph.topological_order()
 
-    def _loss_of(self, graph: "Graph", values: dict[str, torch.Tensor]) -> float:
-        out = values[graph.outputs[0]]
-        return float(per_sample_loss(self.loss_fn, out, self.y).mean())
+    def mean_losses(self, out: torch.Tensor, copies: int) -> torch.Tensor:
+        """The mean held-out loss of each of ``copies`` stacked copies of the batch, (copies,).
+
+        ``out`` is the output for the inputs stacked ``copies`` times ((copies·n, …)). Every loss
+        of the line search is computed here (a data-parallel run reduces these means over ranks)."""
+        y = self.y.expand(copies, *self.y.shape).reshape(copies * self.n, *self.y.shape[1:])
+        return per_sample_loss(self.loss_fn, out, y).reshape(copies, self.n).mean(1)
 
     def loss(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None,
              added: Iterable[str] = ()) -> float:
@@ -59,26 +88,140 @@ class BatchEvaluator:
         ``grown`` nodes only appended neurons (their first k values are taken from the base);
         ``added`` nodes only gained input terms (new edges, or new columns for a grown source)
         and keep the base's other weights: their old pre-activation is reused."""
-        with eval_mode(new):
-            return self.evaluation(new, changed, grown, added)()
-
-    def evaluation(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None,
-                   added: Iterable[str] = ()) -> Callable[[], float]:
-        """:meth:`loss` prepared once for a graph whose parameters change in place between calls
-        (its structure must not): the returned function evaluates ``new`` as it is when called.
-        Hold :func:`~daggrow.compile.eval_mode` of ``new`` around the calls."""
         dirty = set(changed)
         for n in changed:
             if n in new.nodes:
                 dirty |= new.descendants(n)
         reuse = [n for n in new.nodes if n not in dirty and n in self.cache]
         added_z = {n: self.pre[n] for n in added if n in self.pre}
+        with torch.no_grad(), eval_mode(new):
+            values = node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown, added=added_z,
+                                 old_edges=self.graph.edges)
+            return float(self.mean_losses(values[new.outputs[0]], 1)[0])
 
-        def run() -> float:
-            with torch.no_grad():
-                return self._loss_of(new, node_values(new, self.xs, cache=self.cache, reuse=reuse, grown=grown,
-                                                      added=added_z, old_edges=self.graph.edges))
-        return run
+    def losses(self, change: "Change", gammas: Sequence[float]) -> list[float]:
+        """L(γ) of the base graph plus ``change`` at every amplitude in ``gammas``, in batched
+        passes (as many amplitudes per pass as fit in :data:`STACKED_VALUES`)."""
+        out: list[float] = []
+        per_copy = max([self.cache[v][0].numel() for v in change.dirty] + [1]) * self.n
+        step = max(1, STACKED_VALUES // per_copy)
+        with torch.no_grad(), eval_mode(self.graph):
+            for lo in range(0, len(gammas), step):
+                part = list(gammas[lo: lo + step])
+                out += self.mean_losses(self._stacked_output(change, part), len(part)).tolist()
+        return out
+
+    def _stacked_output(self, change: "Change", gammas: list[float]) -> torch.Tensor:
+        """The output for the batch stacked once per amplitude, with ``change`` at each one."""
+        graph, g = self.graph, len(gammas)
+        added = change.terms(torch.tensor(gammas, dtype=torch.float64), self.cache)
+        stacked: dict[str, torch.Tensor] = {}
+
+        def value(node: str) -> torch.Tensor:  # (g·n, …): repeated when the change cannot reach it
+            if node in stacked:
+                return stacked[node]
+            v = self.cache[node]
+            return v.expand(g, *v.shape).reshape(g * v.shape[0], *v.shape[1:])
+
+        for name in self._order:
+            if name not in change.dirty:
+                continue
+            spec = graph.node(name)
+            if graph.op_module(name) is not None:
+                z = pre_activation(graph, name, {s: value(s) for s in graph.predecessors(name)})
+            elif name in self.pre and not any(e.source in stacked for e in graph.in_edges(name)):
+                z = self.pre[name]  # only the change's terms are new: broadcast the old sum
+            else:
+                z = None
+                for e in graph.in_edges(name):
+                    h = stacked.get(e.source, self.cache[e.source])
+                    term = edge_forward(e.block, graph.module(e.name), graph.node(e.source), h, spec)
+                    z = _add(z, term, g)
+            if name in added:
+                z = _add(z, added[name], g)
+            if z.shape[0] != g * self.n:  # (g·n, …) from here on
+                z = z.expand(g, *z.shape).reshape(g * z.shape[0], *z.shape[1:])
+            norm = graph.norm_module(name)
+            if norm is not None:
+                z = norm(z)
+            stacked[name] = get_activation(spec.activation).function(z, **spec.activation_params) \
+                if spec.activation != "identity" else z
+        return value(graph.outputs[0])
+
+
+def _add(z: torch.Tensor | None, term: torch.Tensor, copies: int) -> torch.Tensor:
+    """z + term where either is per sample (n, …) or stacked (copies·n, …); the result is
+    stacked as soon as one of them is."""
+    if z is None:
+        return term
+    if z.shape[0] == term.shape[0]:
+        return z + term
+    big, small = (z, term) if z.shape[0] > term.shape[0] else (term, z)
+    return (big.reshape(copies, small.shape[0], *small.shape[1:]) + small).reshape(big.shape)
+
+
+class Change:
+    """A proposal as terms added to its targets' pre-activations, as a function of γ."""
+
+    def __init__(self, graph: "Graph", proposal: "Proposal") -> None:
+        from .propose import _split_expansion
+
+        self.graph, self.proposal = graph, proposal
+        c = proposal.candidate
+        self.targets = list(dict.fromkeys(c.targets))
+        self.dirty = set(self.targets)
+        for t in self.targets:
+            self.dirty |= graph.descendants(t)
+        ref = next(graph.parameters())
+        like = lambda t: t.detach().to(device=ref.device, dtype=ref.dtype)  # noqa: E731
+        if c.kind == "new_edge":
+            self.weight = like(proposal.weight)
+            return
+        layout = activation_layout(proposal.activation, proposal.activation_params)
+        fan_in, fan_out = layout.neurons(proposal.fan_in, proposal.fan_out, 1.0)  # amplitude 1
+        self.activation = get_activation(proposal.activation)
+        if c.kind == "expand_node":
+            ins, outs, bias = _split_expansion(graph, c, fan_in.T, fan_out, proposal.bias)
+            self.fan_in = [(graph.edge(e), like(w), like(bias[e]) if e in bias else None) for e, w in ins.items()]
+            self.fan_out = [(graph.edge(e), like(w)) for e, w in outs.items()]
+            self.norm = graph.norm_module(c.node)
+            self.tokens = graph.node(c.node).layout == "tokens"
+        else:
+            d_u = graph.node(c.sources[0]).features
+            self.fan_in = [(None, like(fan_in[:d_u].T), like(fan_in[d_u]))]
+            self.fan_out = [(None, like(fan_out))]
+            self.norm, self.tokens = None, False
+
+    def terms(self, gammas: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Δz_t for each target at each amplitude: (len(gammas)·n, …), amplitude-major."""
+        graph, c, g = self.graph, self.proposal.candidate, gammas.numel()
+        if c.kind == "new_edge":
+            u, v = c.sources[0], c.targets[0]
+            h = values[u]
+            h = torch.flatten(h, 1) if graph.node(u).spatial else h
+            unit = F.linear(h, self.weight[:, :-1], self.weight[:, -1])
+            scale = gammas.to(unit)
+            return {v: (scale.reshape(g, *[1] * unit.ndim) * unit).reshape(g * unit.shape[0], *unit.shape[1:])}
+        t1 = None  # the new neurons' pre-activations at γ = 1
+        for edge, w, b in self.fan_in:
+            if edge is None:  # a new node: a linear edge from its source (flattened if an image)
+                h = values[c.sources[0]]
+                term = F.linear(torch.flatten(h, 1) if graph.node(c.sources[0]).spatial else h, w, b)
+            else:
+                term = rows_term(graph.module(edge.name), values[edge.source], w, b,
+                                 flattens_source(edge.block, graph.node(edge.source)))
+            t1 = term if t1 is None else t1 + term
+        root = gammas.sqrt().to(t1)
+        shape = (g, *[1] * t1.ndim)
+        z = (root.reshape(shape) * t1).reshape(g * t1.shape[0], *t1.shape[1:])
+        a = self.activation.function(new_entries_norm(self.norm, z), **self.proposal.activation_params)
+        out = {}
+        for edge, w in self.fan_out:
+            target = c.targets[0] if edge is None else edge.target
+            term = F.linear(a, w) if edge is None else columns_term(graph.module(edge.name), a, w, self.tokens)
+            term = (root.reshape(g, *[1] * (term.ndim)) * term.reshape(g, -1, *term.shape[1:])).reshape(term.shape)
+            out[target] = term if target not in out else out[target] + term
+        return out
 
 
 def changed_nodes(proposal: "Proposal") -> set[str]:
@@ -122,71 +265,51 @@ def golden_section(f: Callable[[float], float], upper: float = 4.0, grid: int = 
     return best_x, best_f, evaluations
 
 
-class ScaledChange:
-    """The graph with a proposal applied once, whose new parameters are rescaled in place for
-    each amplitude γ: neuron fan-ins and fan-outs by √γ, a new edge's weights by γ (exactly what
-    :func:`~daggrow.grow.propose.apply` would build at γ, without copying the graph again)."""
 
-    def __init__(self, graph: "Graph", proposal: "Proposal") -> None:
-        from .propose import apply
-
-        self.graph = apply(graph, proposal, 1.0)
-        record = self.graph.growth_log[-1]
-        # a widened node keeps its old neurons: the evaluator appends only the new ones
-        self.grown = {n: start for n, (start, _) in record.neurons.items() if start > 0 and n in graph.nodes}
-        self.parts: list[tuple[torch.Tensor, tuple, torch.Tensor, float]] = []
-        with torch.no_grad():
-            for node, (start, stop) in record.neurons.items():
-                rows = (slice(start, stop),)
-                for e in self.graph.in_edges(node):
-                    m = self.graph.module(e.name)
-                    self._keep(m.weight, rows, 0.5)
-                    if m.bias is not None:
-                        self._keep(m.bias, rows, 0.5)
-                for e in self.graph.out_edges(node):
-                    weight = self.graph.module(e.name).weight
-                    # a linear edge that flattens an image node holds P columns per channel
-                    rest = weight.shape[1] // stop if weight.ndim == 2 else 1
-                    self._keep(weight, (slice(None), slice(start * rest, stop * rest)), 0.5)
-            if record.action == "new_edge":
-                for name in record.edges:
-                    for p in self.graph.module(name).parameters():
-                        self._keep(p, (slice(None),) * p.ndim, 1.0)
-
-    def _keep(self, tensor: torch.Tensor, index: tuple, power: float) -> None:
-        self.parts.append((tensor, index, tensor[index].detach().clone(), power))
-
-    def at(self, gamma: float) -> "Graph":
-        with torch.no_grad():
-            for tensor, index, base, power in self.parts:
-                tensor[index] = base * gamma ** power
-        return self.graph
+def amplitude_search(losses: Callable[[list[float]], list[float]], at_zero: float, upper: float = 4.0,
+                     grid: int = 10, refine: int = 16, max_upper: float = 2.0 ** 16) -> tuple[float, float, int]:
+    """Minimise L over [0, ∞) with batched evaluations ``losses(γs)``: L(0) = ``at_zero``; the
+    geometric grid upper·2^-j (j < grid); while the bound wins, doublings of it up to
+    ``max_upper``; then ``refine`` equally spaced points in rounds of :data:`REFINE_ROUND`
+    between the best point's neighbours. Returns (argmin, min, number of evaluations)."""
+    points = [upper * 2.0 ** -j for j in reversed(range(grid))]
+    found = dict(zip(points, losses(points)))
+    found[0.0] = at_zero
+    evaluations = len(points)
+    while min(found, key=found.__getitem__) == max(found) and max(found) < max_upper:
+        top = max(found)
+        more = [top * 2.0 ** i for i in range(1, 5) if top * 2.0 ** i <= max_upper]
+        found.update(zip(more, losses(more)))
+        evaluations += len(more)
+    left = refine
+    while left > 0:
+        xs = sorted(found)
+        best = min(range(len(xs)), key=lambda i: (found[xs[i]], xs[i]))
+        if best == 0:
+            break
+        lo, hi = xs[best - 1], xs[min(best + 1, len(xs) - 1)]
+        k = min(left, REFINE_ROUND)
+        new = [lo + (hi - lo) * (i + 1) / (k + 1) for i in range(k)]
+        new = [x for x in new if x not in found]
+        if not new:
+            break
+        found.update(zip(new, losses(new)))
+        evaluations += len(new)
+        left -= k
+    best = min(found, key=lambda x: (found[x], x))
+    return best, found[best], evaluations
 
 
 def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike = "mse", *,
-                upper: float = 4.0, grid: int = 10, refine: int = 8,
+                upper: float = 4.0, grid: int = 10, refine: int = 16, max_upper: float = 2.0 ** 16,
                 evaluator: BatchEvaluator | None = None) -> LineSearchResult:
     """γ* for ``proposal`` on a held-out ``batch``: the loss drop the strategy "amplitude" ranks by.
 
-    The proposal is applied once; each γ rescales only its new parameters and re-evaluates
-    only the nodes downstream of the change.
+    Nothing is copied: the change is evaluated as terms added to its targets (:class:`Change`),
+    each round of amplitudes in one batched pass (see the module docstring).
     """
     ev = evaluator if evaluator is not None else BatchEvaluator(graph, batch, loss)
-    changed = changed_nodes(proposal)
-    scaled = ScaledChange(graph, proposal)
-
-    # the targets only gain terms: the new neurons' or the new edge's (ScaledChange touches
-    # nothing else), so their base pre-activations are reused
-    targets = set(proposal.candidate.targets) - set(scaled.grown)
-
-    evaluate = ev.evaluation(scaled.graph, changed, scaled.grown, added=targets)
-
-    def f(gamma: float) -> float:
-        if gamma == 0.0:
-            return ev.base_loss
-        scaled.at(gamma)
-        return evaluate()
-
-    with eval_mode(scaled.graph):
-        gamma, value, evaluations = golden_section(f, upper, grid, refine)
+    change = Change(graph, proposal)
+    gamma, value, evaluations = amplitude_search(lambda gs: ev.losses(change, gs), ev.base_loss,
+                                                 upper, grid, refine, max_upper)
     return LineSearchResult(gamma, ev.base_loss, value, evaluations)

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 if TYPE_CHECKING:
     from ..graph import Graph
+
+
+def default_optimizer(params: Iterable[torch.nn.Parameter], lr: float = 1e-3) -> torch.optim.Optimizer:
+    """Adam over ``params`` with torch's fused kernel (one kernel for all parameters) where it
+    supports them (floating point, CPU or CUDA), else its multi-tensor (foreach) form; both
+    compute the same update as the per-tensor loop, in fewer, larger operations."""
+    params = list(params)
+    devices = {p.device.type for p in params}
+    if params and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # an older torch, or a dtype it does not fuse
+            pass
+    return torch.optim.Adam(params, lr=lr, foreach=bool(params))
 
 
 def _grown(old: torch.Tensor, new_shape: torch.Size) -> torch.Tensor | None:

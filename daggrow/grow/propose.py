@@ -1,10 +1,10 @@
 """From statistics to proposals: assemble the moment blocks of each candidate, call the solver.
 
-For a candidate with fan-in sources U and targets T (docs/math.md §5):
+For a candidate with fan-in sources U and targets T (MATH §5):
 
     S = S_U,   M = M_{U,T},   N = M_{U,T} − [P_{U,in(v)} δW_v*ᵀ]_{v∈T}
 
-where δW_v* is the best update at each target (docs/math.md §4). The solver turns (S, N, M) into
+where δW_v* is the best update at each target (MATH §4). The solver turns (S, N, M) into
 neurons; this module only reads blocks and splits results back onto edges.
 """
 
@@ -17,10 +17,11 @@ import warnings
 
 import torch
 
-from ..errors import GraphError, SolverError
+from ..errors import CandidateSkippedWarning, DaggrowError, GraphError
 from ..graph.spec import is_growable
 from ..solve import BestUpdate, Decomposition, activation_layout, best_update, solve_neurons, whitening
 from ..solve import new_edge as solve_new_edge
+from ..solve.batched import WhitenedProblem, tiny_neurons_batched
 from ..stats import Statistics, update_sources
 from ..stats.plan import full_kernel
 from .candidates import KINDS, Candidate, Kind, enumerate_candidates, source_keys
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     from ..graph import Graph
 
 Init = Literal["tiny", "gradmax", "north", "random", "zero"]
-
-
-class SolverWarning(UserWarning):
-    """A candidate was skipped because its moment matrix could not be factorised (SolverError)."""
 ROUND_OFF = 1e-10
 
 
@@ -46,7 +43,7 @@ class NodeUpdate:
 
     @property
     def first_order_gain(self) -> float:
-        """L(η) ≈ L(0) − η·gain when η·δW* is applied (docs/math.md §4)."""
+        """L(η) ≈ L(0) − η·gain when η·δW* is applied (MATH §4)."""
         return float(self.solution.gain)
 
 
@@ -73,6 +70,7 @@ class Proposal:
     weight: torch.Tensor | None = None     # new_edge: (d_v × (d_u + 1)), bias column last
     updates: dict[str, NodeUpdate] = field(default_factory=dict)  # δW* at the targets
     projected: bool = True  # False: solved on V, not V⊥ (the projected problem was empty)
+    round_off: bool = False  # first-order gain ≤ round-off of the targets' energy (or < 0): ranked last
 
     @property
     def kind(self) -> Kind:
@@ -136,7 +134,7 @@ def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[st
 
 def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10,
                 memo: dict | None = None) -> NodeUpdate:
-    """δW* at ``node``, jointly over its linear in-edges (docs/math.md §4)."""
+    """δW* at ``node``, jointly over its linear in-edges (MATH §4)."""
     edges = [e for e in graph.in_edges(node) if is_growable(e.block)]
     sources = update_sources(graph, node)
     bias = _has_bias(graph, node)
@@ -168,6 +166,17 @@ def bottleneck(graph: "Graph", stats: Statistics, rel_tol: float = 1e-10) -> dic
             for v in graph.topological_order() if v in stats.v}
 
 
+class Proposals(list):
+    """The proposals of one :func:`propose` call, best first (a plain list), with ``skipped``:
+    ``(candidate, reason)`` for every candidate whose problem could not be solved."""
+
+    skipped: list[tuple[Candidate, str]]
+
+    def __init__(self, items: Iterable["Proposal"] = (), skipped: list[tuple[Candidate, str]] | None = None):
+        super().__init__(items)
+        self.skipped = list(skipped or [])
+
+
 def propose(
     graph: "Graph",
     stats: Statistics,
@@ -181,16 +190,26 @@ def propose(
     rel_tol: float = 1e-10,
     generator: torch.Generator | None = None,
     unprojected_fallback: bool = True,
-) -> list["Proposal"]:
-    """Solve every candidate; returns proposals, best first (by first-order gain, then Σλ²).
+    grouped: bool = True,
+) -> Proposals:
+    """Solve every candidate; returns proposals, best first (see :func:`rank_key`).
 
     With ``unprojected_fallback`` (default), a TINY candidate whose projected problem is empty
     (its targets already read its sources through linear edges, so V⊥ ⟂ B_U) is solved on V
     instead of V⊥; such proposals have ``projected=False`` and their Σλ² is the decrease of
     (1/n)‖V − ΩAᵀB‖², not of the bottleneck.
 
-    Candidates whose statistics were not collected are an error (collect with a plan that
-    includes them); candidates with nothing to gain (K = 0) are dropped.
+    ``grouped`` (default) shares work between candidates: one whitening F_U per source set U,
+    one product F_U N_{U,v} and F_U M_{U,v} per (U, target v), a candidate's F N the columns of
+    its targets' blocks, and the SVDs of all TINY candidates of one shape in one batched call.
+    ``grouped=False`` solves each candidate on its own (the reference: same answers to round-off).
+
+    One candidate never aborts the call: a candidate whose problem raises a
+    :class:`~daggrow.errors.DaggrowError` (a factorisation that failed even after its fallbacks,
+    statistics that were not collected for it) is skipped; one
+    :class:`~daggrow.errors.CandidateSkippedWarning` per call lists them, and the returned
+    :class:`Proposals` hold ``(candidate, reason)`` in ``.skipped``. Candidates with nothing to
+    gain (K = 0) are dropped.
 
     Widening a node w that reads only u and writes only v (one linear edge each, w's activation
     = ``new_node_activation``, a bias, no norm) is the same function change as a new node
@@ -200,31 +219,62 @@ def propose(
     chain x → h → y could never leave it.
     """
     candidates = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)
-    candidates = [c for c in candidates if c.where not in stats.left_out]  # the memory planner's
-    updates: dict[str, NodeUpdate] = {}
-
-    memo: dict = {}
-
-    def update(v: str) -> NodeUpdate:
-        if v not in updates:
-            updates[v] = node_update(graph, stats, v, rel_tol, memo)
-        return updates[v]
-
-    proposals = []
+    candidates = [c for c in candidates if c.where not in stats.left_out]  # left out by the memory planner
+    ctx = _Context(graph, stats, rel_tol, shared=grouped)
+    name = _fresh_node_name(graph)
+    problems, skipped = [], []
     pairs = {(c.sources, c.targets) for c in candidates if c.kind == "new_node"}
+    candidates = [c for c in candidates if not (
+        c.kind == "expand_node" and _same_as_new_node(graph, c, new_node_activation) in pairs)]
+    # (the same change as a new node between its source and target: see the docstring)
+    if grouped:
+        ctx.share(_target_groups(graph, candidates))
     for cand in candidates:
-        if cand.kind == "expand_node" and _same_as_new_node(graph, cand, new_node_activation) in pairs:
-            continue  # the same change as a new node between its source and target: see the docstring
         try:
-            p = _propose_one(graph, stats, cand, update, max_neurons, init, new_node_activation,
-                             rel_threshold, rel_tol, generator, memo, unprojected_fallback)
-        except SolverError as err:  # one candidate never aborts propose
-            warnings.warn(f"{cand.where}: skipped, {err}", SolverWarning, stacklevel=2)
+            prob = _assemble(ctx, cand, max_neurons, new_node_activation, name)
+        except DaggrowError as err:
+            skipped.append((cand, f"{type(err).__name__}: {err}"))
             continue
-        if p is not None:
-            proposals.append(p)
-    proposals.sort(key=lambda p: (-p.first_order_gain, -p.bottleneck_decrease))
-    return proposals
+        if prob is not None:
+            problems.append(prob)
+    batched = grouped and init == "tiny"
+    if batched:
+        solutions = _solve_batched(problems, rel_threshold, unprojected_fallback, skipped)
+    else:
+        solutions = []
+        for prob in problems:
+            try:
+                solutions.append(_solve_one(prob, init, rel_threshold, rel_tol, generator, unprojected_fallback))
+            except DaggrowError as err:
+                skipped.append((prob.cand, f"{type(err).__name__}: {err}"))
+                solutions.append(None)
+    proposals = [p for prob, sol in zip(problems, solutions) if (p := _proposal(prob, sol, init, stats)) is not None]
+    proposals.sort(key=rank_key)
+    if skipped:
+        warnings.warn(f"propose skipped {len(skipped)} candidate(s): "
+                      + "; ".join(f"{c.where} ({why})" for c, why in skipped[:10])
+                      + ("; …" if len(skipped) > 10 else ""), CandidateSkippedWarning, stacklevel=2)
+    return Proposals(proposals, skipped)
+
+
+def rank_key(p: "Proposal") -> tuple:
+    """Proposals rank by the loss decrease the growth step will make, to first order: a step
+    adds the new parts only (not δW*), so L(γ) ≈ L(0) − γ·first_order_gain (the neurons'
+    Σ α_kᵀ M ω_k, a new edge's tr(W M)); ties are broken by Σλ². A proposal whose gain is
+    not above float64 round-off (at most ROUND_OFF times its targets' energy Σ g_v, negative
+    included) ranks after every real one. The strategy "amplitude" then measures the real loss drop of the first ones."""
+    return (p.round_off, -p.first_order_gain, -p.bottleneck_decrease)
+
+
+def _target_groups(graph: "Graph", candidates: list[Candidate]) -> dict[tuple, list[str]]:
+    """Every source set (with its bias flag) of the vector-node candidates, with all its targets."""
+    groups: dict[tuple, list[str]] = {}
+    for c in candidates:
+        if c.kind == "expand_node" and graph.node(c.node).spatial:
+            continue
+        bias = _has_bias(graph, c.node) if c.kind == "expand_node" else True
+        groups.setdefault((tuple(source_keys(graph, c)), bias), []).extend(c.targets)
+    return groups
 
 
 def _same_as_new_node(graph: "Graph", cand: Candidate, new_node_activation: str) -> tuple | None:
@@ -240,70 +290,245 @@ def _same_as_new_node(graph: "Graph", cand: Candidate, new_node_activation: str)
     return cand.sources, cand.targets
 
 
-def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_node_activation,
-                 rel_threshold, rel_tol, generator, memo, unprojected_fallback) -> Proposal | None:
+class _Context:
+    """What candidates share within one call: δW* per target, S_U and its whitening per source
+    set, and (``shared``) the blocks M_{U,T}, N_{U,T} and their whitened forms per source set U,
+    for all of U's targets T at once (:meth:`share`)."""
+
+    def __init__(self, graph: "Graph", stats: Statistics, rel_tol: float, shared: bool) -> None:
+        self.graph, self.stats, self.rel_tol, self.shared = graph, stats, rel_tol, shared
+        self.memo: dict = {}
+        self.updates: dict[str, NodeUpdate] = {}
+        self.groups: dict[tuple, tuple] = {}  # (U, bias) → (target columns, (M, N, F M, F N))
+        self.node_info: dict[str, tuple[list[str], bool]] = {}
+
+    def update(self, v: str) -> NodeUpdate:
+        if v not in self.updates:
+            self.updates[v] = node_update(self.graph, self.stats, v, self.rel_tol, self.memo)
+        return self.updates[v]
+
+    def info(self, v: str) -> tuple[list[str], bool]:
+        """(the views v's linear in-edges read, whether one of them has a bias)."""
+        if v not in self.node_info:
+            self.node_info[v] = (update_sources(self.graph, v), _has_bias(self.graph, v))
+        return self.node_info[v]
+
+    def block(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M_{U,v}, N_{U,v} = M_{U,v} − P_{U,in(v)} δW_v*ᵀ)."""
+        key = (tuple(sources), bias)
+        if self.shared and key in self.groups:
+            return self._columns(key, v, 0)
+        stats = self.stats
+        M = stats.grad_moment(sources, [v], bias)
+        upd = self.update(v)
+        if upd.solution.delta.shape[1] == 0:
+            return M, M
+        in_sources, v_bias = self.info(v)
+        P = stats.moment(sources, in_sources, bias, v_bias)
+        return M, M - P @ upd.solution.delta.T.to(P.dtype)
+
+    def whitened(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F_U M_{U,v}, F_U N_{U,v}) from the whitened blocks of U's group."""
+        return self._columns((tuple(sources), bias), v, 2)
+
+    def share(self, groups: dict[tuple, list[str]]) -> None:
+        """Solve the blocks of every source set U (key ``(U, bias)``) for all its targets T_U at
+        once: M_{U,T} in one read, N_{U,T} = M_{U,T} − P_{U,W} Δ with W the union of the
+        targets' in-views and Δ (Σd_w [+1] × Σd_v) holding each δW_v*ᵀ in its in-views' rows
+        (the constant row last), then F_U [M N] in one triangular solve."""
+        for key, targets in groups.items():
+            try:
+                self.groups[key] = self._group(key, list(dict.fromkeys(targets)))
+            except DaggrowError:
+                pass  # the candidates of this source set fail one by one (and are skipped)
+
+    def _group(self, key: tuple, targets: list[str]):
+        sources, bias = list(key[0]), key[1]
+        stats = self.stats
+        M = stats.grad_moment(sources, targets, bias)
+        columns, offset = {}, 0
+        for v in targets:
+            columns[v] = (offset, offset + stats.widths[v])
+            offset += stats.widths[v]
+        rows: dict[str, int] = {}
+        for v in targets:
+            if self.update(v).solution.delta.shape[1]:
+                for w in self.info(v)[0]:
+                    rows.setdefault(w, sum(stats.widths[x] for x in rows))
+        N = M
+        if rows or any(self.info(v)[1] for v in targets):
+            W = list(rows)
+            P = stats.moment(sources, W, bias, True)
+            delta = P.new_zeros(P.shape[1], M.shape[1])
+            for v in targets:
+                d = self.update(v).solution.delta.to(P.dtype)
+                if d.shape[1] == 0:
+                    continue
+                lo, hi = columns[v]
+                in_sources, v_bias = self.info(v)
+                at = 0
+                for w in in_sources:
+                    width = stats.widths[w]
+                    delta[rows[w]: rows[w] + width, lo:hi] += d[:, at: at + width].T
+                    at += width
+                if v_bias:
+                    delta[-1, lo:hi] = d[:, -1]
+            N = M - P @ delta
+        _, white = moment_and_decomposition(self.graph, stats, sources, bias, self.rel_tol, self.memo)
+        both = white.whiten(torch.cat([M, N], 1))
+        return columns, (M, N, both[:, : M.shape[1]], both[:, M.shape[1]:])
+
+    def _columns(self, key: tuple, v: str, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+        columns, blocks = self.groups[key]
+        lo, hi = columns[v]
+        return blocks[first][:, lo:hi], blocks[first + 1][:, lo:hi]
+
+
+@dataclass
+class _Problem:
+    """One candidate's solver inputs and what its proposal needs besides the solution."""
+
+    cand: Candidate
+    S: torch.Tensor
+    white: Decomposition
+    M: torch.Tensor
+    N: torch.Tensor
+    bias: bool
+    updates: dict[str, NodeUpdate]
+    min_decrease: float
+    max_neurons: int = 0
+    activation: str = "identity"
+    params: dict[str, float] = field(default_factory=dict)
+    existing: torch.Tensor | None = None
+    name: str | None = None
+    FM: torch.Tensor | None = None  # F M and F N when the blocks were whitened per (U, v)
+    FN: torch.Tensor | None = None
+    sources: list[str] = field(default_factory=list)  # the views the fan-in reads (for Statistics.lift)
+
+
+def _assemble(ctx: _Context, cand: Candidate, max_neurons: int, new_node_activation: str,
+              name: str) -> _Problem | None:
+    """S, its whitening, M and N of one candidate (MATH §5), from the shared blocks."""
+    graph, stats = ctx.graph, ctx.stats
     sources, targets = source_keys(graph, cand), list(cand.targets)
     bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
+    FM = FN = None
     if cand.kind == "expand_node" and graph.node(cand.node).spatial:
-        S, decomposition, M, N = _channel_problem(graph, stats, cand, update, bias, rel_tol, memo)
+        S, white, M, N = _channel_problem(graph, stats, cand, ctx.update, bias, ctx.rel_tol, ctx.memo)
     else:
-        S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
-        M = stats.grad_moment(sources, targets, bias)
-        blocks = []
-        for v in targets:
-            upd = update(v)
-            in_sources = update_sources(graph, v)
-            if upd.solution.delta.shape[1] == 0:
-                blocks.append(stats.grad_moment(sources, [v], bias))
-                continue
-            P = stats.moment(sources, in_sources, bias, _has_bias(graph, v))
-            blocks.append(stats.grad_moment(sources, [v], bias) - P @ upd.solution.delta.T.to(P.dtype))
-        N = torch.cat(blocks, 1)
-    target_updates = {v: update(v) for v in dict.fromkeys(targets)}
+        S, white = moment_and_decomposition(graph, stats, sources, bias, ctx.rel_tol, ctx.memo)
+        blocks = [ctx.block(sources, bias, v) for v in targets]
+        M, N = torch.cat([b[0] for b in blocks], 1), torch.cat([b[1] for b in blocks], 1)
+        if (tuple(sources), bias) in ctx.groups and cand.kind != "new_edge":
+            white_blocks = [ctx.whitened(sources, bias, v) for v in targets]
+            FM, FN = torch.cat([b[0] for b in white_blocks], 1), torch.cat([b[1] for b in white_blocks], 1)
+    updates = {v: ctx.update(v) for v in dict.fromkeys(targets)}
     # below this bottleneck decrease a direction is float64 round-off, not a real gain
     min_decrease = ROUND_OFF * sum(stats.grad_energy(v) for v in targets)
+    prob = _Problem(cand, S, white, M, N, bias, updates, min_decrease, FM=FM, FN=FN, sources=sources)
     if cand.kind == "new_edge":
-        sol = solve_new_edge(S, N, M, rel_tol=rel_tol, decomposition=decomposition)
-        if sol.gain <= min_decrease:
-            return None
-        return Proposal(cand, "least_squares", [], float(sol.first_order_gain), float(sol.gain),
-                        fan_in=S.new_zeros(S.shape[0], 0), fan_out=S.new_zeros(N.shape[1], 0), bias=True,
-                        weight=stats.lift(sources, sol.weight.T).T, updates=target_updates)
+        return prob
     if cand.kind == "expand_node":
         spec = graph.node(cand.node)
-        activation, params = spec.activation, dict(spec.activation_params)
-        existing = _stacked_fan_in(graph, cand, bias)
-        name = None
+        prob.activation, prob.params = spec.activation, dict(spec.activation_params)
+        prob.existing = _stacked_fan_in(graph, cand, bias)
     else:
-        activation, params, existing = new_node_activation, {}, None
-        name = _fresh_node_name(graph)
+        prob.activation, prob.name = new_node_activation, name
     if cand.room is not None:  # max_width: whole directions (a ReLU pair is two neurons) that fit
-        max_neurons = min(max_neurons, cand.room // len(activation_layout(activation, params).signs))
+        max_neurons = min(max_neurons, cand.room // len(activation_layout(prob.activation, prob.params).signs))
         if max_neurons < 1:
             return None
-    sol = solve_neurons(init, S=S, N=N, M=M, max_neurons=max_neurons, existing_fan_in=existing,
-                        rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=min_decrease,
-                        generator=generator, decomposition=decomposition)
-    projected = True
+    prob.max_neurons = max_neurons
+    return prob
+
+
+def _solve_one(prob: _Problem, init, rel_threshold, rel_tol, generator, unprojected_fallback):
+    """The reference path: one candidate, one solver call (and the unprojected fallback)."""
+    if prob.cand.kind == "new_edge":
+        return solve_new_edge(prob.S, prob.N, prob.M, rel_tol=rel_tol, decomposition=prob.white), True
+    sol = solve_neurons(init, S=prob.S, N=prob.N, M=prob.M, max_neurons=prob.max_neurons,
+                        existing_fan_in=prob.existing, rel_threshold=rel_threshold, rel_tol=rel_tol,
+                        min_decrease=prob.min_decrease, generator=generator, decomposition=prob.white)
     if sol.fan_in.shape[1] == 0 and init == "tiny" and unprojected_fallback:
         # V⊥ is orthogonal to B_U when the targets already read U linearly (e.g. a skip u→v):
-        # the projected problem is empty, so solve the unprojected one (N = M, docs/math.md §5 with
+        # the projected problem is empty, so solve the unprojected one (N = M, MATH §5 with
         # V instead of V⊥). Its neurons act, to first order, like a low-rank step on the
         # existing linear map, and training can then use their non-linearity.
-        sol = solve_neurons(init, S=S, N=M, M=M, max_neurons=max_neurons, rel_threshold=rel_threshold,
-                            rel_tol=rel_tol, min_decrease=min_decrease, decomposition=decomposition)
-        projected = False
+        sol = solve_neurons(init, S=prob.S, N=prob.M, M=prob.M, max_neurons=prob.max_neurons,
+                            rel_threshold=rel_threshold, rel_tol=rel_tol, min_decrease=prob.min_decrease,
+                            decomposition=prob.white)
+        return sol, False
+    return sol, True
+
+
+def _solve_batched(problems: list[_Problem], rel_threshold: float, unprojected_fallback: bool,
+                   skipped: list) -> list:
+    """TINY for every problem, the SVDs of one shape in one call (new edges solved one by one)."""
+    out: list = [None] * len(problems)
+    neurons = [i for i, p in enumerate(problems) if p.cand.kind != "new_edge"]
+    for i, p in enumerate(problems):
+        if p.cand.kind == "new_edge":
+            try:
+                out[i] = (solve_new_edge(p.S, p.N, p.M, decomposition=p.white), True)
+            except DaggrowError as err:
+                skipped.append((p.cand, f"{type(err).__name__}: {err}"))
+
+    def run(index: list[int], unprojected: bool) -> None:
+        items = [WhitenedProblem(problems[i].white, problems[i].FM if unprojected else _fn(problems[i]),
+                                 _fm(problems[i]), problems[i].max_neurons, problems[i].min_decrease)
+                 for i in index]
+        for i, sol in zip(index, tiny_neurons_batched(items, rel_threshold=rel_threshold)):
+            if isinstance(sol, DaggrowError):
+                skipped.append((problems[i].cand, f"{type(sol).__name__}: {sol}"))
+            else:
+                out[i] = (sol, not unprojected)
+
+    run(neurons, False)
+    if unprojected_fallback:
+        empty = [i for i in neurons if out[i] is not None and out[i][0].fan_in.shape[1] == 0]
+        run(empty, True)
+    return out
+
+
+def _fm(p: _Problem) -> torch.Tensor:
+    if p.FM is None:
+        p.FM = p.white.whiten(p.M)
+    return p.FM
+
+
+def _fn(p: _Problem) -> torch.Tensor:
+    if p.FN is None:
+        p.FN = p.white.whiten(p.N)
+    return p.FN
+
+
+def _proposal(prob: _Problem, solved, init: str, stats: Statistics) -> "Proposal | None":
+    """The proposal of a solved problem; fan-ins solved on pooled reads are lifted to the full
+    views (``Statistics.lift``: Aᵀα for a read A·flatten(h), docs/math.md)."""
+    if solved is None:
+        return None
+    sol, projected = solved
+    cand = prob.cand
+    if cand.kind == "new_edge":
+        if sol.gain <= prob.min_decrease:
+            return None
+        return Proposal(cand, "least_squares", [], float(sol.first_order_gain), float(sol.gain),
+                        fan_in=prob.S.new_zeros(prob.S.shape[0], 0), fan_out=prob.S.new_zeros(prob.N.shape[1], 0),
+                        bias=True, weight=stats.lift(prob.sources, sol.weight.T).T, updates=prob.updates,
+                        round_off=float(sol.first_order_gain) <= prob.min_decrease)
     if sol.fan_in.shape[1] == 0:
         return None
     return Proposal(cand, init, [float(x) for x in sol.eigenvalues], float(sol.first_order_gain),
-                    float(sol.bottleneck_decrease), fan_in=stats.lift(sources, sol.fan_in), fan_out=sol.fan_out, bias=bias,
-                    activation=activation, activation_params=params, node_name=name, updates=target_updates,
-                    projected=projected)
+                    float(sol.bottleneck_decrease), fan_in=stats.lift(prob.sources, sol.fan_in), fan_out=sol.fan_out,
+                    bias=prob.bias,
+                    activation=prob.activation, activation_params=prob.params, node_name=prob.name,
+                    updates=prob.updates, projected=projected,
+                    round_off=float(sol.first_order_gain) <= prob.min_decrease)
 
 
 def _channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update, bias: bool, rel_tol: float,
                      memo: dict) -> tuple[torch.Tensor, Decomposition, torch.Tensor, torch.Tensor]:
-    """(S, decomposition, M, N) for new channels in an image/sequence node (docs/math.md §10).
+    """(S, decomposition, M, N) for new channels in an image/sequence node (MATH §7).
 
     Each out-edge's offsets o are extra observations of S (its border-aware weighted covariance);
     columns (c, o) of M and N pair target channel c with offset o, and
@@ -356,8 +581,8 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
           update_amplitude: float = 0.0, step: int | None = None) -> "Graph":
     """A new graph with the proposal's neurons (or edge) at amplitude γ (pure; ``graph`` unchanged).
 
-    Each neuron's fan-in and fan-out are scaled by √(γ/c) (c from the activation's layout, docs/math.md
-    §8), so the new parts add γ·Ω Aᵀ b to the targets at first order; ``amplitude=0`` keeps the
+    Each neuron's fan-in and fan-out are scaled by √(γ/c) (c from the activation's layout, MATH
+    §5), so the new parts add γ·Ω Aᵀ b to the targets at first order; ``amplitude=0`` keeps the
     function. ``update_amplitude`` η also applies η·δW* at the targets.
     """
     if amplitude < 0:

@@ -117,7 +117,8 @@ class StatisticsPlan:
             for w in sources[i:]:
                 self.add_value_pair(u, w, order)
         for v in targets:
-            self.add_best_update(graph, v, order)
+            if v not in self.grads:  # δW* at v: the same moments for every expansion into v
+                self.add_best_update(graph, v, order)
             for u in sources:
                 self.grad_pairs.add((u, v))
                 for w in update_sources(graph, v):

@@ -88,3 +88,49 @@ def test_cuda_compile_matches_cpu():
     ref = g.compile().eval()(x)
     m = g.compile(device="cuda").eval()
     torch.testing.assert_close(m(x.cuda()).cpu(), ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the compile cache
+def _small_graph():
+    import daggrow as dg
+
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 3)
+    g.add_node("h", 4, "relu")
+    g.add_node("y", 2)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    return g
+
+
+def test_compile_cache_returns_the_same_module_until_a_mutation():
+    from daggrow.grow.rewrite import add_neurons
+
+    g = _small_graph()
+    first = g.compile()
+    assert g.compile() is first and g.compile(taps=True) is not first
+    assert g.compile(taps=True) is g.compile(taps=True)
+    with torch.no_grad():  # training changes parameters in place: still the same module, new values
+        next(g.parameters()).add_(1.0)
+    x = torch.randn(5, 3)
+    assert g.compile() is first
+    torch.testing.assert_close(first(x), g.compile(device="cpu")(x))
+    g.add_node("z", 2, "tanh")  # a mutation: rebuilt
+    g.add_edge("x", "z")
+    g.add_edge("z", "y")
+    second = g.compile()
+    assert second is not first and second(x).shape == (5, 2)
+    g.remove_edge(next(e.name for e in g.in_edges("y") if e.source == "z"))
+    g.remove_node("z")
+    assert g.compile() is not second
+    third = g.compile()
+    g._replace_edge_module(g.in_edges("y")[0].name, torch.nn.Linear(4, 2))  # a module swapped
+    assert g.compile() is not third
+    fourth = g.compile()
+    e_in, e_out = g.in_edges("h")[0].name, g.out_edges("h")[0].name
+    grown = add_neurons(g, "h", {e_in: torch.ones(1, 3)}, {e_out: torch.ones(2, 1)})  # a new graph
+    assert grown.compile() is not fourth and g.copy().compile() is not fourth and g.compile() is fourth
+    g.set_output("y", "h")
+    assert g.compile() is not fourth and len(g.compile()(x)) == 2

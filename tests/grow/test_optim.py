@@ -80,3 +80,35 @@ def test_adamw_and_other_optimizers_are_carried_with_their_hyper_parameters():
         carried.step()
         for p in g.parameters():
             p.grad = None
+
+
+def test_default_optimizer_is_fused_or_foreach_and_steps_like_plain_adam():
+    from daggrow.grow.optim import default_optimizer
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(4))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fast, plain = default_optimizer(a, 1e-2), torch.optim.Adam(b, lr=1e-2, foreach=False)
+    assert fast.defaults.get("fused") or fast.defaults.get("foreach")
+    for _ in range(3):
+        for ps, opt in ((a, fast), (b, plain)):
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in ps).backward()
+            opt.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_default_optimizer_falls_back_to_foreach_where_fused_is_refused(monkeypatch):
+    from daggrow.grow.optim import default_optimizer
+
+    real = torch.optim.Adam
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("fused Adam is not supported here")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt = default_optimizer([torch.nn.Parameter(torch.randn(2))], 1e-3)
+    assert opt.defaults["foreach"] and not opt.defaults.get("fused")
