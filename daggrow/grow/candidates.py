@@ -18,6 +18,7 @@ from ..graph.spec import is_growable
 from ..stats import StatisticsPlan, plan_for
 from ..stats.plan import full_kernel
 from ..stats.views import edge_view, node_view
+from .widening import widening
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -37,6 +38,8 @@ class Candidate:
     in_edges: tuple[str, ...] = ()     # expand_node: the edges carrying the fan-in, aligned with sources
     out_edges: tuple[str, ...] = ()    # expand_node: the edges carrying the fan-out, aligned with targets
     room: int | None = None            # neurons it may add under max_width (None: no bound)
+    activation: str | None = None      # expand_node: the new neurons' activation as their readers see it
+    activation_params: tuple[tuple[str, float], ...] = ()
 
     @property
     def where(self) -> str:
@@ -59,8 +62,9 @@ def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
 
 
 def expandable(graph: "Graph", node: str) -> bool:
-    """A hidden node whose in- and out-edges are all growable (linear, conv with groups=1), that a
-    new neuron can't break. An image/sequence node's out-edges must share one geometry.
+    """A hidden node that K new neurons can't break (``daggrow.grow.widening``): its in-edges are
+    growable (linear, conv with groups=1), its readers are growable edges or concatenations,
+    poolings and flattens passing the new features on, and at least one growable edge reads them.
 
     LayerNorm nodes are excluded: a new feature would change the mean and variance that the
     existing features are normalised by, so even amplitude 0 would change the function.
@@ -72,38 +76,24 @@ def expandable(graph: "Graph", node: str) -> bool:
     return expansion_blocker(graph, node) is None
 
 
-_BLOCKED_BY = {
-    "operand": "an op node reads it (an opaque program may depend on its width)",
-    "identity": "an identity edge (a residual stream) fixes its width",
-    "place": "it is part of a concatenation (growth through concatenations comes later)",
-    "pool": "a pooling passes its channels on unchanged",
-    "flatten": "a flatten edge passes its features on unchanged",
-    "frozen": "a frozen (leaf) module reads or writes it",
-    "conv": "a grouped or depthwise convolution fixes its channels",
-}
-
-
 def expansion_blocker(graph: "Graph", node: str) -> str | None:
     """Why ``node`` cannot gain neurons (``None`` when it can), in words, e.g. ``"an op node
     reads it (an opaque program may depend on its width)"``."""
-    spec = graph.node(node)
-    if node in graph.inputs or node in graph.outputs:
-        return "inputs and outputs keep their width"
-    if spec.op is not None:
-        return "it is an op node (its program fixes its width)"
-    if spec.norm is not None and spec.norm.kind == "layernorm":
-        return "a LayerNorm normalises it (a new feature would change the others)"
-    ins, outs = graph.in_edges(node), graph.out_edges(node)
-    if not ins or not outs:
-        return "it has no in- or out-edge"
-    for e in ins + outs:
-        if not is_growable(e.block):
-            return _BLOCKED_BY.get(e.block.kind, f"its {e.block.kind} edge {e.name!r} is not growable")
-    if spec.spatial and len({edge_view(graph, e).key for e in outs}) > 1:
-        return "its out-edges read it with different geometries (new channels share one S only with one)"
-    if len({e.target for e in outs}) != len(outs):
-        return "two of its out-edges join the same target"
-    return None
+    plan = widening(graph, node)
+    return plan if isinstance(plan, str) else None
+
+
+def growth_blockers(graph: "Graph") -> dict[str, str]:
+    """Every hidden node that cannot gain neurons, with the reason in words (what ``propose``
+    leaves out, and ``daggrow show`` prints)."""
+    out = {}
+    for n in graph.topological_order():
+        if n in graph.inputs or n in graph.outputs:
+            continue
+        reason = expansion_blocker(graph, n)
+        if reason is not None:
+            out[n] = reason
+    return out
 
 
 def _vector_pair(graph: "Graph", u: str, v: str) -> bool:
@@ -136,12 +126,16 @@ def enumerate_candidates(
     out: list[Candidate] = []
     if "expand_node" in kinds:
         for w in order:
-            if expandable(graph, w) and (max_width is None or graph.node(w).width < max_width):
-                ins, outs = graph.in_edges(w), graph.out_edges(w)
-                out.append(Candidate("expand_node", tuple(e.source for e in ins), tuple(e.target for e in outs),
-                                     node=w, in_edges=tuple(e.name for e in ins),
-                                     out_edges=tuple(e.name for e in outs),
-                                     room=None if max_width is None else max_width - graph.node(w).width))
+            plan = widening(graph, w)
+            if isinstance(plan, str) or (max_width is not None and graph.node(w).width >= max_width):
+                continue
+            outs = [graph.edge(e) for e in plan.out_edges]
+            out.append(Candidate("expand_node", tuple(graph.edge(e).source for e in plan.in_edges),
+                                 tuple(e.target for e in outs), node=w, in_edges=plan.in_edges,
+                                 out_edges=plan.out_edges,
+                                 room=None if max_width is None else max_width - graph.node(w).width,
+                                 activation=plan.activation,
+                                 activation_params=tuple(sorted(plan.activation_params.items()))))
     pair_kinds = [k for k in ("new_node", "new_edge") if k in kinds]
     if not pair_kinds:
         return out

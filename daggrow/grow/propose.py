@@ -261,6 +261,8 @@ def _propose_one(graph, stats, cand: Candidate, update, max_neurons, init, new_n
     if cand.kind == "expand_node":
         spec = graph.node(cand.node)
         activation, params = spec.activation, dict(spec.activation_params)
+        if cand.activation is not None:  # as the readers see it (through a concatenation's activation)
+            activation, params = cand.activation, dict(cand.activation_params)
         existing = _stacked_fan_in(graph, cand, bias)
         name = None
     else:
@@ -396,9 +398,8 @@ def _split_expansion(graph: "Graph", cand: Candidate, fan_in: torch.Tensor, fan_
         first = next(e for e in cand.in_edges if graph.edge(e).block.bias)
         bias_by_edge[first] = fan_in[:, offset]
     fan_out_by_edge, offset = {}, 0
-    width = graph.node(cand.node).width
     for e in cand.out_edges:
-        weight = graph.module(e).weight
+        weight, width = graph.module(e).weight, graph.node(graph.edge(e).source).width  # cand.node or its concatenation
         rows, rest = weight.shape[0], weight[0].numel() // width  # rest: kernel offsets or flattened positions
         block = fan_out[offset: offset + rows * rest].reshape(rows, rest, k).transpose(1, 2)
         fan_out_by_edge[e] = block.reshape(rows, k, *weight.shape[2:]) if weight.ndim > 2 else block.reshape(rows, -1)
