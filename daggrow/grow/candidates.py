@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from ..graph.spec import is_growable
+from ..graph.spec import ConvBlock, is_growable
 from ..stats import StatisticsPlan, plan_for
 from ..stats.plan import full_kernel
-from ..stats.views import edge_view, node_view
+from ..stats.views import View, block_view, edge_view, node_view
+from .conv_dag import conv_geometry, image_pair
 from .widening import widening
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Candidate:
     room: int | None = None            # neurons it may add under max_width (None: no bound)
     activation: str | None = None      # expand_node: the new neurons' activation as their readers see it
     activation_params: tuple[tuple[str, float], ...] = ()
+    block: ConvBlock | None = None     # new_node/new_edge between image nodes: the fan-in conv (the new edge)
 
     @property
     def where(self) -> str:
@@ -58,7 +60,15 @@ def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
     else its source node (flattened when it is an image/sequence node)."""
     if cand.kind == "expand_node":
         return [edge_view(graph, graph.edge(e)).key for e in cand.in_edges]
-    return [node_view(graph, cand.sources[0]).key]
+    return [source_view(graph, cand).key]
+
+
+def source_view(graph: "Graph", cand: Candidate) -> View:
+    """The view a new node's fan-in or a new edge reads: the patches of its conv (a conv pair),
+    else the source node's plain, flattened or per-token view."""
+    if cand.block is not None:
+        return block_view(cand.sources[0], cand.block)
+    return node_view(graph, cand.sources[0])
 
 
 def expandable(graph: "Graph", node: str) -> bool:
@@ -141,15 +151,22 @@ def enumerate_candidates(
         return out
     for u in order:
         for v in order:
-            if u == v or v in graph.inputs or not _vector_pair(graph, u, v) or graph.is_ancestor(v, u):
+            if u == v or v in graph.inputs or graph.is_ancestor(v, u):
+                continue
+            conv = image_pair(graph, u, v)
+            if not (conv or _vector_pair(graph, u, v)):
                 continue
             if max_fan_in is not None and len(graph.in_edges(v)) >= max_fan_in:
                 continue
             if "new_node" in pair_kinds and (max_nodes is None or len(graph) < max_nodes):
-                out.append(Candidate("new_node", (u,), (v,), room=max_width))
+                block = conv_geometry(graph, u, v, "new_node") if conv else None
+                if block is not None or not conv:
+                    out.append(Candidate("new_node", (u,), (v,), room=max_width, block=block))
             if "new_edge" in pair_kinds and not any(
                     e.target == v and is_growable(e.block) for e in graph.out_edges(u)):
-                out.append(Candidate("new_edge", (u,), (v,)))
+                block = conv_geometry(graph, u, v, "new_edge") if conv else None
+                if block is not None or not conv:
+                    out.append(Candidate("new_edge", (u,), (v,), block=block))
     return out
 
 
@@ -158,10 +175,18 @@ def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
     """The moments one pass must collect for every candidate and for Ψ at ``bottleneck_nodes``
     (default: every non-input node; ``[]``: only what the candidates need, i.e. δW* at their
     targets)."""
-    vector, channels = [], []
+    vector, channels, convs = [], [], []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).spatial:
             channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
+        elif c.block is not None:
+            convs.append(c)
         else:
             vector.append((source_keys(graph, c), c.targets))
-    return plan_for(graph, vector, bottleneck_nodes=bottleneck_nodes, full_kernels=channels)
+    plan = plan_for(graph, vector, bottleneck_nodes=bottleneck_nodes, full_kernels=channels)
+    order = {n: i for i, n in enumerate(graph.topological_order())}
+    for c in convs:  # patches of the source at the target's positions: a view no edge has yet
+        view = source_view(graph, c)
+        plan.views.setdefault(view.key, view)
+        plan.add_expansion(graph, [view.key], c.targets, order)
+    return plan

@@ -359,8 +359,9 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
     cand = proposal.candidate
     if cand.kind == "new_edge":
         w = proposal.weight * amplitude
-        d_u = graph.node(cand.sources[0]).features
-        new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step)
+        d_u = w.shape[1] - 1  # the source's view (its features, or a conv's patch), then the bias column
+        new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step,
+                               block=cand.block)
     else:
         layout = activation_layout(proposal.activation, proposal.activation_params)
         fan_in, fan_out = layout.neurons(proposal.fan_in, proposal.fan_out, amplitude)
@@ -369,10 +370,10 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
             new = rewrite.add_neurons(graph, cand.node, *_split_expansion(graph, cand, fan_in, fan_out,
                                                                           proposal.bias), step=step)
         else:
-            d_u = graph.node(cand.sources[0]).features
+            d_u = fan_in.shape[1] - 1  # the source's view, then the bias column
             new = rewrite.new_node(graph, cand.sources[0], cand.targets[0], proposal.node_name,
                                    fan_in[:, :d_u], fan_out, fan_in[:, d_u], activation=proposal.activation,
-                                   activation_params=proposal.activation_params, step=step)
+                                   activation_params=proposal.activation_params, step=step, block=cand.block)
     if update_amplitude:
         deltas = {}
         for upd in proposal.updates.values():

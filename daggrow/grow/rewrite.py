@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import GraphError
-from ..graph.spec import GrowthRecord, is_growable
+from ..graph.spec import ConvBlock, GrowthRecord, is_growable
+from .conv_dag import one_by_one
 from .widening import widening
 
 if TYPE_CHECKING:
@@ -198,9 +199,12 @@ def new_node(
     activation: str = "relu",
     activation_params: dict[str, float] | None = None,
     step: int | None = None,
+    block: ConvBlock | None = None,
 ) -> "Graph":
     """Insert ``source → name → target``: a node of width K with fan-in (K × d_source) plus an
-    optional bias (K,), and a bias-free fan-out (d_target × K)."""
+    optional bias (K,), and a bias-free fan-out (d_target × K). With a conv ``block`` (image
+    nodes, ``daggrow.grow.conv_dag``) the node has the target's shape, the fan-in is that conv
+    (K × C_source·Πk, channel-major) and the fan-out a bias-free 1×1 conv (C_target × K)."""
     if graph.is_ancestor(target, source):
         raise GraphError(f"a node from {source!r} to {target!r} would create a cycle")
     new = graph.copy()
@@ -208,24 +212,48 @@ def new_node(
     k = fan_in.shape[0]
     if fan_out.shape[1] != k:
         raise GraphError(f"fan-in has {k} neurons but fan-out has {fan_out.shape[1]}")
-    new.add_node(name, width=k, activation=activation, activation_params=activation_params)
     ref = _reference_tensor(graph)
-    e_in = new.add_edge(source, name, module=_linear(_like(fan_in, ref), None if bias is None else _like(bias, ref)),
-                        bias=bias is not None)
-    e_out = new.add_edge(name, target, module=_linear(_like(fan_out, ref), None), bias=False)
+    shape = graph.node(target).shape if block is not None else ()
+    new.add_node(name, width=k, activation=activation, activation_params=activation_params, shape=shape)
+    b = None if bias is None else _like(bias, ref)
+    if block is None:
+        e_in = new.add_edge(source, name, module=_linear(_like(fan_in, ref), b), bias=bias is not None)
+        e_out = new.add_edge(name, target, module=_linear(_like(fan_out, ref), None), bias=False)
+    else:
+        block = block.model_copy(update={"bias": bias is not None})
+        e_in = new.add_edge(source, name, block, module=_conv(block, _like(fan_in, ref), graph.node(source).width, b))
+        out = one_by_one(block.dim)
+        e_out = new.add_edge(name, target, out, module=_conv(out, _like(fan_out, ref), k, None))
     return _finish(new, GrowthRecord(step=new.step, action="new_node", nodes=[name], edges=[e_in, e_out],
                                      neurons={name: (0, k)}))
 
 
 def new_edge(graph: "Graph", source: str, target: str, weight: torch.Tensor, bias: torch.Tensor | None = None,
-             *, step: int | None = None) -> "Graph":
-    """Add a linear block ``source → target`` with the given weight (d_target × d_source)."""
+             *, step: int | None = None, block: ConvBlock | None = None) -> "Graph":
+    """Add a linear block ``source → target`` with the given weight (d_target × d_source), or the
+    conv ``block`` between two image nodes (weight C_target × C_source·Πk, channel-major)."""
     new = graph.copy()
     new.step = graph.step if step is None else step
     ref = _reference_tensor(graph)
-    name = new.add_edge(source, target, module=_linear(_like(weight, ref), None if bias is None else _like(bias, ref)),
-                        bias=bias is not None)
+    b = None if bias is None else _like(bias, ref)
+    if block is None:
+        name = new.add_edge(source, target, module=_linear(_like(weight, ref), b), bias=bias is not None)
+    else:
+        block = block.model_copy(update={"bias": bias is not None})
+        name = new.add_edge(source, target, block, module=_conv(block, _like(weight, ref), graph.node(source).width, b))
     return _finish(new, GrowthRecord(step=new.step, action="new_edge", edges=[name]))
+
+
+def _conv(block: ConvBlock, weight: torch.Tensor, in_channels: int, bias: torch.Tensor | None) -> nn.Module:
+    """An ``nn.Conv{dim}d`` of ``block``'s geometry holding ``weight`` (C_out × C_in·Πk) and ``bias``."""
+    layer = (nn.Conv1d if block.dim == 1 else nn.Conv2d)(
+        in_channels, weight.shape[0], block.kernel_size, stride=block.stride, padding=block.padding,
+        dilation=block.dilation, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
 
 
 def update_weights(graph: "Graph", deltas: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
