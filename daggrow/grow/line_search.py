@@ -17,6 +17,7 @@ import torch
 from ..compile import eval_mode, node_values
 from ..stats import LossLike, per_sample_loss, split_batch
 from ..stats.collect import graph_device
+from .widening import widening
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -81,6 +82,16 @@ class BatchEvaluator:
         return run
 
 
+def reader_columns(graph: "Graph", node: str) -> list[tuple[str, int]]:
+    """The edges reading new neurons of ``node`` (in ``graph``, before the widening) and the
+    column (channel) where they start: its readers, through concatenations too
+    (``daggrow.grow.widening``), at the insertion index in their source."""
+    plan = widening(graph, node)
+    if isinstance(plan, str):
+        return []
+    return [(e, plan.inserts[graph.edge(e).source][0]) for e in plan.out_edges]
+
+
 def changed_nodes(proposal: "Proposal") -> set[str]:
     """Nodes whose value a proposal can change (before adding descendants)."""
     c = proposal.candidate
@@ -135,6 +146,7 @@ class ScaledChange:
         # a widened node keeps its old neurons: the evaluator appends only the new ones
         self.grown = {n: start for n, (start, _) in record.neurons.items() if start > 0 and n in graph.nodes}
         self.parts: list[tuple[torch.Tensor, tuple, torch.Tensor, float]] = []
+        self.indirect: set[str] = set()
         with torch.no_grad():
             for node, (start, stop) in record.neurons.items():
                 rows = (slice(start, stop),)
@@ -143,11 +155,16 @@ class ScaledChange:
                     self._keep(m.weight, rows, 0.5)
                     if m.bias is not None:
                         self._keep(m.bias, rows, 0.5)
-                for e in self.graph.out_edges(node):
-                    weight = self.graph.module(e.name).weight
+                readers = (reader_columns(graph, node) if node in graph.nodes   # concatenations' readers too
+                           else [(e.name, 0) for e in self.graph.out_edges(node)])       # a new node's
+                for e, at in readers:
+                    weight = self.graph.module(e).weight
                     # a linear edge that flattens an image node holds P columns per channel
-                    rest = weight.shape[1] // stop if weight.ndim == 2 else 1
-                    self._keep(weight, (slice(None), slice(start * rest, stop * rest)), 0.5)
+                    width = self.graph.node(self.graph.edge(e).source).width
+                    rest = weight.shape[1] // width if weight.ndim == 2 else 1
+                    self._keep(weight, (slice(None), slice(at * rest, (at + stop - start) * rest)), 0.5)
+                    if self.graph.edge(e).source != node:   # its target's new term comes through a
+                        self.indirect.add(self.graph.edge(e).target)  # widened concatenation
             if record.action == "new_edge":
                 for name in record.edges:
                     for p in self.graph.module(name).parameters():
@@ -177,7 +194,7 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
 
     # the targets only gain terms: the new neurons' or the new edge's (ScaledChange touches
     # nothing else), so their base pre-activations are reused
-    targets = set(proposal.candidate.targets) - set(scaled.grown)
+    targets = set(proposal.candidate.targets) - set(scaled.grown) - scaled.indirect
 
     evaluate = ev.evaluation(scaled.graph, changed, scaled.grown, added=targets)
 

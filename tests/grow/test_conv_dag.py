@@ -11,6 +11,7 @@ import torch
 
 import daggrow as dg
 from daggrow.grow import rewrite
+from daggrow.grow.line_search import line_search
 from daggrow.grow.conv_dag import conv_geometry
 from daggrow.stats import per_sample_loss
 
@@ -86,6 +87,8 @@ def test_first_order_gains_of_new_conv_nodes_and_edges_match_finite_differences(
         gamma = 1e-6
         measured = (base - loss_of(dg.apply(g, p, gamma), batches)) / gamma
         assert measured == pytest.approx(p.first_order_gain, rel=0.02, abs=1e-10), p
+        found = line_search(g, p, batches[1], "mse")
+        assert found.loss_after == pytest.approx(loss_of(dg.apply(g, p, found.amplitude), batches[1:]), rel=1e-9)
     grown = dg.apply(g, next(p for p in proposals if p.kind == "new_node"), 1.0)
     (name,) = set(grown.nodes) - set(g.nodes)
     assert grown.node(name).shape == g.node(next(p for p in proposals if p.kind == "new_node").targets[0]).shape

@@ -15,6 +15,7 @@ from torch import nn
 import daggrow as dg
 from daggrow.errors import GraphError
 from daggrow.grow import rewrite
+from daggrow.grow.line_search import line_search
 from daggrow.grow.candidates import enumerate_candidates, expansion_blocker, growth_blockers
 from daggrow.grow.widening import widening
 from daggrow.stats import per_sample_loss
@@ -110,6 +111,9 @@ def first_order_check(g: dg.Graph, data, loss: str, through: str) -> int:
         gamma = 1e-6
         measured = (base - loss_of(dg.apply(g, p, gamma), data, loss)) / gamma
         assert measured == pytest.approx(p.first_order_gain, rel=0.02, abs=1e-10), p
+        # the line search rescales the new columns of the concatenation's readers in place
+        found = line_search(g, p, data[1], loss)
+        assert found.loss_after == pytest.approx(loss_of(dg.apply(g, p, found.amplitude), data[1:], loss), rel=1e-9)
     return len(proposals)
 
 
