@@ -181,3 +181,32 @@ def _geometry(graph: "Graph", edge: str) -> str:
     """An out-edge's view key without its source's name (same geometry, same S)."""
     view = edge_view(graph, graph.edge(edge))
     return view.key.removeprefix(view.node)
+
+
+def inserted_entries(old: "Graph", new: "Graph") -> dict[str, tuple[int, int, int]]:
+    """Parameters of ``new`` whose new entries the last growth step inserted *inside* them (a
+    concatenation's readers and BatchNorm, zero rows into it), by graph name
+    (``edge:<name>.weight``) → (dim, index, count); the rest of a widening appends."""
+    out: dict[str, tuple[int, int, int]] = {}
+    if not new.growth_log:
+        return out
+    for node, (start, stop) in new.growth_log[-1].neurons.items():
+        plan = widening(old, node) if node in old.nodes and start > 0 else None
+        if plan is None or isinstance(plan, str):
+            continue
+        k = stop - start
+        for x in plan.carriers:
+            at, mult = plan.inserts[x]
+            out[f"norm:{x}.weight"] = out[f"norm:{x}.bias"] = (0, at, k * mult)
+        for e in plan.zero_rows:
+            at, mult = plan.inserts[old.edge(e).target]
+            out[f"edge:{e}.weight"] = out[f"edge:{e}.bias"] = (0, at, k * mult)
+        for e in plan.out_edges + plan.zero_edges:
+            source = old.edge(e).source
+            if source == node:
+                continue
+            at, mult = plan.inserts[source]
+            weight = old.module(e).weight
+            rest = weight[0].numel() // old.node(source).width if weight.ndim == 2 else 1
+            out[f"edge:{e}.weight"] = (1, at * rest, k * mult * rest)
+    return out

@@ -292,3 +292,27 @@ def test_growth_blockers_lists_every_hidden_node_that_cannot_widen():
     assert set(blockers) == {cat} and "concatenation" in blockers[cat]
     gated = quiet_trace(nn.Sequential(nn.Linear(4, 4)), torch.randn(3, 4))
     assert growth_blockers(gated) == {}
+
+
+def test_the_optimizer_state_follows_the_inserted_columns():
+    from daggrow.grow.optim import carry_optimizer
+
+    _, g = vector_model()
+    (cat,) = [n for n in g.nodes if g.node(n).norm is not None]
+    a = g.in_edges(cat)[0].source
+    g.norm_module(cat).train()
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    g.compile()(x).pow(2).sum().backward()
+    opt.step()
+    (e_in,) = widening(g, a).in_edges
+    new = rewrite.add_neurons(g, a, {e_in: torch.randn(2, 6, dtype=torch.float64)}, {})
+    carried = carry_optimizer(opt, g, new)
+    old_state = opt.state[g.module("head").weight]["exp_avg"]
+    state = carried.state[new.module("head").weight]["exp_avg"]
+    assert torch.equal(state[:, [0, 1, 2, 3, 6, 7, 8]], old_state) and torch.equal(state[:, 4:6], torch.zeros(2, 2))
+    old_norm = opt.state[g.norm_module(cat).weight]["exp_avg"]
+    norm = carried.state[new.norm_module(cat).weight]["exp_avg"]
+    assert torch.equal(norm[[0, 1, 2, 3, 6, 7, 8]], old_norm) and torch.equal(norm[4:6], torch.zeros(2))
+    rows = carried.state[new.module(e_in).weight]["exp_avg"]            # w's own in-edge: appended rows
+    assert torch.equal(rows[:4], opt.state[g.module(e_in).weight]["exp_avg"]) and not rows[4:].any()
