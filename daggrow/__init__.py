@@ -47,6 +47,7 @@ from .grow import (
     apply,
     bottleneck,
     enumerate_candidates,
+    growth_blockers,
     line_search,
     propose,
 )
@@ -59,7 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
-    "bottleneck", "collect_statistics", "enumerate_candidates", "line_search", "propose", "trace",
+    "bottleneck", "collect_statistics", "enumerate_candidates", "growth_blockers", "line_search", "propose", "trace",
     "ConfigError", "ConvBlock", "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "OpaqueOp",
     "OpaqueOpWarning", "OperandBlock", "PlaceBlock", "PoolBlock",

@@ -430,6 +430,13 @@ class Graph(OpNodes):
         self._require_edge(name)
         self._edge_modules[name] = module
 
+    def _replace_edge_spec(self, spec: EdgeSpec) -> None:
+        """Same edge (name, source, target), another block spec (a placement's offset)."""
+        old = self._require_edge(spec.name)
+        if (old.source, old.target) != (spec.source, spec.target):
+            raise GraphError(f"edge {spec.name!r} must keep its source and target")
+        self._edges[spec.name] = spec
+
     def _add_edge_unchecked(self, spec: EdgeSpec, module: nn.Module) -> None:
         """Add an edge whose widths may only agree once the whole rewrite is done."""
         self._require_node(spec.source), self._require_node(spec.target)

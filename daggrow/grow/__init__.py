@@ -1,6 +1,6 @@
 """Growth: candidates, rewrites, amplitude line search, strategies and the Grower loop."""
 
-from .candidates import KINDS, Candidate, enumerate_candidates, expandable
+from .candidates import KINDS, Candidate, enumerate_candidates, expandable, growth_blockers
 from .grower import Grower, evaluate
 from .line_search import LineSearchResult, line_search
 from .optim import carry_optimizer
@@ -23,5 +23,5 @@ __all__ = [
     "KINDS", "STRATEGIES", "Amplitude", "BottleneckNode", "Candidate", "Choice", "Efficiency", "Grower",
     "InformationCriterion", "LineSearchResult", "MaxEigenvalue", "Naive", "NodeUpdate", "Proposal",
     "SelectionContext", "Strategy", "apply", "bottleneck", "carry_optimizer", "enumerate_candidates",
-    "evaluate", "expandable", "get_strategy", "line_search", "node_update", "propose",
+    "evaluate", "expandable", "get_strategy", "growth_blockers", "line_search", "node_update", "propose",
 ]

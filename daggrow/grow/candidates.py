@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from ..graph.spec import is_growable
+from ..graph.spec import ConvBlock, is_growable
 from ..stats import StatisticsPlan, plan_for
 from ..stats.plan import full_kernel
-from ..stats.views import edge_view, node_view
+from ..stats.views import View, block_view, edge_view, node_view
+from .conv_dag import conv_geometry, image_pair
+from .widening import widening
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -37,6 +39,9 @@ class Candidate:
     in_edges: tuple[str, ...] = ()     # expand_node: the edges carrying the fan-in, aligned with sources
     out_edges: tuple[str, ...] = ()    # expand_node: the edges carrying the fan-out, aligned with targets
     room: int | None = None            # neurons it may add under max_width (None: no bound)
+    activation: str | None = None      # expand_node: the new neurons' activation as their readers see it
+    activation_params: tuple[tuple[str, float], ...] = ()
+    block: ConvBlock | None = None     # new_node/new_edge between image nodes: the fan-in conv (the new edge)
 
     @property
     def where(self) -> str:
@@ -55,12 +60,21 @@ def source_keys(graph: "Graph", cand: Candidate) -> list[str]:
     else its source node (flattened when it is an image/sequence node)."""
     if cand.kind == "expand_node":
         return [edge_view(graph, graph.edge(e)).key for e in cand.in_edges]
-    return [node_view(graph, cand.sources[0]).key]
+    return [source_view(graph, cand).key]
+
+
+def source_view(graph: "Graph", cand: Candidate) -> View:
+    """The view a new node's fan-in or a new edge reads: the patches of its conv (a conv pair),
+    else the source node's plain, flattened or per-token view."""
+    if cand.block is not None:
+        return block_view(cand.sources[0], cand.block)
+    return node_view(graph, cand.sources[0])
 
 
 def expandable(graph: "Graph", node: str) -> bool:
-    """A hidden node whose in- and out-edges are all growable (linear, conv with groups=1), that a
-    new neuron can't break. An image/sequence node's out-edges must share one geometry.
+    """A hidden node that K new neurons can't break (``daggrow.grow.widening``): its in-edges are
+    growable (linear, conv with groups=1), its readers are growable edges or concatenations,
+    poolings and flattens passing the new features on, and at least one growable edge reads them.
 
     LayerNorm nodes are excluded: a new feature would change the mean and variance that the
     existing features are normalised by, so even amplitude 0 would change the function.
@@ -72,38 +86,24 @@ def expandable(graph: "Graph", node: str) -> bool:
     return expansion_blocker(graph, node) is None
 
 
-_BLOCKED_BY = {
-    "operand": "an op node reads it (an opaque program may depend on its width)",
-    "identity": "an identity edge (a residual stream) fixes its width",
-    "place": "it is part of a concatenation (growth through concatenations comes later)",
-    "pool": "a pooling passes its channels on unchanged",
-    "flatten": "a flatten edge passes its features on unchanged",
-    "frozen": "a frozen (leaf) module reads or writes it",
-    "conv": "a grouped or depthwise convolution fixes its channels",
-}
-
-
 def expansion_blocker(graph: "Graph", node: str) -> str | None:
     """Why ``node`` cannot gain neurons (``None`` when it can), in words, e.g. ``"an op node
     reads it (an opaque program may depend on its width)"``."""
-    spec = graph.node(node)
-    if node in graph.inputs or node in graph.outputs:
-        return "inputs and outputs keep their width"
-    if spec.op is not None:
-        return "it is an op node (its program fixes its width)"
-    if spec.norm is not None and spec.norm.kind == "layernorm":
-        return "a LayerNorm normalises it (a new feature would change the others)"
-    ins, outs = graph.in_edges(node), graph.out_edges(node)
-    if not ins or not outs:
-        return "it has no in- or out-edge"
-    for e in ins + outs:
-        if not is_growable(e.block):
-            return _BLOCKED_BY.get(e.block.kind, f"its {e.block.kind} edge {e.name!r} is not growable")
-    if spec.spatial and len({edge_view(graph, e).key for e in outs}) > 1:
-        return "its out-edges read it with different geometries (new channels share one S only with one)"
-    if len({e.target for e in outs}) != len(outs):
-        return "two of its out-edges join the same target"
-    return None
+    plan = widening(graph, node)
+    return plan if isinstance(plan, str) else None
+
+
+def growth_blockers(graph: "Graph") -> dict[str, str]:
+    """Every hidden node that cannot gain neurons, with the reason in words (what ``propose``
+    leaves out, and ``daggrow show`` prints)."""
+    out = {}
+    for n in graph.topological_order():
+        if n in graph.inputs or n in graph.outputs:
+            continue
+        reason = expansion_blocker(graph, n)
+        if reason is not None:
+            out[n] = reason
+    return out
 
 
 def _vector_target(graph: "Graph", v: str) -> bool:
@@ -135,12 +135,16 @@ def enumerate_candidates(
     out: list[Candidate] = []
     if "expand_node" in kinds:
         for w in order:
-            if expandable(graph, w) and (max_width is None or graph.node(w).width < max_width):
-                ins, outs = graph.in_edges(w), graph.out_edges(w)
-                out.append(Candidate("expand_node", tuple(e.source for e in ins), tuple(e.target for e in outs),
-                                     node=w, in_edges=tuple(e.name for e in ins),
-                                     out_edges=tuple(e.name for e in outs),
-                                     room=None if max_width is None else max_width - graph.node(w).width))
+            plan = widening(graph, w)
+            if isinstance(plan, str) or (max_width is not None and graph.node(w).width >= max_width):
+                continue
+            outs = [graph.edge(e) for e in plan.out_edges]
+            out.append(Candidate("expand_node", tuple(graph.edge(e).source for e in plan.in_edges),
+                                 tuple(e.target for e in outs), node=w, in_edges=plan.in_edges,
+                                 out_edges=plan.out_edges,
+                                 room=None if max_width is None else max_width - graph.node(w).width,
+                                 activation=plan.activation,
+                                 activation_params=tuple(sorted(plan.activation_params.items()))))
     pair_kinds = [k for k in ("new_node", "new_edge") if k in kinds]
     if not pair_kinds:
         return out
@@ -148,18 +152,26 @@ def enumerate_candidates(
     descendants = {n: graph.descendants(n) for n in order}
     fan_in = {n: len(graph.in_edges(n)) for n in order}
     joined = {u: {e.target for e in graph.out_edges(u) if is_growable(e.block)} for u in order}
-    sources = [u for u in order if graph.node(u).layout == "channels"]
-    targets = [v for v in order if v not in graph.inputs and _vector_target(graph, v)
-               and (max_fan_in is None or fan_in[v] < max_fan_in)]
+    vector_sources = {u for u in order if graph.node(u).layout == "channels"}
+    vector_targets = {v for v in order if v not in graph.inputs and _vector_target(graph, v)}
     room_for_nodes = max_nodes is None or len(graph) < max_nodes
-    for u in sources:
-        for v in targets:
-            if u == v or u in descendants[v]:
+    for u in order:
+        for v in order:
+            if u == v or v in graph.inputs or u in descendants[v]:
                 continue  # v would be an ancestor of u: a cycle
+            if max_fan_in is not None and fan_in[v] >= max_fan_in:
+                continue
+            conv = image_pair(graph, u, v)
+            if not conv and not (u in vector_sources and v in vector_targets):
+                continue
             if "new_node" in pair_kinds and room_for_nodes:
-                out.append(Candidate("new_node", (u,), (v,), room=max_width))
+                block = conv_geometry(graph, u, v, "new_node") if conv else None
+                if block is not None or not conv:
+                    out.append(Candidate("new_node", (u,), (v,), room=max_width, block=block))
             if "new_edge" in pair_kinds and v not in joined[u]:
-                out.append(Candidate("new_edge", (u,), (v,)))
+                block = conv_geometry(graph, u, v, "new_edge") if conv else None
+                if block is not None or not conv:
+                    out.append(Candidate("new_edge", (u,), (v,), block=block))
     return out
 
 
@@ -169,11 +181,19 @@ def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
     (default: every non-input node; ``[]``: only what the candidates need, i.e. δW* at their
     targets)."""
     vector: dict[tuple[str, ...], dict[str, None]] = {}
-    channels = []
+    channels, convs = [], []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).spatial:
             channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
+        elif c.block is not None:
+            convs.append(c)
         else:  # candidates that share a source set need its moments once, with all their targets
             vector.setdefault(tuple(source_keys(graph, c)), {}).update(dict.fromkeys(c.targets))
-    return plan_for(graph, [(list(u), list(t)) for u, t in vector.items()], bottleneck_nodes=bottleneck_nodes,
+    plan = plan_for(graph, [(list(u), list(t)) for u, t in vector.items()], bottleneck_nodes=bottleneck_nodes,
                     full_kernels=channels)
+    order = {n: i for i, n in enumerate(graph.topological_order())}
+    for c in convs:  # patches of the source at the target's positions: a view no edge has yet
+        view = source_view(graph, c)
+        plan.views.setdefault(view.key, view)
+        plan.add_expansion(graph, [view.key], c.targets, order)
+    return plan

@@ -19,6 +19,10 @@ the chosen γ is an interior minimum unless the loss still falls at ``max_upper`
 equally spaced points between the neighbours of the best point (``refine`` evaluations in all,
 at most ``REFINE_ROUND`` per pass). γ = 0 always competes, so an accepted change never raises the
 held-out loss.
+
+Proposals whose change is not a sum of terms of that form (a widening whose readers take the new
+columns through a concatenation, a new conv node or edge) take the general path: the proposal is
+applied once and its new parameters are rescaled in place for each γ (:class:`ScaledChange`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..graph.blocks import edge_forward, flattens_source
 from ..solve import activation_layout
 from ..stats import LossLike, per_sample_loss, split_batch
 from ..stats.collect import graph_device
+from .widening import widening
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -163,6 +168,15 @@ def _add(z: torch.Tensor | None, term: torch.Tensor, copies: int) -> torch.Tenso
 class Change:
     """A proposal as terms added to its targets' pre-activations, as a function of γ."""
 
+    @staticmethod
+    def supports(graph: "Graph", proposal: "Proposal") -> bool:
+        """True for linear new nodes and edges and for widenings read directly by their node's
+        out-edges; conv blocks and readers behind a concatenation take :class:`ScaledChange`."""
+        c = proposal.candidate
+        if c.kind != "expand_node":
+            return getattr(c, "block", None) is None
+        return all(graph.edge(e).source == c.node for e, _ in reader_columns(graph, c.node))
+
     def __init__(self, graph: "Graph", proposal: "Proposal") -> None:
         from .propose import _split_expansion
 
@@ -222,6 +236,16 @@ class Change:
             term = (root.reshape(g, *[1] * (term.ndim)) * term.reshape(g, -1, *term.shape[1:])).reshape(term.shape)
             out[target] = term if target not in out else out[target] + term
         return out
+
+
+def reader_columns(graph: "Graph", node: str) -> list[tuple[str, int]]:
+    """The edges reading new neurons of ``node`` (in ``graph``, before the widening) and the
+    column (channel) where they start: its readers, through concatenations too
+    (``daggrow.grow.widening``), at the insertion index in their source."""
+    plan = widening(graph, node)
+    if isinstance(plan, str):
+        return []
+    return [(e, plan.inserts[graph.edge(e).source][0]) for e in plan.out_edges]
 
 
 def changed_nodes(proposal: "Proposal") -> set[str]:
@@ -300,6 +324,53 @@ def amplitude_search(losses: Callable[[list[float]], list[float]], at_zero: floa
     return best, found[best], evaluations
 
 
+class ScaledChange:
+    """The graph with a proposal applied once, whose new parameters are rescaled in place for
+    each amplitude γ: neuron fan-ins and fan-outs by √γ, a new edge's weights by γ (exactly what
+    :func:`~daggrow.grow.propose.apply` would build at γ, without copying the graph again)."""
+
+    def __init__(self, graph: "Graph", proposal: "Proposal") -> None:
+        from .propose import apply
+
+        self.graph = apply(graph, proposal, 1.0)
+        record = self.graph.growth_log[-1]
+        # a widened node keeps its old neurons: the evaluator appends only the new ones
+        self.grown = {n: start for n, (start, _) in record.neurons.items() if start > 0 and n in graph.nodes}
+        self.parts: list[tuple[torch.Tensor, tuple, torch.Tensor, float]] = []
+        self.indirect: set[str] = set()
+        with torch.no_grad():
+            for node, (start, stop) in record.neurons.items():
+                rows = (slice(start, stop),)
+                for e in self.graph.in_edges(node):
+                    m = self.graph.module(e.name)
+                    self._keep(m.weight, rows, 0.5)
+                    if m.bias is not None:
+                        self._keep(m.bias, rows, 0.5)
+                readers = (reader_columns(graph, node) if node in graph.nodes   # concatenations' readers too
+                           else [(e.name, 0) for e in self.graph.out_edges(node)])       # a new node's
+                for e, at in readers:
+                    weight = self.graph.module(e).weight
+                    # a linear edge that flattens an image node holds P columns per channel
+                    width = self.graph.node(self.graph.edge(e).source).width
+                    rest = weight.shape[1] // width if weight.ndim == 2 else 1
+                    self._keep(weight, (slice(None), slice(at * rest, (at + stop - start) * rest)), 0.5)
+                    if self.graph.edge(e).source != node:   # its target's new term comes through a
+                        self.indirect.add(self.graph.edge(e).target)  # widened concatenation
+            if record.action == "new_edge":
+                for name in record.edges:
+                    for p in self.graph.module(name).parameters():
+                        self._keep(p, (slice(None),) * p.ndim, 1.0)
+
+    def _keep(self, tensor: torch.Tensor, index: tuple, power: float) -> None:
+        self.parts.append((tensor, index, tensor[index].detach().clone(), power))
+
+    def at(self, gamma: float) -> "Graph":
+        with torch.no_grad():
+            for tensor, index, base, power in self.parts:
+                tensor[index] = base * gamma ** power
+        return self.graph
+
+
 def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike = "mse", *,
                 upper: float = 4.0, grid: int = 10, refine: int = 16, max_upper: float = 2.0 ** 16,
                 evaluator: BatchEvaluator | None = None) -> LineSearchResult:
@@ -309,7 +380,22 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
     each round of amplitudes in one batched pass (see the module docstring).
     """
     ev = evaluator if evaluator is not None else BatchEvaluator(graph, batch, loss)
-    change = Change(graph, proposal)
-    gamma, value, evaluations = amplitude_search(lambda gs: ev.losses(change, gs), ev.base_loss,
-                                                 upper, grid, refine, max_upper)
+    if Change.supports(graph, proposal):
+        change = Change(graph, proposal)
+        gamma, value, evaluations = amplitude_search(lambda gs: ev.losses(change, gs), ev.base_loss,
+                                                     upper, grid, refine, max_upper)
+        return LineSearchResult(gamma, ev.base_loss, value, evaluations)
+    scaled = ScaledChange(graph, proposal)
+    # the targets only gain terms (ScaledChange touches nothing else): their base pre-activations are reused
+    targets = set(proposal.candidate.targets) - set(scaled.grown) - scaled.indirect
+    changed = changed_nodes(proposal)
+
+    def losses(gammas: list[float]) -> list[float]:
+        out = []
+        for gamma in gammas:
+            scaled.at(gamma)
+            out.append(ev.loss(scaled.graph, changed, scaled.grown, added=targets))
+        return out
+
+    gamma, value, evaluations = amplitude_search(losses, ev.base_loss, upper, grid, refine, max_upper)
     return LineSearchResult(gamma, ev.base_loss, value, evaluations)

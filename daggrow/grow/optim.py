@@ -2,7 +2,9 @@
 
 Parameters are matched by their graph names (``edge:<name>.weight``). A grown tensor keeps
 its old values in its leading block (rewrites append rows/columns), so the optimizer state is
-copied there and the new rows/columns start at zero. Nothing is reset silently: a state that
+copied there and the new rows/columns start at zero; where a widening through a concatenation
+inserted them inside a tensor (``daggrow.grow.widening.inserted_entries``), the state moves
+around them. Nothing is reset silently: a state that
 cannot be carried (a pruned tensor) is dropped with a warning.
 """
 
@@ -13,6 +15,8 @@ import warnings
 from typing import TYPE_CHECKING, Iterable
 
 import torch
+
+from .widening import inserted_entries
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -42,6 +46,14 @@ def _grown(old: torch.Tensor, new_shape: torch.Size) -> torch.Tensor | None:
     return out
 
 
+def _inserted(old: torch.Tensor, new_shape: torch.Size, dim: int, at: int, count: int) -> torch.Tensor | None:
+    """``old`` with ``count`` zero slices inserted at ``index`` along ``dim`` (a widening through a
+    concatenation inserts its new columns inside the readers' weights)."""
+    zeros = old.new_zeros(*old.shape[:dim], count, *old.shape[dim + 1:])
+    out = torch.cat([old.narrow(dim, 0, at), zeros, old.narrow(dim, at, old.shape[dim] - at)], dim)
+    return out if out.shape == new_shape else None
+
+
 def _constructor_defaults(optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's defaults that its constructor accepts (AdamW, for one, records a
     ``decoupled_weight_decay`` default its ``__init__`` does not take); the param groups carry
@@ -68,6 +80,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, old: "Graph", new: "Graph"
         groups[0]["params"] = groups[0]["params"] + fresh
     groups = [g for g in groups if g["params"]]
     carried = type(optimizer)(groups, **_constructor_defaults(optimizer))
+    moved = inserted_entries(old, new)
     for p_old, state in optimizer.state.items():
         name = old_names.get(id(p_old))
         if name is None or name not in new_params or not state:
@@ -76,7 +89,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, old: "Graph", new: "Graph"
         new_state = {}
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == p_old.shape:
-                grown = _grown(value, p_new.shape)
+                grown = _inserted(value, p_new.shape, *moved[name]) if name in moved else _grown(value, p_new.shape)
                 if grown is None:
                     warnings.warn(f"optimizer state {key!r} of {name} could not follow the rewrite "
                                   f"({tuple(value.shape)} -> {tuple(p_new.shape)}); it restarts from zero",

@@ -431,6 +431,8 @@ def _assemble(ctx: _Context, cand: Candidate, max_neurons: int, new_node_activat
     if cand.kind == "expand_node":
         spec = graph.node(cand.node)
         prob.activation, prob.params = spec.activation, dict(spec.activation_params)
+        if cand.activation is not None:  # as the readers see it (through a concatenation's activation)
+            prob.activation, prob.params = cand.activation, dict(cand.activation_params)
         prob.existing = _stacked_fan_in(graph, cand, bias)
     else:
         prob.activation, prob.name = new_node_activation, name
@@ -593,8 +595,9 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
     cand = proposal.candidate
     if cand.kind == "new_edge":
         w = proposal.weight * amplitude
-        d_u = graph.node(cand.sources[0]).features
-        new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step)
+        d_u = w.shape[1] - 1  # the source's view (its features, or a conv's patch), then the bias column
+        new = rewrite.new_edge(graph, cand.sources[0], cand.targets[0], w[:, :d_u], w[:, d_u], step=step,
+                               block=cand.block)
     else:
         layout = activation_layout(proposal.activation, proposal.activation_params)
         fan_in, fan_out = layout.neurons(proposal.fan_in, proposal.fan_out, amplitude)
@@ -603,10 +606,10 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
             new = rewrite.add_neurons(graph, cand.node, *_split_expansion(graph, cand, fan_in, fan_out,
                                                                           proposal.bias), step=step)
         else:
-            d_u = graph.node(cand.sources[0]).features
+            d_u = fan_in.shape[1] - 1  # the source's view, then the bias column
             new = rewrite.new_node(graph, cand.sources[0], cand.targets[0], proposal.node_name,
                                    fan_in[:, :d_u], fan_out, fan_in[:, d_u], activation=proposal.activation,
-                                   activation_params=proposal.activation_params, step=step)
+                                   activation_params=proposal.activation_params, step=step, block=cand.block)
     if update_amplitude:
         deltas = {}
         for upd in proposal.updates.values():
@@ -632,9 +635,8 @@ def _split_expansion(graph: "Graph", cand: Candidate, fan_in: torch.Tensor, fan_
         first = next(e for e in cand.in_edges if graph.edge(e).block.bias)
         bias_by_edge[first] = fan_in[:, offset]
     fan_out_by_edge, offset = {}, 0
-    width = graph.node(cand.node).width
     for e in cand.out_edges:
-        weight = graph.module(e).weight
+        weight, width = graph.module(e).weight, graph.node(graph.edge(e).source).width  # cand.node or its concatenation
         rows, rest = weight.shape[0], weight[0].numel() // width  # rest: kernel offsets or flattened positions
         block = fan_out[offset: offset + rows * rest].reshape(rows, rest, k).transpose(1, 2)
         fan_out_by_edge[e] = block.reshape(rows, k, *weight.shape[2:]) if weight.ndim > 2 else block.reshape(rows, -1)

@@ -158,10 +158,14 @@ def value_rows(graph: "Graph", node: str, t: torch.Tensor) -> torch.Tensor:
 
 def edge_view(graph: "Graph", edge: EdgeSpec) -> View:
     """The view of its source that a growable edge is linear in."""
-    block = edge.block
-    if isinstance(block, ConvBlock):
-        return View(edge.source, "patches", block.dim, block.kernel_size, block.stride, block.padding, block.dilation)
+    if isinstance(edge.block, ConvBlock):
+        return block_view(edge.source, edge.block)
     return node_view(graph, edge.source)
+
+
+def block_view(source: str, block: ConvBlock) -> View:
+    """The unfolded patches a conv ``block`` reads from ``source`` (an edge's, or a new one's)."""
+    return View(source, "patches", block.dim, block.kernel_size, block.stride, block.padding, block.dilation)
 
 
 def positions(graph: "Graph", node: str) -> int:

@@ -104,12 +104,21 @@ def test_concatenation_along_channels_is_a_sum_of_placements():
 
 
 def test_a_branch_of_a_concatenation_is_growable_inside_it():
-    """DenseNet-style: the node between the 1×1 and the 3×3 conv of a layer can widen."""
+    """DenseNet-style: the node between the 1×1 and the 3×3 conv of a layer can widen, and so can
+    each layer's output and the stem, which the block's concatenations read (their readers take
+    the new channels through the concatenation's BatchNorm and ReLU)."""
     from .zoo_families import DenseNetLike
 
     graph = quiet_trace(DenseNetLike().eval(), torch.randn(3, 3, 8, 8))
-    grown = [c.node for c in enumerate_candidates(graph, ["expand_node"])]
-    assert len(grown) == 4 and all(graph.node(n).activation == "relu" for n in grown)
+    cands = {c.node: c for c in enumerate_candidates(graph, ["expand_node"])}
+    middles = {f"block{b}_layer{i}_relu2" for b in (1, 2) for i in (0, 1)}
+    outputs = {"block1_layer0_conv2", "block1_layer1_conv2", "block2_layer0_conv2"}
+    assert set(cands) == middles | outputs | {"stem_2"}
+    assert all(c.activation == "relu" for c in cands.values())
+    # the last layer of block 2 reaches a linear layer only through the pooling: not a candidate
+    assert "block2_layer1_conv2" not in cands
+    assert [graph.edge(e).source for e in cands["stem_2"].out_edges] == [
+        "block1_layer0_relu1", "block1_layer1_relu1", "transition_1"]
     concats = [n for n in graph.nodes if {e.block.kind for e in graph.in_edges(n)} == {"place"}]
     assert len(concats) == 6
 
@@ -231,6 +240,8 @@ def test_each_node_that_cannot_widen_says_why():
     assert expansion_blocker(graph, "mul").startswith("it is an op node")
     reasons = {expansion_blocker(g, n) for model in (DenseNetLike(), MobileNetV2Like())
                for g in [quiet_trace(model.eval(), torch.randn(3, 3, 8, 8))] for n in g.nodes}
-    assert "it is part of a concatenation (growth through concatenations comes later)" in reasons
-    assert "a grouped or depthwise convolution fixes its channels" in reasons
+    assert "it is a concatenation (its features are its branches': widen a branch instead)" in reasons
+    assert ("a grouped or depthwise convolution fixes its channels (a new channel would need its own depthwise "
+            "filter and a second widening behind it)") in reasons
+    assert "it is a pooling of another node (widen the node it pools instead)" in reasons
     assert "an identity edge (a residual stream) fixes its width" in reasons

@@ -173,7 +173,7 @@ def test_what_each_family_becomes():
                                                                                            (0.2, "element")}
 
 
-@pytest.mark.parametrize("name", ["vit", "lstm", "mlp_mixer"])
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_a_growth_step_never_raises_the_held_out_loss(name):
     _, graph = traced(name)
     data = loader(name, n=48)
@@ -184,3 +184,33 @@ def test_a_growth_step_never_raises_the_held_out_loss(name):
         event = grower.grow_step(data, data[0])
     assert event is not None
     assert mean_loss(grower.graph, data[:1]) <= before
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_hidden_node_either_widens_or_says_why(name):
+    """Nothing is dropped silently: a hidden node is an expansion candidate or growth_blockers
+    gives the reason (what propose leaves out)."""
+    _, graph = traced(name)
+    grown = {c.node for c in dg.enumerate_candidates(graph, ["expand_node"])}
+    blockers = dg.growth_blockers(graph)
+    hidden = set(graph.nodes) - set(graph.inputs) - set(graph.outputs)
+    assert grown | set(blockers) == hidden and not grown & set(blockers)
+    assert all(isinstance(r, str) and r for r in blockers.values())
+
+
+def test_gated_and_depthwise_blocks_say_what_cannot_widen():
+    """Squeeze-excitation: the conv inside the gate widens; the gated value (read by the product)
+    and the depthwise stages say why they cannot. MobileNetV2 has no widenable node: every
+    expansion is read by a depthwise conv, every projection by a residual sum or the next
+    block's depthwise conv; its head grows by new nodes and edges."""
+    _, se = traced("efficientnet_se")
+    blockers = dg.growth_blockers(se)
+    assert "blocks_0_block_2_activation" not in blockers  # fc1 → SiLU → fc2 inside the gate
+    assert blockers["blocks_0_block_2_scale_activation"].startswith("an op node reads it")
+    assert blockers["blocks_0_block_1_2"].startswith("a grouped or depthwise convolution")
+    _, mobilenet = traced("mobilenet_v2")
+    assert not dg.enumerate_candidates(mobilenet, ["expand_node"])
+    reasons = set(dg.growth_blockers(mobilenet).values())
+    assert any(r.startswith("a grouped or depthwise convolution") for r in reasons)
+    assert "an identity edge (a residual stream) fixes its width" in reasons
+    assert dg.enumerate_candidates(mobilenet, ["new_node", "new_edge"])
