@@ -142,12 +142,15 @@ class Request:
     sources: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     kernels: tuple[FullKernel, ...] = ()
+    patches: View | None = None  # a new conv node or edge: the patch view it reads (its only source)
 
     def plan(self, graph: "Graph", order: dict[str, int], view: View | None = None) -> StatisticsPlan:
         """Its plan alone; ``view`` replaces its (single) source by a pooled read."""
         plan = StatisticsPlan()
         for fk in self.kernels:
             plan.add_full_kernel(graph, fk, order)
+        if self.patches is not None:
+            plan.views.setdefault(self.patches.key, self.patches)
         if self.targets:
             sources = list(self.sources)
             if view is not None:
@@ -160,13 +163,16 @@ class Request:
 
 def requests_for(graph: "Graph", candidates: Iterable) -> list[Request]:
     """One :class:`Request` per growth candidate (``daggrow.grow.Candidate``)."""
-    from ..grow.candidates import source_keys
+    from ..grow.candidates import source_keys, source_view
     from .plan import full_kernel
 
     out = []
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).spatial:
             out.append(Request(c.where, kernels=tuple(full_kernel(graph, c.node, e) for e in c.out_edges)))
+        elif getattr(c, "block", None) is not None:  # a conv pair reads its source's patches
+            view = source_view(graph, c)
+            out.append(Request(c.where, (view.key,), tuple(c.targets), patches=view))
         else:
             out.append(Request(c.where, tuple(source_keys(graph, c)), tuple(c.targets)))
     return out
@@ -224,8 +230,12 @@ def fit_plan(graph: "Graph", candidates: Sequence, budget: int, *, bottleneck_no
     poolable = lambda r: _flat_source(r) and r.sources[0] not in read  # noqa: E731
     wide = any(poolable(r) and _too_wide(graph, r, max_view_features) for r in requests)
     if not wide:  # the common case: everything in full, one plan, no per-candidate accounting
-        plan = plan_for(graph, [(r.sources, r.targets) for r in requests if r.targets], bottleneck_nodes,
-                        [fk for r in requests for fk in r.kernels])
+        plan = plan_for(graph, [(r.sources, r.targets) for r in requests if r.targets and r.patches is None],
+                        bottleneck_nodes, [fk for r in requests for fk in r.kernels])
+        for r in requests:
+            if r.patches is not None:
+                plan.views.setdefault(r.patches.key, r.patches)
+                plan.add_expansion(graph, list(r.sources), list(r.targets), order)
         report.needed = plan_bytes(graph, plan)
         if report.needed <= budget:
             return plan, list(candidates), report

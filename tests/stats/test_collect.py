@@ -186,10 +186,14 @@ def test_reused_pass_gives_the_same_proposals():
     assert first.data_cache  # S_x was decomposed once and kept
     again = dg.collect_statistics(g, [(X[:40], Y[:40]), (X[40:], Y[40:])], "mse", reuse=first)
     assert again.data_cache.keys() == first.data_cache.keys()
-    for a, b in zip(dg.propose(g, again, max_neurons=2), baseline):
-        assert a.where == b.where
-        torch.testing.assert_close(a.fan_in, b.fan_in, rtol=1e-9, atol=1e-10)
-        assert a.first_order_gain == pytest.approx(b.first_order_gain, rel=1e-9)
+    reused = dg.propose(g, again, max_neurons=2)
+    # candidates of equal gain (here expand a, new node x→y, new edge x→y) may swap places by round-off
+    assert len(reused) == len(baseline) and {p.where for p in reused} == {p.where for p in baseline}
+    by_where = {p.where: p for p in baseline}
+    for a, b in zip(reused, baseline):
+        assert a.first_order_gain == pytest.approx(b.first_order_gain, rel=1e-9)  # the same ranking
+        torch.testing.assert_close(a.fan_in, by_where[a.where].fan_in, rtol=1e-9, atol=1e-10)
+        assert a.first_order_gain == pytest.approx(by_where[a.where].first_order_gain, rel=1e-9)
 
 
 def test_wide_gram_blocks_equal_the_full_product(monkeypatch):

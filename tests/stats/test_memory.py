@@ -79,7 +79,8 @@ def test_plan_bytes_equal_the_accumulators_collected():
 
 def _pooled_setup(cap: int):
     g = image_graph()
-    cands = [c for c in enumerate_candidates(g, ["new_node", "new_edge"]) if c.sources == ("c1",)]
+    cands = [c for c in enumerate_candidates(g, ["new_node", "new_edge"])
+             if c.sources == ("c1",) and c.block is None]  # read flattened (a conv pair reads patches)
     with warnings.catch_warnings():
         warnings.simplefilter("error", MemoryBudgetWarning)  # the cap alone pools silently
         plan, kept, report = fit_plan(g, cands, HUGE, max_view_features=cap)
