@@ -62,3 +62,8 @@ class ConfigError(DaggrowError, ValueError):
 class TrainingError(DaggrowError):
     """Training cannot go on: non-finite inputs, targets or loss (the weights would turn NaN),
     or a loader that cannot be read the way growth needs (once per pass, every pass)."""
+
+
+class DistributedError(DaggrowError):
+    """Growth across processes (``torch.distributed``) went out of step: the processes hold
+    different graphs or data, or one of them failed."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
+from .. import distributed
 from ..compile import eval_mode, node_values
 from ..stats import LossLike, per_sample_loss, split_batch
 from ..stats.collect import graph_device
@@ -51,7 +52,10 @@ class BatchEvaluator:
 
     def _loss_of(self, graph: "Graph", values: dict[str, torch.Tensor]) -> float:
         out = values[graph.outputs[0]]
-        return float(per_sample_loss(self.loss_fn, out, self.y).mean())
+        losses = per_sample_loss(self.loss_fn, out, self.y)
+        if distributed.active():  # the mean over every process's part of the held-out batch
+            return distributed.mean_over_processes(losses.sum(), losses.shape[0])
+        return float(losses.mean())
 
     def loss(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None,
              added: Iterable[str] = ()) -> float:
