@@ -1,0 +1,121 @@
+"""Growth across processes (daggrow.distributed): 2 gloo processes with DistributedSampler and
+batch b grow exactly what one process grows with batch 2b over the same data."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import daggrow as dg
+from daggrow import distributed
+from daggrow.errors import DistributedError
+
+N_TRAIN, N_VAL, BATCH = 64, 64, 8  # per-process batch; one process reads 2 × BATCH
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N_TRAIN + N_VAL, 6, generator=g, dtype=torch.float64)
+    y = (x[:, :3] + x[:, 3:]).argmax(1)  # three classes: one hidden neuron is too few
+    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+
+
+def _graph() -> dg.Graph:
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 6)
+    g.add_node("h", 1, "relu")
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.to(torch.float64)
+    return g
+
+
+def _loaders(rank: int, world: int):
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    xt, yt, xv, yv = _data()
+    train, val = TensorDataset(xt, yt), TensorDataset(xv, yv)
+    if world == 1:
+        return DataLoader(train, batch_size=2 * BATCH), DataLoader(val, batch_size=2 * BATCH)
+    return tuple(DataLoader(d, batch_size=BATCH, sampler=DistributedSampler(d, world, rank, shuffle=False))
+                 for d in (train, val))
+
+
+def _grow(rank: int, world: int, mode: str) -> dict:
+    """A short fit on this process's shard; what the test compares."""
+    train, val = _loaders(rank, world)
+    grower = dg.Grower(_graph(), loss="cross_entropy", lr=2e-2, seed=0, reuse_input_moments=True)
+    history = grower.fit(train, val, growth_steps=3, epochs_between=1, mode=mode)
+    return {"events": [(e.action, e.where, e.params_after) for e in history.events],
+            "amplitudes": [e.amplitude for e in history.events],
+            "val_loss": [e.val_loss for e in history.events],
+            "params": {n: p.detach().clone() for n, p in grower.graph.named_parameters()}}
+
+
+def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        if task == "different":
+            g = _graph()
+            if rank == 1:
+                g.add_node("z", 2, "relu")
+                g.add_edge("x", "z")
+                g.add_edge("z", "y")
+            try:
+                distributed.check_same_graph(g, "a test")
+                result = {"error": None}
+            except DistributedError as err:
+                result = {"error": str(err)}
+        else:
+            result = _grow(rank, world, task)
+        torch.save(result, Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _spawn(tmp_path: Path, task: str, world: int = 2) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), task), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+
+
+@pytest.mark.parametrize("mode", ["sgd", "pure"])
+def test_two_processes_grow_what_one_process_grows(tmp_path, mode):
+    ranks = _spawn(tmp_path, mode)
+    single = _grow(0, 1, mode)
+    assert sum(a != "start" and a != "train" for a, _, _ in single["events"]) >= 2  # it did grow
+    for result in ranks:
+        assert result["events"] == single["events"]
+        for a, b in zip(result["amplitudes"], single["amplitudes"]):
+            assert (a is None) == (b is None) and (a is None or math.isclose(a, b, rel_tol=1e-6))
+        for a, b in zip(result["val_loss"], single["val_loss"]):
+            assert math.isclose(a, b, rel_tol=1e-9)
+        assert result["params"].keys() == single["params"].keys()
+        for name, p in single["params"].items():
+            torch.testing.assert_close(result["params"][name], p, rtol=1e-7, atol=1e-9)
+    for name, p in ranks[0]["params"].items():
+        assert torch.equal(ranks[1]["params"][name], p)  # the processes hold the very same graph
+
+
+def test_different_graphs_raise_a_clear_error(tmp_path):
+    for result in _spawn(tmp_path, "different"):
+        assert result["error"] is not None and "different structure" in result["error"]
