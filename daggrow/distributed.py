@@ -248,10 +248,3 @@ def init_from_environment(device: str = "cpu") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
-
-
-def local_device(device: str) -> str:
-    """``cuda`` → this process's GPU under torchrun (``cuda:LOCAL_RANK``); other devices as they are."""
-    if device == "cuda" and active():
-        return f"cuda:{torch.cuda.current_device()}"
-    return device

@@ -207,14 +207,16 @@ class Grower:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, loss: LossLike | None = None, strategy: "str | Strategy | None" = None,
                         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
-                        map_location: str | torch.device | None = "cpu") -> "Grower":
+                        map_location: str | torch.device | None = "cpu", trust: bool = False) -> "Grower":
         """The Grower a checkpoint saved (graph, optimizer state, history, settings), ready for
         :meth:`resume`. Settings that are code are not saved: pass the same ``loss`` function,
-        ``strategy`` object or ``optimizer`` factory again (a clear error says which)."""
+        ``strategy`` object or ``optimizer`` factory again (a clear error says which).
+        ``trust=True`` also loads the user modules the graph keeps by pickle (a traced model's
+        leaf modules): unpickling runs code from the folder, so only for checkpoints you trust."""
         from .checkpoint import grower_from_checkpoint
 
         return grower_from_checkpoint(cls, path, loss=loss, strategy=strategy, optimizer=optimizer,
-                                      map_location=map_location)
+                                      map_location=map_location, trust=trust)
 
     @property
     def checkpoint(self) -> "Checkpoint | None":
