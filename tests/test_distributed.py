@@ -74,16 +74,21 @@ def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         if task == "different":
-            g = _graph()
-            if rank == 1:
-                g.add_node("z", 2, "relu")
-                g.add_edge("x", "z")
-                g.add_edge("z", "y")
-            try:
-                distributed.check_same_graph(g, "a test")
-                result = {"error": None}
-            except DistributedError as err:
-                result = {"error": str(err)}
+            result = {}
+            for what in ("structure", "weights"):
+                g = _graph()
+                if rank == 1 and what == "structure":
+                    g.add_node("z", 2, "relu")
+                    g.add_edge("x", "z")
+                    g.add_edge("z", "y")
+                if rank == 1 and what == "weights":
+                    with torch.no_grad():
+                        g.module("h_to_y").weight.add_(1e-3)
+                try:
+                    distributed.check_same_graph(g, "a test")
+                    result[what] = None
+                except DistributedError as err:
+                    result[what] = str(err)
         else:
             result = _grow(rank, world, task)
         torch.save(result, Path(folder) / f"rank{rank}.pt")
@@ -118,4 +123,81 @@ def test_two_processes_grow_what_one_process_grows(tmp_path, mode):
 
 def test_different_graphs_raise_a_clear_error(tmp_path):
     for result in _spawn(tmp_path, "different"):
-        assert result["error"] is not None and "different structure" in result["error"]
+        assert "different structure" in result["structure"]
+        assert "different weights" in result["weights"]
+
+
+# ------------------------------------------------------------------------ the command line
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun ARGS`` with this interpreter's scripts first on PATH and a free rendezvous port."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "torchrun").exists() or not (bin_dir / "daggrow").exists():
+        pytest.skip("torchrun and daggrow are not installed next to this interpreter")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PET_MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _single(config) -> dict:
+    from daggrow.grow.runner import run_growth
+
+    return run_growth(config, progress=False)
+
+
+def test_readme_scale_out_command_runs_as_written(tmp_path):
+    from daggrow.grow.runner import RunConfig, load_config
+
+    section = README.read_text().split("## Scale out", 1)[1]
+    command = section.split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    done = _torchrun(command.split(), tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("growth steps,") == 1  # rank 0 prints, the other process does not
+    out = tmp_path / "runs" / "digits2"
+    config = load_config(out)
+    assert config.world_size == 2
+    assert (out / "report.html").exists() and not list(tmp_path.glob("runs/*.tmp*"))
+    single = _single(RunConfig(**{**config.model_dump(), "world_size": 1, "out": str(tmp_path / "one")}))
+    history = dg.History.load(out)
+    assert f"{single['parameters']:,} parameters" in done.stdout
+    assert [(e.action, e.where, e.params_after) for e in history.events] == \
+        [(e.action, e.where, e.params_after) for e in dg.History.load(tmp_path / "one").events]
+    assert math.isclose(history.events[-1].val_loss, single["val_loss"], rel_tol=1e-4)
+
+
+STOP_AFTER_THIRD_CHECKPOINT = """
+import sys
+from daggrow.grow.runner import RunConfig, run_growth
+calls = []
+def stop(position):
+    calls.append(position)
+    if len(calls) == 3:
+        raise KeyboardInterrupt  # as a kill would, after a checkpoint
+try:
+    run_growth(RunConfig(dataset="digits", steps=2, out=sys.argv[1]), progress=False, on_checkpoint=stop)
+except KeyboardInterrupt:
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+def test_resume_under_torchrun_finishes_the_run_one_process_makes(tmp_path):
+    from daggrow.grow.runner import RunConfig
+
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_AFTER_THIRD_CHECKPOINT)
+    out = tmp_path / "run"
+    stopped = _torchrun(["torchrun", "--nproc_per_node=2", str(script), str(out)], tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert len(dg.History.load(out).events) < 5  # stopped part-way
+    resumed = _torchrun(["torchrun", "--nproc_per_node=2", "--no-python", "daggrow", "grow", "--resume", str(out),
+                         "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("(resumed)") == 1
+    single = _single(RunConfig(dataset="digits", steps=2, out=str(tmp_path / "one")))
+    events = dg.History.load(out).events
+    assert [(e.action, e.where, e.params_after) for e in events] == \
+        [(e.action, e.where, e.params_after) for e in dg.History.load(tmp_path / "one").events]
+    assert math.isclose(events[-1].val_loss, single["val_loss"], rel_tol=1e-4)
