@@ -201,3 +201,111 @@ def test_resume_under_torchrun_finishes_the_run_one_process_makes(tmp_path):
     assert [(e.action, e.where, e.params_after) for e in events] == \
         [(e.action, e.where, e.params_after) for e in dg.History.load(tmp_path / "one").events]
     assert math.isclose(events[-1].val_loss, single["val_loss"], rel_tol=1e-4)
+
+
+# ------------------------------------------------------------------------ one process, in-process
+@pytest.fixture
+def group_of_one(tmp_path, monkeypatch):
+    """A gloo group of one process, with the reductions switched on (each is then an identity)."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    yield monkeypatch
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["sgd", "pure"])
+def test_every_reduction_of_one_process_is_an_identity(group_of_one, mode):
+    group_of_one.setattr(distributed, "active", lambda: False)
+    plain = _grow(0, 1, mode)
+    group_of_one.setattr(distributed, "active", lambda: True)
+    reduced = _grow(0, 1, mode)
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert reduced["events"] == plain["events"]
+    for name, p in plain["params"].items():
+        torch.testing.assert_close(reduced["params"][name], p)
+
+
+def test_a_declined_choice_is_agreed_and_the_counts_are_summed(group_of_one):
+    assert distributed.agree([], None) is None
+    assert distributed.sum_over_processes(1.5, 2.0) == (1.5, 2.0)
+    assert distributed.mean_over_processes(torch.tensor(3.0), 2) == 1.5
+    assert math.isnan(distributed.mean_over_processes(0.0, 0))
+    distributed.barrier()
+
+
+def test_a_non_finite_loss_stops_every_process(group_of_one):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    grower = dg.Grower(_graph())
+    with pytest.raises(dg.TrainingError, match="NaN"):
+        grower.train_epoch([(bad, y)])
+    group_of_one.setattr(distributed, "average_gradients", lambda *args: False)
+    with pytest.raises(dg.TrainingError, match="another process"):
+        grower.train_epoch([(x, y)])
+
+
+def test_a_skipped_batch_still_takes_the_other_processes_step(group_of_one):
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("h", 3, "relu", norm="batchnorm")
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    grower = dg.Grower(g)
+    with pytest.warns(RuntimeWarning, match="1 sample"):
+        grower.train_epoch([(torch.randn(1, 4), torch.tensor([0]))])
+    for n, p in g.named_parameters():  # one process, no sample anywhere: no gradient, no step
+        assert torch.equal(p, before[n])
+    assert distributed.average_gradients(list(g.parameters()), 3, finite=False) is False
+
+
+def test_reused_input_moments_are_reduced_once(group_of_one):
+    """collect_statistics(reuse=...) leaves the copied input blocks out of the all-reduce."""
+    from daggrow.stats import collect_statistics
+    from daggrow.stats.statistics import Statistics
+
+    calls = []
+    group_of_one.setattr(Statistics, "all_reduce", lambda self, group=None, exclude=(): calls.append(set(exclude)) or self)
+
+    x, y = _data()[:2]
+    g = _graph()
+    first = collect_statistics(g, [(x, y)], "cross_entropy")
+    collect_statistics(g, [(x, y)], "cross_entropy", reuse=first)
+    assert calls[0] == set()
+    assert ("hh", ("x", "x")) in calls[1] and ("h", "x") in calls[1]
+
+
+def test_sharded_loader_gives_each_process_its_part_of_every_batch():
+    from daggrow.data import TensorLoader
+
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    loader = TensorLoader(x, y, 4)  # batches of 4, 4, 2
+    parts = [list(distributed.ShardedLoader(loader, r, 3)) for r in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]  # the last batch (2 < 3 samples) is dropped everywhere
+    assert sorted(torch.cat([b[1] for p in parts for b in p]).tolist()) == list(range(8))
+    assert parts[1][0][1].tolist() == [1]
+    pairs = distributed.ShardedLoader([((x[:4], x[:4]), y[:4])], 1, 2)
+    (a, b), t = next(iter(pairs))
+    assert t.tolist() == [1, 3] and torch.equal(a, b)
+    sharded = distributed.ShardedLoader(loader, 0, 2)
+    assert len(sharded) == 3 and sharded.state_dict() == {"epoch": 3}
+    sharded.load_state_dict({"epoch": 1})
+    assert loader.epoch == 1
+
+
+def test_outside_a_process_group_nothing_is_reduced(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_from_environment() is False
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    loaders = ([1], [2])
+    assert distributed.shard(*loaders) == loaders
+    assert distributed.share(2048) == 2048
+    g = _graph()
+    distributed.check_same_graph(g, "nothing")
+    distributed.broadcast_parameters(g)
+    assert distributed.average_gradients(list(g.parameters()), 4) is True
