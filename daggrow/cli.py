@@ -3,6 +3,7 @@
     daggrow grow --out runs/demo              # the default job: digits, ≥ 0.9 test accuracy in seconds
     daggrow grow --dataset synthetic --out runs/talk   # the talk's task
     daggrow grow --resume runs/demo          # go on after a kill or Ctrl-C
+    torchrun --nproc_per_node=2 --no-python daggrow grow --out runs/demo2   # across 2 processes
     daggrow report runs/demo
     daggrow show runs/demo
 
@@ -104,11 +105,13 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     parser = args.parser
     out = args.resume if args.resume is not None else args.out
     if args.resume is not None:
-        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug"})
+        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug", "--trust"})
         if changed:
             parser.error(f"argument --resume: a resumed run keeps its saved configuration ({Path(out) / 'config.json'}); "
                          f"drop {', '.join(changed)}")
         config = RunConfig(out=out)
+    elif args.trust:
+        parser.error("argument --trust: only with --resume (a new run's graph holds no pickled module)")
     else:
         config = RunConfig(
             dataset=args.dataset, strategy=args.strategy, init=args.init, steps=args.steps,
@@ -128,7 +131,8 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         parser.error(f"argument {'--resume' if args.resume is not None else '--out'}: {err}")
     _graphviz_or_note(args)
     try:
-        result = run_growth(config, progress=not args.quiet, resume=args.resume is not None, force=args.force)
+        result = run_growth(config, progress=not args.quiet, resume=args.resume is not None, force=args.force,
+                            trust=args.trust)
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -136,6 +140,8 @@ def _cmd_grow(args: argparse.Namespace) -> int:
               "goes on from there", file=sys.stderr)
         return EXIT_INTERRUPTED
     graph = result.pop("graph")
+    if result.get("rank", 0) != 0:  # under torchrun, rank 0 prints
+        return 0
     if not args.quiet:
         from .history import History
 
@@ -277,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--force", action="store_true", help="replace the run folder --out if it holds a run")
     grow.add_argument("--resume", metavar="DIR", default=None,
                       help="continue the run in DIR from its last checkpoint, with its saved configuration")
+    grow.add_argument("--trust", action="store_true",
+                      help="with --resume: also load modules the checkpoint saved by pickle (user classes); "
+                           "unpickling runs code from the folder: only for folders you trust")
     grow.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     grow.set_defaults(func=_cmd_grow)
 

@@ -78,3 +78,8 @@ class CandidateSkippedWarning(UserWarning):
     """``propose`` skipped candidates whose problem could not be solved (a factorisation that
     failed even after its fallbacks, statistics that were not collected): one warning per call
     lists them; the proposals returned carry the reasons (``proposals.skipped``)."""
+
+
+class DistributedError(DaggrowError):
+    """Growth across processes (``torch.distributed``) went out of step: the processes hold
+    different graphs or data, or one of them failed."""

@@ -111,6 +111,10 @@ def save_checkpoint(grower: "Grower", folder: str | Path, position: FitPosition 
     ``extra``: the caller's own JSON-able state; ``graphs``: more graphs to keep (by name).
     """
     folder = Path(folder)
+    from .. import distributed
+
+    if not distributed.is_main():  # across processes, rank 0 writes (every process holds the same state)
+        return folder
     graphs = dict(graphs or {})
     file = CheckpointFile(
         settings=grower.settings(), position=position, attempts=grower._attempts,
@@ -197,8 +201,10 @@ def _cache_entries(entries: list) -> dict:
 
 
 # -------------------------------------------------------------------------------------- read
-def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> Checkpoint:
-    """Read a checkpoint folder; :class:`PersistenceError` names the file and the problem."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu", *,
+                    trust: bool = False) -> Checkpoint:
+    """Read a checkpoint folder; :class:`PersistenceError` names the file and the problem.
+    ``trust``: also load the user modules its graphs keep by pickle (see :meth:`Graph.load`)."""
     folder = readable(path)
     spec = folder / SPEC_FILE
     if not spec.is_file():
@@ -225,15 +231,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
                                f"{' '.join(str(err).split())[:300]})") from None
     if not isinstance(state, dict) or not {"optimizer", "torch_rng", "generator"} <= set(state):
         raise PersistenceError(f"{folder / STATE_FILE}: not a daggrow checkpoint state")
-    graph = Graph.load(folder / "graph", map_location=map_location)
-    graphs = {name: Graph.load(folder / f"graph_{name}", map_location=map_location) for name in file.graphs}
+    graph = Graph.load(folder / "graph", map_location=map_location, trust=trust)
+    graphs = {name: Graph.load(folder / f"graph_{name}", map_location=map_location, trust=trust)
+              for name in file.graphs}
     return Checkpoint(folder, file, graph, History.load(folder), state, graphs)
 
 
 def grower_from_checkpoint(cls: type["Grower"], path: str | Path, *, loss: Any = None, strategy: Any = None,
-                           optimizer: Any = None, map_location: str | torch.device | None = "cpu") -> "Grower":
+                           optimizer: Any = None, map_location: str | torch.device | None = "cpu",
+                           trust: bool = False) -> "Grower":
     """:meth:`Grower.from_checkpoint`: the settings saved, the code passed again, the state restored."""
-    ckpt = load_checkpoint(path, map_location=map_location)
+    ckpt = load_checkpoint(path, map_location=map_location, trust=trust)
     settings = dict(ckpt.file.settings)
     custom = settings.pop("custom", {})
     given = {"loss": loss, "strategy": strategy, "optimizer": optimizer}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
+from .. import distributed
 from ..errors import ConfigError, DaggrowError, TrainingError
 from ..history import GrowthEvent, History
 from ..solve import INITS, RankDeficiencyWarning
@@ -66,6 +67,9 @@ def evaluate(graph: "Graph", loader: Iterable, loss: LossLike, max_batches: int 
                 correct += int((out.argmax(1) == y).sum())
             else:
                 labelled = False
+    if distributed.active():  # the union of every process's part of the data
+        total, correct, count, unlabelled = distributed.sum_over_processes(total, correct, count, not labelled)
+        correct, count, labelled = int(correct), int(count), not unlabelled
     if count == 0:
         raise DaggrowError("cannot evaluate on an empty loader")
     return total / count, (correct / count if labelled else None)
@@ -76,7 +80,9 @@ HELD_OUT_SAMPLES = 2048
 
 def held_out_batch(val: Iterable, max_samples: int = HELD_OUT_SAMPLES) -> Any:
     """The line search's held-out batch: validation batches joined up to ``max_samples`` samples
-    (one small batch makes γ* noisy, and growth then stops on noise)."""
+    (one small batch makes γ* noisy, and growth then stops on noise). Across processes, each
+    takes its share of ``max_samples`` (the line search reduces their losses)."""
+    max_samples = distributed.share(max_samples)
     xs, ys, n = [], [], 0
     for batch in val:
         x, y = split_batch(batch)
@@ -205,14 +211,16 @@ class Grower:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, loss: LossLike | None = None, strategy: "str | Strategy | None" = None,
                         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
-                        map_location: str | torch.device | None = "cpu") -> "Grower":
+                        map_location: str | torch.device | None = "cpu", trust: bool = False) -> "Grower":
         """The Grower a checkpoint saved (graph, optimizer state, history, settings), ready for
         :meth:`resume`. Settings that are code are not saved: pass the same ``loss`` function,
-        ``strategy`` object or ``optimizer`` factory again (a clear error says which)."""
+        ``strategy`` object or ``optimizer`` factory again (a clear error says which).
+        ``trust=True`` also loads the user modules the graph keeps by pickle (a traced model's
+        leaf modules): unpickling runs code from the folder, so only for checkpoints you trust."""
         from .checkpoint import grower_from_checkpoint
 
         return grower_from_checkpoint(cls, path, loss=loss, strategy=strategy, optimizer=optimizer,
-                                      map_location=map_location)
+                                      map_location=map_location, trust=trust)
 
     @property
     def checkpoint(self) -> "Checkpoint | None":
@@ -236,8 +244,16 @@ class Grower:
         """One growth step; returns its event, or ``None`` when nothing worth adding was found.
 
         ``held_out`` is the batch the amplitude line search minimises on (default: the first
-        batch of ``loader``).
+        batch of ``loader``). Across processes, every process takes rank 0's decision and the
+        graphs are checked to be the same afterwards (:mod:`daggrow.distributed`).
         """
+        event = self._grow_step(loader, held_out)
+        if event is not None and distributed.active():
+            distributed.check_same_graph(self.graph, f"growth step {self.graph.step}")
+            distributed.broadcast_parameters(self.graph)  # as a DDP re-wrap would
+        return event
+
+    def _grow_step(self, loader: Iterable, held_out: Any | None) -> "GrowthEvent | None":
         start = time.perf_counter()
         attempt, self._attempts = self._attempts, self._attempts + 1
         graph = self.graph
@@ -284,7 +300,7 @@ class Grower:
             num_samples=stats.n,  # the likelihood is over the training set the statistics saw
             run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
                                              evaluator=evaluator))
-        choice = self.strategy.select(proposals, ctx)
+        choice = distributed.agree(proposals, self.strategy.select(proposals, ctx))
         if choice is None:
             return self._decline(f"the strategy {self.strategy.name!r} declined all {len(proposals)} proposals", start)
         p, result = choice.proposal, choice.search
@@ -337,6 +353,7 @@ class Grower:
             events.append(self._record(action="best_update", where=[node], amplitude=eta,
                                        predicted=-eta * upd.first_order_gain, measured=after - evaluator.base_loss,
                                        params_before=params, start=start))
+        distributed.check_same_graph(self.graph, "best updates")
         return events
 
     # ------------------------------------------------------------------ training
@@ -355,21 +372,37 @@ class Grower:
         device = graph_device(self.graph)
         batchnorm = inputs.batch_statistics_nodes(self.graph)
         total, count, skipped = 0.0, 0, 0
+        sync = distributed.active()  # gradients averaged over processes, as DDP does
+        params = [p for p in self.graph.parameters() if p.requires_grad]
         for index, batch in enumerate(loader):
             xs, y = split_batch(batch, self.graph)
             if batchnorm and y.shape[0] == 1:
                 skipped += 1
+                if sync:  # the other processes still step: take their average
+                    opt.zero_grad(set_to_none=True)
+                    distributed.average_gradients(params, 0)
+                    opt.step()
                 continue
             out = module(*(x.to(device) for x in xs))
             losses = per_sample_loss(self.loss, out, y.to(device))
             batch_total = float(losses.detach().sum())
-            if not math.isfinite(batch_total):
+            finite = math.isfinite(batch_total)
+            if not finite and not sync:
                 raise inputs.non_finite(index, xs, y)
             opt.zero_grad(set_to_none=True)
-            losses.mean().backward()
+            if finite:
+                losses.mean().backward()
+            if sync and not distributed.average_gradients(params, losses.shape[0], finite):
+                if not finite:
+                    raise inputs.non_finite(index, xs, y)
+                raise TrainingError(f"batch {index}: another process's loss is NaN or infinite (its message says why)")
             opt.step()
             total += batch_total
             count += losses.shape[0]
+        if sync:
+            total, count = distributed.sum_over_processes(total, count)
+            count = int(count)
+            distributed.check_same_graph(self.graph, "a training epoch")
         if skipped and not self._warned_small_batch:
             self._warned_small_batch = True
             warnings.warn(f"skipped {skipped} training batch(es) of 1 sample: batch normalisation at "

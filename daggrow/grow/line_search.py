@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import torch
 from torch.nn import functional as F
 
+from .. import distributed
 from ..compile import eval_mode, node_values
 from ..compile.evaluate import columns_term, new_entries_norm, pre_activation, rows_term
 from ..graph.activations import get_activation
@@ -83,9 +84,13 @@ class BatchEvaluator:
         """The mean held-out loss of each of ``copies`` stacked copies of the batch, (copies,).
 
         ``out`` is the output for the inputs stacked ``copies`` times ((copies·n, …)). Every loss
-        of the line search is computed here (a data-parallel run reduces these means over ranks)."""
+        of the line search is computed here; under ``torch.distributed`` each mean is over every
+        process's part of the held-out batch (sums and counts all-reduced)."""
         y = self.y.expand(copies, *self.y.shape).reshape(copies * self.n, *self.y.shape[1:])
-        return per_sample_loss(self.loss_fn, out, y).reshape(copies, self.n).mean(1)
+        losses = per_sample_loss(self.loss_fn, out, y).reshape(copies, self.n)
+        if distributed.active():
+            return torch.tensor(distributed.means_over_processes(losses.sum(1), self.n), dtype=torch.float64)
+        return losses.mean(1)
 
     def loss(self, new: "Graph", changed: set[str], grown: dict[str, int] | None = None,
              added: Iterable[str] = ()) -> float:

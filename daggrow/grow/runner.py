@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .. import distributed
 from ..atomic import readable, recover, replace_folder
 from ..errors import ConfigError, GraphError, PersistenceError
 from ..graph import ConvBlock, Graph, get_activation
@@ -61,6 +62,7 @@ class RunConfig(BaseModel):
     device: str = "cpu"
     memory_budget: str | None = None  # e.g. "4GB": statistics per step (default: half the memory available)
     out: str = "runs/demo"
+    world_size: int = Field(default=1, ge=1)  # processes the run was started on (torchrun --nproc_per_node)
 
     def check(self) -> None:
         """What pydantic's field constraints cannot say: known names, widths ≥ 1, a device that
@@ -144,7 +146,7 @@ def _optimizer(config: RunConfig):
 
 
 def run_growth(config: RunConfig, *, progress: bool = True, resume: bool = False, force: bool = False,
-               on_checkpoint: Callable[[FitPosition], None] | None = None) -> dict:
+               on_checkpoint: Callable[[FitPosition], None] | None = None, trust: bool = False) -> dict:
     """Run ``config`` into the folder ``config.out``; returns a summary dict.
 
     ``resume``: continue the run in ``config.out`` from its last checkpoint, with the
@@ -152,35 +154,56 @@ def run_growth(config: RunConfig, *, progress: bool = True, resume: bool = False
     that of an uninterrupted run. ``force``: replace a non-empty ``config.out`` (only a run
     folder). Without either, a non-empty ``config.out`` is a :class:`ConfigError`. Every check
     happens before the folder is touched. ``on_checkpoint`` is called after each checkpoint.
+    ``trust``: a resumed checkpoint may load user modules kept by pickle (see :meth:`Graph.load`).
+
+    Under ``torchrun`` (or in an initialised process group) each process reads its part of
+    every batch (``batch_size`` is the batch of all processes together, so the run grows the
+    same network whatever their number) and only rank 0 writes the folder and shows progress.
     """
+    owned = distributed.init_from_environment(_device_of(config, resume))
+    try:
+        return _run_growth(config, progress=progress and distributed.is_main(), resume=resume, force=force,
+                           on_checkpoint=on_checkpoint, trust=trust)
+    finally:
+        if owned:
+            distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def _run_growth(config: RunConfig, *, progress: bool, resume: bool, force: bool,
+                on_checkpoint: Callable[[FitPosition], None] | None, trust: bool) -> dict:
     from ..data import load_dataset
 
     out = Path(config.out)
     check_out(out, resume=resume, force=force)
     if resume:
         config = load_config(out).model_copy(update={"out": config.out})
-        recover(out)  # a run folder or checkpoint left mid-swap by a kill: put it back first
-        recover(out / CHECKPOINT_DIR)
+        if distributed.is_main():
+            recover(out)  # a run folder or checkpoint left mid-swap by a kill: put it back first
+            recover(out / CHECKPOINT_DIR)
     config.check()
+    config = config.model_copy(update={"world_size": distributed.world_size()})
+    distributed.barrier()  # every process has checked the folder before rank 0 writes to it
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     data = load_dataset(config.dataset, seed=config.seed)
     if config.model == "cnn":
         data = data.as_signals()
-    train, val, test = data.loaders(config.batch_size, seed=config.seed)
+    train, val, test = distributed.shard(*data.loaders(config.batch_size, seed=config.seed))
     checkpoint_dir = out / CHECKPOINT_DIR
     resuming = resume and (readable(checkpoint_dir) / "checkpoint.json").is_file()
     if resuming:
         grower = Grower.from_checkpoint(readable(checkpoint_dir), optimizer=_optimizer(config),
-                                        map_location=config.device)
+                                        map_location=config.device, trust=trust)
     else:
         grower = _new_grower(config, data)
-        if not resume:  # a fresh folder holding only config.json (an old run there is replaced whole)
+        if not resume and distributed.is_main():  # a fresh folder holding only config.json (an old run there is replaced whole)
             with replace_folder(out, replaceable=_is_run_folder, what="run folder") as tmp:
                 (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2), encoding="utf-8")
 
     def checkpointed(position: FitPosition) -> None:
-        grower.history.write_json(out)  # the run so far, for `daggrow show` and `daggrow report`
+        if distributed.is_main():
+            grower.history.write_json(out)  # the run so far, for `daggrow show` and `daggrow report`
         if on_checkpoint is not None:
             on_checkpoint(position)
 
@@ -212,8 +235,10 @@ def run_growth(config: RunConfig, *, progress: bool = True, resume: bool = False
     val_loss, val_acc = evaluate(grower.graph, val, config.loss)
     events = grower.history.events  # the test metrics go with the run's last event (report, show)
     events[-1] = events[-1].model_copy(update={"test_loss": test_loss, "test_accuracy": test_acc})
-    grower.history.save(out, graph=grower.graph)
+    if distributed.is_main():
+        grower.history.save(out, graph=grower.graph)
     return {
+        "rank": distributed.rank(), "world_size": distributed.world_size(),
         "dataset": config.dataset, "strategy": config.strategy, "init": config.init,
         "growth_steps": sum(e.is_growth for e in grower.history.events),
         "parameters": grower.graph.num_parameters(), "nodes": len(grower.graph), "edges": len(grower.graph.edges),
@@ -221,6 +246,16 @@ def run_growth(config: RunConfig, *, progress: bool = True, resume: bool = False
         "seconds": grower.elapsed(), "out": str(out), "best_epoch": best_epoch, "resumed": resuming,
         "graph": grower.graph,
     }
+
+
+def _device_of(config: RunConfig, resume: bool) -> str:
+    """The run's device (a resumed run's is in its folder; a folder that cannot be read fails later)."""
+    if not resume:
+        return config.device
+    try:
+        return load_config(config.out).device
+    except PersistenceError:
+        return "cpu"
 
 
 def check_out(out: Path, *, resume: bool, force: bool) -> None:

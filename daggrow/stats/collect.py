@@ -78,6 +78,7 @@ def collect_statistics(
     progress: bool = False,
     reuse: Statistics | None = None,
     memory_budget: int | str | None = None,
+    across_processes: bool = True,
 ) -> Statistics:
     """Accumulate the statistics of ``plan`` (default: Ψ of every node) over ``loader``.
 
@@ -87,7 +88,9 @@ def collect_statistics(
     a wide input. A mismatch in the number of samples raises :class:`StatisticsError`.
 
     ``compute_dtype`` is the dtype of the per-batch products (default: the model's); sums are
-    float64 whatever it is. The graph's modules are left exactly as they were (train/eval flags
+    float64 whatever it is. Under an initialised ``torch.distributed`` process group, with
+    ``across_processes``, the sums are all-reduced: the statistics of the union of the processes'
+    data (:mod:`daggrow.distributed`). The graph's modules are left exactly as they were (train/eval flags
     restored, no parameter or buffer changed in the default eval mode).
 
     ``memory_budget`` (bytes or a size such as ``"4GB"``; default: half the memory available now,
@@ -227,10 +230,16 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
             h.remove()
         for m, flag in flags:
             m.training = flag
-    if stats.n == 0:
-        raise StatisticsError("the loader yielded no batch")
     for u in grams:
         _mirror_lower_blocks(stats.hh[(u, u)])
+    if across_processes:
+        from ..distributed import reduce_statistics
+
+        # blocks copied from ``reuse`` were summed over the processes when first collected
+        reused = [("hh", p) for p in copied] + [("h", u) for u in inputs if reuse is not None and u in reuse.h]
+        reduce_statistics(stats, exclude=reused)
+    if stats.n == 0:
+        raise StatisticsError("the loader yielded no batch")
     if reuse is not None and reuse.n != stats.n:
         raise StatisticsError(f"reuse= statistics cover {reuse.n} samples but this pass saw {stats.n}: "
                               "input moments can only be reused over the same samples")

@@ -65,14 +65,20 @@ class Statistics:
             setattr(out, name, {k: mine[k] + theirs[k] for k in mine})
         return out
 
-    def all_reduce(self, group: object | None = None) -> "Statistics":
-        """Sum these statistics over every process of ``group`` (in place; returns self)."""
+    def all_reduce(self, group: object | None = None, exclude: Iterable[tuple[str, object]] = ()) -> "Statistics":
+        """Sum these statistics over every process of ``group`` (in place; returns self), in one
+        float64 all-reduce. ``exclude``: ``(sum name, key)`` blocks left as they are, e.g. input
+        moments copied from a pass that was already reduced (``collect_statistics(reuse=...)``):
+        summing them again would count every sample ``world_size`` times."""
         import torch.distributed as dist
 
+        skip = set(exclude)
         # sorted keys: every process must flatten in the same order (set order depends on hash seeds)
-        tensors = [getattr(self, name)[k] for name in SUMS for k in sorted(getattr(self, name))]
-        device = tensors[0].device if tensors else torch.device("cpu")
-        flat = torch.cat([t.reshape(-1) for t in tensors] + [torch.tensor([float(self.n)], dtype=torch.float64, device=device)])
+        tensors = [getattr(self, name)[k] for name in SUMS for k in sorted(getattr(self, name))
+                   if (name, k) not in skip]
+        device = tensors[0].device if tensors else self._device()
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]
+                         + [torch.tensor([float(self.n)], dtype=torch.float64, device=device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         offset = 0
         for t in tensors:

@@ -335,3 +335,54 @@ def test_lists_of_batches_resume_too(tmp_path):
     resumed = dg.Grower.from_checkpoint(tmp_path / "first")
     resumed.resume(batches, batches)
     _assert_same_run(whole, resumed)
+
+
+# ------------------------------------------------------------------------------- user modules (trust)
+class Halver(torch.nn.Module):
+    """A user's module: a checkpoint keeps it by pickle, so it loads only with trust=True."""
+
+    def forward(self, t):
+        return t / 2
+
+
+def test_a_checkpoint_with_user_modules_resumes_with_trust(small, tmp_path):
+    def graph() -> dg.Graph:
+        torch.manual_seed(0)
+        g = dg.Graph()
+        g.add_input("x", 64)
+        g.add_node("d", 64)
+        g.add_node("h", 2, "relu")
+        g.add_node("y", 10)
+        g.add_edge("x", "d", dg.FrozenBlock(module_type="Halver"), module=Halver(), name="half")
+        g.add_edge("d", "h")
+        g.add_edge("h", "y")
+        g.set_output("y")
+        return g
+
+    train, val = _loaders(small)
+    whole = dg.Grower(graph(), lr=1e-2).fit(train, val, growth_steps=2)
+    seen = [0]
+
+    def stop(position):
+        seen[0] += 1
+        if seen[0] == 3:  # start, step 1, its epoch
+            raise KeyboardInterrupt
+
+    grower = dg.Grower(graph(), lr=1e-2)
+    grower.on_checkpoint = stop
+    train, val = _loaders(small)
+    with pytest.raises(KeyboardInterrupt):
+        grower.fit(train, val, growth_steps=2, checkpoint_dir=tmp_path / "c")
+    with pytest.raises(dg.PersistenceError, match="trust=True"):
+        dg.Grower.from_checkpoint(tmp_path / "c")
+    resumed = dg.Grower.from_checkpoint(tmp_path / "c", trust=True).resume(train, val)
+    assert [e.model_dump(exclude=TIMINGS) for e in resumed] == [e.model_dump(exclude=TIMINGS) for e in whole]
+
+
+def test_trust_goes_with_resume_only(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["grow", "--trust", "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2 and "--trust: only with --resume" in capsys.readouterr().err
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    assert main(["grow", "--resume", str(tmp_path / "r"), "--trust", "--quiet"]) == 0
+    assert "(resumed)" in capsys.readouterr().out

@@ -1,0 +1,311 @@
+"""Growth across processes (daggrow.distributed): 2 gloo processes with DistributedSampler and
+batch b grow exactly what one process grows with batch 2b over the same data."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import daggrow as dg
+from daggrow import distributed
+from daggrow.errors import DistributedError
+
+N_TRAIN, N_VAL, BATCH = 64, 64, 8  # per-process batch; one process reads 2 × BATCH
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N_TRAIN + N_VAL, 6, generator=g, dtype=torch.float64)
+    y = (x[:, :3] + x[:, 3:]).argmax(1)  # three classes: one hidden neuron is too few
+    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+
+
+def _graph() -> dg.Graph:
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 6)
+    g.add_node("h", 1, "relu")
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.to(torch.float64)
+    return g
+
+
+def _loaders(rank: int, world: int):
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    xt, yt, xv, yv = _data()
+    train, val = TensorDataset(xt, yt), TensorDataset(xv, yv)
+    if world == 1:
+        return DataLoader(train, batch_size=2 * BATCH), DataLoader(val, batch_size=2 * BATCH)
+    return tuple(DataLoader(d, batch_size=BATCH, sampler=DistributedSampler(d, world, rank, shuffle=False))
+                 for d in (train, val))
+
+
+def _grow(rank: int, world: int, mode: str) -> dict:
+    """A short fit on this process's shard; what the test compares."""
+    train, val = _loaders(rank, world)
+    grower = dg.Grower(_graph(), loss="cross_entropy", lr=2e-2, seed=0, reuse_input_moments=True)
+    history = grower.fit(train, val, growth_steps=3, epochs_between=1, mode=mode)
+    return {"events": [(e.action, e.where, e.params_after) for e in history.events],
+            "amplitudes": [e.amplitude for e in history.events],
+            "val_loss": [e.val_loss for e in history.events],
+            "params": {n: p.detach().clone() for n, p in grower.graph.named_parameters()}}
+
+
+def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        if task == "different":
+            result = {}
+            for what in ("structure", "weights"):
+                g = _graph()
+                if rank == 1 and what == "structure":
+                    g.add_node("z", 2, "relu")
+                    g.add_edge("x", "z")
+                    g.add_edge("z", "y")
+                if rank == 1 and what == "weights":
+                    with torch.no_grad():
+                        g.module("h_to_y").weight.add_(1e-3)
+                try:
+                    distributed.check_same_graph(g, "a test")
+                    result[what] = None
+                except DistributedError as err:
+                    result[what] = str(err)
+        else:
+            result = _grow(rank, world, task)
+        torch.save(result, Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _spawn(tmp_path: Path, task: str, world: int = 2) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), task), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+
+
+@pytest.mark.parametrize("mode", ["sgd", "pure"])
+def test_two_processes_grow_what_one_process_grows(tmp_path, mode):
+    ranks = _spawn(tmp_path, mode)
+    single = _grow(0, 1, mode)
+    assert sum(a != "start" and a != "train" for a, _, _ in single["events"]) >= 2  # it did grow
+    for result in ranks:
+        assert result["events"] == single["events"]
+        for a, b in zip(result["amplitudes"], single["amplitudes"]):
+            assert (a is None) == (b is None) and (a is None or math.isclose(a, b, rel_tol=1e-6))
+        for a, b in zip(result["val_loss"], single["val_loss"]):
+            assert math.isclose(a, b, rel_tol=1e-9)
+        assert result["params"].keys() == single["params"].keys()
+        for name, p in single["params"].items():
+            torch.testing.assert_close(result["params"][name], p, rtol=1e-7, atol=1e-9)
+    for name, p in ranks[0]["params"].items():
+        assert torch.equal(ranks[1]["params"][name], p)  # the processes hold the very same graph
+
+
+def test_different_graphs_raise_a_clear_error(tmp_path):
+    for result in _spawn(tmp_path, "different"):
+        assert "different structure" in result["structure"]
+        assert "different weights" in result["weights"]
+
+
+# ------------------------------------------------------------------------ the command line
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun ARGS`` with this interpreter's scripts first on PATH and a free rendezvous port."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "torchrun").exists() or not (bin_dir / "daggrow").exists():
+        pytest.skip("torchrun and daggrow are not installed next to this interpreter")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PET_MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _single(config) -> dict:
+    from daggrow.grow.runner import run_growth
+
+    return run_growth(config, progress=False)
+
+
+def test_readme_scale_out_command_runs_as_written(tmp_path):
+    from daggrow.grow.runner import RunConfig, load_config
+
+    section = README.read_text().split("## Scale out", 1)[1]
+    command = section.split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    done = _torchrun(command.split(), tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("growth steps,") == 1  # rank 0 prints, the other process does not
+    out = tmp_path / "runs" / "digits2"
+    config = load_config(out)
+    assert config.world_size == 2
+    assert (out / "report.html").exists() and not list(tmp_path.glob("runs/*.tmp*"))
+    single = _single(RunConfig(**{**config.model_dump(), "world_size": 1, "out": str(tmp_path / "one")}))
+    history = dg.History.load(out)
+    assert f"{single['parameters']:,} parameters" in done.stdout
+    assert [(e.action, e.where, e.params_after) for e in history.events] == \
+        [(e.action, e.where, e.params_after) for e in dg.History.load(tmp_path / "one").events]
+    assert math.isclose(history.events[-1].val_loss, single["val_loss"], rel_tol=1e-4)
+
+
+STOP_AFTER_THIRD_CHECKPOINT = """
+import sys
+from daggrow.grow.runner import RunConfig, run_growth
+calls = []
+def stop(position):
+    calls.append(position)
+    if len(calls) == 3:
+        raise KeyboardInterrupt  # as a kill would, after a checkpoint
+try:
+    run_growth(RunConfig(dataset="digits", steps=2, out=sys.argv[1]), progress=False, on_checkpoint=stop)
+except KeyboardInterrupt:
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+def test_resume_under_torchrun_finishes_the_run_one_process_makes(tmp_path):
+    from daggrow.grow.runner import RunConfig
+
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_AFTER_THIRD_CHECKPOINT)
+    out = tmp_path / "run"
+    stopped = _torchrun(["torchrun", "--nproc_per_node=2", str(script), str(out)], tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert len(dg.History.load(out).events) < 5  # stopped part-way
+    resumed = _torchrun(["torchrun", "--nproc_per_node=2", "--no-python", "daggrow", "grow", "--resume", str(out),
+                         "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("(resumed)") == 1
+    single = _single(RunConfig(dataset="digits", steps=2, out=str(tmp_path / "one")))
+    events = dg.History.load(out).events
+    assert [(e.action, e.where, e.params_after) for e in events] == \
+        [(e.action, e.where, e.params_after) for e in dg.History.load(tmp_path / "one").events]
+    assert math.isclose(events[-1].val_loss, single["val_loss"], rel_tol=1e-4)
+
+
+# ------------------------------------------------------------------------ one process, in-process
+@pytest.fixture
+def group_of_one(tmp_path, monkeypatch):
+    """A gloo group of one process, with the reductions switched on (each is then an identity)."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    yield monkeypatch
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["sgd", "pure"])
+def test_every_reduction_of_one_process_is_an_identity(group_of_one, mode):
+    group_of_one.setattr(distributed, "active", lambda: False)
+    plain = _grow(0, 1, mode)
+    group_of_one.setattr(distributed, "active", lambda: True)
+    reduced = _grow(0, 1, mode)
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert reduced["events"] == plain["events"]
+    for name, p in plain["params"].items():
+        torch.testing.assert_close(reduced["params"][name], p)
+
+
+def test_a_declined_choice_is_agreed_and_the_counts_are_summed(group_of_one):
+    assert distributed.agree([], None) is None
+    assert distributed.sum_over_processes(1.5, 2.0) == (1.5, 2.0)
+    assert distributed.mean_over_processes(torch.tensor(3.0), 2) == 1.5
+    assert math.isnan(distributed.mean_over_processes(0.0, 0))
+    distributed.barrier()
+
+
+def test_a_non_finite_loss_stops_every_process(group_of_one):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    grower = dg.Grower(_graph())
+    with pytest.raises(dg.TrainingError, match="NaN"):
+        grower.train_epoch([(bad, y)])
+    group_of_one.setattr(distributed, "average_gradients", lambda *args: False)
+    with pytest.raises(dg.TrainingError, match="another process"):
+        grower.train_epoch([(x, y)])
+
+
+def test_a_skipped_batch_still_takes_the_other_processes_step(group_of_one):
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("h", 3, "relu", norm="batchnorm")
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    grower = dg.Grower(g)
+    with pytest.warns(RuntimeWarning, match="1 sample"):
+        grower.train_epoch([(torch.randn(1, 4), torch.tensor([0]))])
+    for n, p in g.named_parameters():  # one process, no sample anywhere: no gradient, no step
+        assert torch.equal(p, before[n])
+    assert distributed.average_gradients(list(g.parameters()), 3, finite=False) is False
+
+
+def test_reused_input_moments_are_reduced_once(group_of_one):
+    """collect_statistics(reuse=...) leaves the copied input blocks out of the all-reduce."""
+    from daggrow.stats import collect_statistics
+    from daggrow.stats.statistics import Statistics
+
+    calls = []
+    group_of_one.setattr(Statistics, "all_reduce", lambda self, group=None, exclude=(): calls.append(set(exclude)) or self)
+
+    x, y = _data()[:2]
+    g = _graph()
+    first = collect_statistics(g, [(x, y)], "cross_entropy")
+    collect_statistics(g, [(x, y)], "cross_entropy", reuse=first)
+    assert calls[0] == set()
+    assert ("hh", ("x", "x")) in calls[1] and ("h", "x") in calls[1]
+
+
+def test_sharded_loader_gives_each_process_its_part_of_every_batch():
+    from daggrow.data import TensorLoader
+
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    loader = TensorLoader(x, y, 4)  # batches of 4, 4, 2
+    parts = [list(distributed.ShardedLoader(loader, r, 3)) for r in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]  # the last batch (2 < 3 samples) is dropped everywhere
+    assert sorted(torch.cat([b[1] for p in parts for b in p]).tolist()) == list(range(8))
+    assert parts[1][0][1].tolist() == [1]
+    pairs = distributed.ShardedLoader([((x[:4], x[:4]), y[:4])], 1, 2)
+    (a, b), t = next(iter(pairs))
+    assert t.tolist() == [1, 3] and torch.equal(a, b)
+    sharded = distributed.ShardedLoader(loader, 0, 2)
+    assert len(sharded) == 3 and sharded.state_dict() == {"epoch": 3}
+    sharded.load_state_dict({"epoch": 1})
+    assert loader.epoch == 1
+
+
+def test_outside_a_process_group_nothing_is_reduced(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_from_environment() is False
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    loaders = ([1], [2])
+    assert distributed.shard(*loaders) == loaders
+    assert distributed.share(2048) == 2048
+    g = _graph()
+    distributed.check_same_graph(g, "nothing")
+    distributed.broadcast_parameters(g)
+    assert distributed.average_gradients(list(g.parameters()), 4) is True
