@@ -107,7 +107,8 @@ def collect_statistics(
                               f"{format_bytes(budget)}: raise memory_budget= (--memory-budget), or plan with "
                               "daggrow.stats.memory.fit_plan, which reads large sources pooled or leaves them out")
     try:
-        return _collect(graph, loader, loss, plan, device, compute_dtype, max_batches, train_mode, progress, reuse)
+        return _collect(graph, loader, loss, plan, device, compute_dtype, max_batches, train_mode, progress, reuse,
+                        across_processes)
     except torch.OutOfMemoryError as err:
         raise StatisticsError(_out_of_memory(err, need, budget)) from None
     except RuntimeError as err:
@@ -125,7 +126,7 @@ def _out_of_memory(err: Exception, need: int, budget: int) -> str:
 
 def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsPlan, device: torch.device,
              compute_dtype: torch.dtype | None, max_batches: int | None, train_mode: bool, progress: bool,
-             reuse: Statistics | None) -> Statistics:
+             reuse: Statistics | None, across_processes: bool) -> Statistics:
     module = graph.compile(taps=True)
     flags = [(m, m.training) for m in module.modules()]
     views = plan.views
