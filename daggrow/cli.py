@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=_Formatter)
     grow.add_argument("--dataset", default="digits", choices=["digits", "synthetic", "mnist1d"],
                       help="built-in data set (generated or bundled: nothing is downloaded): digits (sklearn's "
-                           "8×8 digits, the default job), synthetic (the talk's task, hard for small networks), "
-                           "mnist1d (MNIST-1D generated locally)")
+                           "8×8 digits), synthetic (the talk's task, hard for small networks), mnist1d (MNIST-1D "
+                           "generated locally) (default: digits)")
     grow.add_argument("--strategy", default="amplitude",
                       choices=["amplitude", "naive", "max_eigenvalue", "bottleneck_node", "efficiency",
                                "information_criterion"],
