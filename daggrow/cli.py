@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     parser = args.parser
     out = args.resume if args.resume is not None else args.out
     if args.resume is not None:
-        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug"})
+        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug", "--threads"})
         if changed:
             parser.error(f"argument --resume: a resumed run keeps its saved configuration ({Path(out) / 'config.json'}); "
                          f"drop {', '.join(changed)}")
@@ -117,6 +118,12 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     except ConfigError as err:
         parser.error(f"argument {'--resume' if args.resume is not None else '--out'}: {err}")
     _graphviz_or_note(args)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    threads = args.threads or (None if os.environ.get("OMP_NUM_THREADS") else 1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         result = run_growth(config, progress=not args.quiet, resume=args.resume is not None, force=args.force)
     except KeyboardInterrupt:
@@ -125,6 +132,8 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         print(f"daggrow grow: interrupted; the run folder keeps its last checkpoint: `daggrow grow --resume {out}` "
               "goes on from there", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        torch.set_num_threads(threads_before)  # main() may run inside a larger program (tests)
     graph = result.pop("graph")
     if not args.quiet:
         from .history import History
@@ -259,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop growing at this many parameters (default: no limit)")
     grow.add_argument("--seed", type=_count(0), default=0, help="random seed (runs are deterministic given it)")
     grow.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    grow.add_argument("--threads", type=_count(1), default=None,
+                      help="CPU threads of torch (default: $OMP_NUM_THREADS when set, else 1: the small matrices "
+                           "of growth gain little from more, and threads that wait for busy cores slow a shared "
+                           "machine down several times, docs/timings.md)")
     grow.add_argument("--out", default="runs/demo",
                       help="run folder (must be new or empty, unless --force or --resume)")
     grow.add_argument("--force", action="store_true", help="replace the run folder --out if it holds a run")
