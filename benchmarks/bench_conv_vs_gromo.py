@@ -2,7 +2,7 @@
 
 x (16 channels, 32×32) → conv 3×3 (16 channels, relu) → conv 3×3 (16 channels), batch 32, MSE
 loss summed per sample. One "step" = the statistics of one batch for new channels between the
-two convs (full kernels k1 = k2 = 3, MATH §7) + the best update of the second conv + the TINY
+two convs (full kernels k1 = k2 = 3, docs/math.md §10) + the best update of the second conv + the TINY
 solve. Each library runs in its own subprocess, so its peak memory (max RSS above the RSS after
 imports and data creation) is its own. Prints seconds (median of --repeats), peak MB, and the
 first eigenvalues of both (they solve the same full-kernel problem).

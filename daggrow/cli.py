@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     parser = args.parser
     out = args.resume if args.resume is not None else args.out
     if args.resume is not None:
-        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug", "--trust"})
+        changed = sorted(_given_options(parser, args.argv) - {"--resume", "--quiet", "--debug", "--trust", "--threads"})
         if changed:
             parser.error(f"argument --resume: a resumed run keeps its saved configuration ({Path(out) / 'config.json'}); "
                          f"drop {', '.join(changed)}")
@@ -130,6 +131,12 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     except ConfigError as err:
         parser.error(f"argument {'--resume' if args.resume is not None else '--out'}: {err}")
     _graphviz_or_note(args)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    threads = args.threads or (None if os.environ.get("OMP_NUM_THREADS") else 1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         result = run_growth(config, progress=not args.quiet, resume=args.resume is not None, force=args.force,
                             trust=args.trust)
@@ -139,6 +146,8 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         print(f"daggrow grow: interrupted; the run folder keeps its last checkpoint: `daggrow grow --resume {out}` "
               "goes on from there", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        torch.set_num_threads(threads_before)  # main() may run inside a larger program (tests)
     graph = result.pop("graph")
     if result.get("rank", 0) != 0:  # under torchrun, rank 0 prints
         return 0
@@ -236,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=_Formatter)
     grow.add_argument("--dataset", default="digits", choices=["digits", "synthetic", "mnist1d"],
                       help="built-in data set (generated or bundled: nothing is downloaded): digits (sklearn's "
-                           "8×8 digits, the default job), synthetic (the talk's task, hard for small networks), "
-                           "mnist1d (MNIST-1D generated locally)")
+                           "8×8 digits), synthetic (the talk's task, hard for small networks), mnist1d (MNIST-1D "
+                           "generated locally) (default: digits)")
     grow.add_argument("--strategy", default="amplitude",
                       choices=["amplitude", "naive", "max_eigenvalue", "bottleneck_node", "efficiency",
                                "information_criterion"],
@@ -278,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
                       help="memory the statistics of a growth step may use, e.g. 4GB or 512MB (default: half "
                            "the memory available); wide sources are then read pooled, or candidates left out")
+    grow.add_argument("--threads", type=_count(1), default=None,
+                      help="CPU threads of torch (default: $OMP_NUM_THREADS when set, else 1: the small matrices "
+                           "of growth gain little from more, and threads that wait for busy cores slow a shared "
+                           "machine down several times, docs/timings.md)")
     grow.add_argument("--out", default="runs/demo",
                       help="run folder (must be new or empty, unless --force or --resume)")
     grow.add_argument("--force", action="store_true", help="replace the run folder --out if it holds a run")

@@ -360,3 +360,26 @@ def test_grow_without_dot_warns_once(tmp_path, capsys, monkeypatch):
         assert main(["grow", "--steps", "1", "--quiet", "--out", str(tmp_path / "run")]) == 0
     assert capsys.readouterr().err.count("Graphviz `dot` is not on PATH") == 1
     assert not list((tmp_path / "run").glob("step_*.svg")) and list((tmp_path / "run").glob("step_*.dot"))
+
+
+@pytest.mark.parametrize("argv, env, wanted", [([], None, 1), (["--threads", "3"], None, 3),
+                                               (["--threads", "2"], "4", 2), ([], "4", None)])
+def test_grow_sets_torchs_threads_for_the_run_only(tmp_path, monkeypatch, argv, env, wanted):
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    before = torch.get_num_threads()
+    assert main(["grow", "--steps", "0", "--quiet", "--out", str(tmp_path / "run"), *argv]) == 0
+    assert calls == ([] if wanted is None else [wanted]) + [before] and torch.get_num_threads() == before
+
+
+def test_threads_may_be_given_on_resume(tmp_path):
+    run = tmp_path / "run"
+    assert main(["grow", "--steps", "0", "--quiet", "--out", str(run)]) == 0
+    assert main(["grow", "--resume", str(run), "--threads", "1", "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["grow", "--resume", str(run), "--threads", "0"])

@@ -11,10 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "daggrow").rglob("*.py"),
-                  *(ROOT / "tests").rglob("*.py"), *(ROOT / "examples").glob("*.py")])
+                  *(ROOT / "tests").rglob("*.py"), *(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")])
 SOURCES = [p for p in SOURCES if p.name != "test_docs_references.py"]
 DOC_REF = re.compile(r"docs/([\w-]+\.md)`?((?:\s*(?:,|and|–|-|to)?\s*§\d+[a-z]?)*)")
-PATH_REF = re.compile(r"`((?:daggrow|tests|docs|examples)/[\w./-]*[\w/])`")
+PATH_REF = re.compile(r"`((?:daggrow|tests|docs|examples|benchmarks)/[\w./-]*[\w/])`")
 OUTSIDE = re.compile(r"\b(MATH|API|ARCHITECTURE)\.md\b|\bMATH §|shared/design")
 
 

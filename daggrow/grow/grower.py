@@ -241,7 +241,8 @@ class Grower:
 
     # ------------------------------------------------------------------ growth
     def grow_step(self, loader: Iterable, held_out: Any | None = None) -> "GrowthEvent | None":
-        """One growth step; returns its event, or ``None`` when nothing worth adding was found.
+        """One growth step; returns its event, or ``None`` when nothing worth adding was found (the
+        history then holds a ``"declined"`` event whose ``note`` says why).
 
         ``held_out`` is the batch the amplitude line search minimises on (default: the first
         batch of ``loader``). Across processes, every process takes rank 0's decision and the
