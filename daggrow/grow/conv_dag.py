@@ -7,7 +7,7 @@ Between two image nodes u and v of one dimension whose shapes a conv maps one on
   size — and fan-out a bias-free 1×1 conv into v: "a new 3×3 branch".
 - ``new_edge`` u → v: a 1×1 conv (stride 1 or 2): "a new 1×1 or strided skip".
 
-Both are solved in closed form exactly like their vector versions (MATH §5): the fan-in reads
+Both are solved in closed form exactly like their vector versions (docs/math.md §5): the fan-in reads
 the unfolded patches of u at v's positions (a ``patches`` view, one row per sample and
 position), and because the fan-out is 1×1 each position of v is one observation, so S, M and N
 are the vector formulas summed over positions (the count convention of docs/ir.md).

@@ -1,10 +1,10 @@
 """From statistics to proposals: assemble the moment blocks of each candidate, call the solver.
 
-For a candidate with fan-in sources U and targets T (MATH §5):
+For a candidate with fan-in sources U and targets T (docs/math.md §5):
 
     S = S_U,   M = M_{U,T},   N = M_{U,T} − [P_{U,in(v)} δW_v*ᵀ]_{v∈T}
 
-where δW_v* is the best update at each target (MATH §4). The solver turns (S, N, M) into
+where δW_v* is the best update at each target (docs/math.md §4). The solver turns (S, N, M) into
 neurons; this module only reads blocks and splits results back onto edges.
 """
 
@@ -43,7 +43,7 @@ class NodeUpdate:
 
     @property
     def first_order_gain(self) -> float:
-        """L(η) ≈ L(0) − η·gain when η·δW* is applied (MATH §4)."""
+        """L(η) ≈ L(0) − η·gain when η·δW* is applied (docs/math.md §4)."""
         return float(self.solution.gain)
 
 
@@ -134,7 +134,7 @@ def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[st
 
 def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10,
                 memo: dict | None = None) -> NodeUpdate:
-    """δW* at ``node``, jointly over its linear in-edges (MATH §4)."""
+    """δW* at ``node``, jointly over its linear in-edges (docs/math.md §4)."""
     edges = [e for e in graph.in_edges(node) if is_growable(e.block)]
     sources = update_sources(graph, node)
     bias = _has_bias(graph, node)
@@ -408,7 +408,7 @@ class _Problem:
 
 def _assemble(ctx: _Context, cand: Candidate, max_neurons: int, new_node_activation: str,
               name: str) -> _Problem | None:
-    """S, its whitening, M and N of one candidate (MATH §5), from the shared blocks."""
+    """S, its whitening, M and N of one candidate (docs/math.md §5), from the shared blocks."""
     graph, stats = ctx.graph, ctx.stats
     sources, targets = source_keys(graph, cand), list(cand.targets)
     bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
@@ -453,7 +453,7 @@ def _solve_one(prob: _Problem, init, rel_threshold, rel_tol, generator, unprojec
                         min_decrease=prob.min_decrease, generator=generator, decomposition=prob.white)
     if sol.fan_in.shape[1] == 0 and init == "tiny" and unprojected_fallback:
         # V⊥ is orthogonal to B_U when the targets already read U linearly (e.g. a skip u→v):
-        # the projected problem is empty, so solve the unprojected one (N = M, MATH §5 with
+        # the projected problem is empty, so solve the unprojected one (N = M, docs/math.md §5 with
         # V instead of V⊥). Its neurons act, to first order, like a low-rank step on the
         # existing linear map, and training can then use their non-linearity.
         sol = solve_neurons(init, S=prob.S, N=prob.M, M=prob.M, max_neurons=prob.max_neurons,
@@ -530,7 +530,7 @@ def _proposal(prob: _Problem, solved, init: str, stats: Statistics) -> "Proposal
 
 def _channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update, bias: bool, rel_tol: float,
                      memo: dict) -> tuple[torch.Tensor, Decomposition, torch.Tensor, torch.Tensor]:
-    """(S, decomposition, M, N) for new channels in an image/sequence node (MATH §7).
+    """(S, decomposition, M, N) for new channels in an image/sequence node (docs/math.md §10).
 
     Each out-edge's offsets o are extra observations of S (its border-aware weighted covariance);
     columns (c, o) of M and N pair target channel c with offset o, and
@@ -583,8 +583,8 @@ def apply(graph: "Graph", proposal: Proposal, amplitude: float = 1.0, *,
           update_amplitude: float = 0.0, step: int | None = None) -> "Graph":
     """A new graph with the proposal's neurons (or edge) at amplitude γ (pure; ``graph`` unchanged).
 
-    Each neuron's fan-in and fan-out are scaled by √(γ/c) (c from the activation's layout, MATH
-    §5), so the new parts add γ·Ω Aᵀ b to the targets at first order; ``amplitude=0`` keeps the
+    Each neuron's fan-in and fan-out are scaled by √(γ/c) (c from the activation's layout,
+    docs/math.md §8), so the new parts add γ·Ω Aᵀ b to the targets at first order; ``amplitude=0`` keeps the
     function. ``update_amplitude`` η also applies η·δW* at the targets.
     """
     if amplitude < 0:

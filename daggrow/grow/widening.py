@@ -7,7 +7,7 @@ widened node passes the K features on (K·P after a flatten of P positions) to i
 so on. Every edge that reads new features gets new columns at the insertion index; every
 growable edge that writes into a widened node other than w gets K zero rows there.
 
-Two kinds of readers (MATH §5 with the new features as the neuron's value):
+Two kinds of readers (docs/math.md §5 with the new features as the neuron's value):
 
 - **live** (``Widening.out_edges``): linear or conv edges reading w, or a concatenation of w
   (through placements of scale 1 only). Their new columns are the neurons' fan-out ω, solved

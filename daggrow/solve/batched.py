@@ -1,4 +1,4 @@
-"""TINY neurons for many candidates at once (MATH §5): the SVDs of one shape in one call.
+"""TINY neurons for many candidates at once (docs/math.md §5): the SVDs of one shape in one call.
 
 Each problem comes already whitened, ``FN = F N`` and ``FM = F M`` (r × d) with its whitening
 F (several candidates share F and their targets' whitened blocks, see ``propose``). Then, as

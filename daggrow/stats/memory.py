@@ -10,7 +10,7 @@ A plan's blocks are known before any data is read, so is their size (float64 sum
 A candidate whose fan-in reads a flattened image/sequence node u (a new node or edge into a vector
 node) is read through a **pooled view** when its flattened view is wider than
 ``max_view_features`` or does not fit: p = flatten(adaptive_avg_pool(h_u, grid)) = A·flatten(h_u),
-with the largest grid (halving the positions) that fits. This is the same TINY problem (MATH §5)
+with the largest grid (halving the positions) that fits. This is the same TINY problem (docs/math.md §5)
 for the fan-ins α = Aᵀβ, i.e. restricted to the range of Aᵀ, so each λ_k of the pooled problem
 is at most the full view's λ_k (the objective is maximised over a subspace), and the solved
 fan-in Aᵀβ is exact for the graph's flattened edge. A candidate for which no view fits is left
