@@ -305,7 +305,92 @@ def test_outside_a_process_group_nothing_is_reduced(monkeypatch):
     loaders = ([1], [2])
     assert distributed.shard(*loaders) == loaders
     assert distributed.share(2048) == 2048
+    assert distributed.sum_over_processes(1.0) == (1.0,)
+    distributed.barrier()
     g = _graph()
     distributed.check_same_graph(g, "nothing")
     distributed.broadcast_parameters(g)
     assert distributed.average_gradients(list(g.parameters()), 4) is True
+
+
+def test_out_of_step_processes_are_named_in_the_error(group_of_one):
+    """agree and check_same_graph as a second process that differs would see them (all_gather faked)."""
+    def gather_with(change):
+        def all_gather(out, tensor, *args, **kwargs):
+            out[0].copy_(tensor)
+            out[1].copy_(change(tensor.clone()))
+        return all_gather
+
+    group_of_one.setattr(distributed, "world_size", lambda: 2)
+
+    def more_proposals(t):
+        t[-1] += 1
+        return t
+
+    group_of_one.setattr(torch.distributed, "all_gather", gather_with(more_proposals))
+    with pytest.raises(DistributedError, match=r"different numbers of proposals \(\[0, 1\]\)"):
+        distributed.agree([], None)
+
+    def other_structure(t):
+        t[0] += 1
+        return t
+
+    group_of_one.setattr(torch.distributed, "all_gather", gather_with(other_structure))
+    with pytest.raises(DistributedError, match="after step 3, the processes hold graphs of different structure"):
+        distributed.check_same_graph(_graph(), "step 3")
+
+    def other_weights(t):
+        t[1] += 1.0
+        return t
+
+    group_of_one.setattr(torch.distributed, "all_gather", gather_with(other_weights))
+    with pytest.raises(DistributedError, match="different weights"):
+        distributed.check_same_graph(_graph(), "step 3")
+
+
+def test_processes_join_the_group_torchrun_describes(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(index))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.init_from_environment("cpu") is False
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.init_from_environment("cpu") is True
+    assert distributed.init_from_environment("cuda") is True
+    assert calls == ["gloo", 1, "nccl"]
+
+
+def test_collectives_run_where_the_backend_needs_them(group_of_one):
+    assert distributed._device() == torch.device("cpu")
+    group_of_one.setattr(torch.distributed, "get_backend", lambda *args: "nccl")
+    group_of_one.setattr(torch.cuda, "current_device", lambda: 0)
+    assert distributed._device() == torch.device("cuda", 0)
+
+
+def test_rank_0_buffers_and_shards_under_a_group(group_of_one):
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("h", 3, "relu", norm="batchnorm")
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    distributed.broadcast_parameters(g)  # running statistics and the integer step counter included
+    assert all(torch.equal(p, before[n]) for n, p in g.named_parameters())
+    (sharded,) = distributed.shard([1, 2])
+    assert isinstance(sharded, distributed.ShardedLoader) and sharded.world_size == 1
+    assert distributed.sum_over_processes(2.0) == (2.0,)
+
+
+def test_a_process_other_than_rank_0_writes_and_prints_nothing(group_of_one, tmp_path, capsys):
+    from daggrow.cli import main
+
+    group_of_one.setattr(distributed, "rank", lambda: 1)
+    out = tmp_path / "run"
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--out", str(out)]) == 0
+    assert not out.exists() or not any(out.iterdir())
+    captured = capsys.readouterr()
+    assert captured.out == "" and "growing" not in captured.err
