@@ -33,7 +33,7 @@ def _data() -> tuple[torch.Tensor, ...]:
     return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
 
 
-def _graph() -> dg.Graph:
+def _graph(device: str = "cpu") -> dg.Graph:
     torch.manual_seed(0)
     g = dg.Graph()
     g.add_input("x", 6)
@@ -44,6 +44,7 @@ def _graph() -> dg.Graph:
     g.set_output("y")
     for p in g.parameters():
         p.data = p.data.to(torch.float64)
+    g.compile(device=device)
     return g
 
 
@@ -58,15 +59,15 @@ def _loaders(rank: int, world: int):
                  for d in (train, val))
 
 
-def _grow(rank: int, world: int, mode: str) -> dict:
+def _grow(rank: int, world: int, mode: str, device: str = "cpu") -> dict:
     """A short fit on this process's shard; what the test compares."""
     train, val = _loaders(rank, world)
-    grower = dg.Grower(_graph(), loss="cross_entropy", lr=2e-2, seed=0, reuse_input_moments=True)
+    grower = dg.Grower(_graph(device), loss="cross_entropy", lr=2e-2, seed=0, reuse_input_moments=True)
     history = grower.fit(train, val, growth_steps=3, epochs_between=1, mode=mode)
     return {"events": [(e.action, e.where, e.params_after) for e in history.events],
             "amplitudes": [e.amplitude for e in history.events],
             "val_loss": [e.val_loss for e in history.events],
-            "params": {n: p.detach().clone() for n, p in grower.graph.named_parameters()}}
+            "params": {n: p.detach().cpu().clone() for n, p in grower.graph.named_parameters()}}
 
 
 def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
@@ -394,3 +395,45 @@ def test_a_process_other_than_rank_0_writes_and_prints_nothing(group_of_one, tmp
     assert not out.exists() or not any(out.iterdir())
     captured = capsys.readouterr()
     assert captured.out == "" and "growing" not in captured.err
+
+
+# ------------------------------------------------------------------------ NCCL (GPU machines only)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nccl_collectives_on_cuda_grow_what_the_cpu_grows(tmp_path, monkeypatch):
+    """The NCCL path (collectives on the process's GPU) in a group of one; with two GPUs or
+    more, the 2-process equivalence runs on NCCL in test_two_gpus_grow_what_one_process_grows."""
+    cpu = _grow(0, 1, "sgd")
+    torch.distributed.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    try:
+        assert distributed._device().type == "cuda"
+        gpu = _grow(0, 1, "sgd", device="cuda")
+    finally:
+        torch.distributed.destroy_process_group()
+    assert gpu["events"] == cpu["events"]
+    for name, p in cpu["params"].items():
+        torch.testing.assert_close(gpu["params"][name], p, rtol=1e-5, atol=1e-6)
+
+
+def _nccl_worker(rank: int, world: int, port: int, folder: str) -> None:
+    torch.cuda.set_device(rank)
+    torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save(_grow(rank, world, "sgd", device=f"cuda:{rank}"), Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_grow_what_one_process_grows(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_nccl_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = _grow(0, 1, "sgd")
+    for r in range(2):
+        result = torch.load(tmp_path / f"rank{r}.pt")
+        assert result["events"] == single["events"]
+        for name, p in single["params"].items():
+            torch.testing.assert_close(result["params"][name], p, rtol=1e-5, atol=1e-6)

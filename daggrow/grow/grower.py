@@ -260,7 +260,8 @@ class Grower:
             return None
         plan = statistics_plan(graph, candidates)
         reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
-        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse)
+        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress and distributed.is_main(),
+                                   reuse=reuse)
         if self.reuse_input_moments and reuse is None:
             self._input_moments[id(loader)] = stats
         with warnings.catch_warnings(record=True) as caught:
