@@ -244,9 +244,10 @@ class Grower:
         graphs are checked to be the same afterwards (:mod:`daggrow.distributed`).
         """
         event = self._grow_step(loader, held_out)
-        if event is not None and distributed.active():
+        if distributed.active():
             distributed.check_same_graph(self.graph, f"growth step {self.graph.step}")
-            distributed.broadcast_parameters(self.graph)  # as a DDP re-wrap would
+            if event is not None:
+                distributed.broadcast_parameters(self.graph)  # as a DDP re-wrap would
         return event
 
     def _grow_step(self, loader: Iterable, held_out: Any | None) -> "GrowthEvent | None":
