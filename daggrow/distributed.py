@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 
-from .errors import DistributedError
+from .errors import ConfigError, DistributedError
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -245,6 +245,10 @@ def init_from_environment(device: str = "cpu") -> bool:
         return False
     cuda = device.startswith("cuda")
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"process {local} of this machine has no GPU of its own ({torch.cuda.device_count()} "
+                              "visible): start at most one process per GPU (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True

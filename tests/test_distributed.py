@@ -358,6 +358,10 @@ def test_processes_join_the_group_torchrun_describes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.init_from_environment("cpu") is True
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(dg.ConfigError, match="one process per GPU"):
+        distributed.init_from_environment("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.init_from_environment("cuda") is True
     assert calls == ["gloo", 1, "nccl"]
 
