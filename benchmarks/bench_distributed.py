@@ -1,7 +1,7 @@
 """Growth across processes: statistics pass, growth step and training epoch with 1 and N gloo
 processes on the CPU (each process reads its part of every batch, as under torchrun).
 
-    python benchmarks/bench_distributed.py [--world 2] [--rounds 3] [--repeats 3] [--dataset mnist1d]
+    python benchmarks/bench_distributed.py [--world 2] [--rounds 3] [--repeats 3] [--dataset mnist1d|random:N:D]
 
 For each process count, rounds alternate (1, N, 1, N, …); within a round each measure is
 repeated. Printed per measure: the median over rounds and repeats of the wall time (slowest
@@ -40,6 +40,21 @@ def _timed(fn) -> tuple[float, float]:
     return wall, cpu
 
 
+def _data(args: dict):
+    """A built-in data set, or ``random:N:D``: N samples of D Gaussian features, 10 classes of a
+    random linear map (a statistics pass that costs more than its all-reduce)."""
+    from daggrow.data import load_dataset
+    from daggrow.data.datasets import Dataset
+
+    if not args["dataset"].startswith("random:"):
+        return load_dataset(args["dataset"], seed=0)
+    n, d = map(int, args["dataset"].split(":")[1:])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n + 2048, d, generator=g)
+    y = (x @ torch.randn(d, 10, generator=g)).argmax(1)
+    return Dataset("random", x[:n], y[:n], x[n:n + 1024], y[n:n + 1024], x[n + 1024:], y[n + 1024:], 10)
+
+
 def _worker(rank: int, world: int, port: int, args: dict, folder: str) -> None:
     torch.set_num_threads(1)
     if world > 1:
@@ -47,12 +62,11 @@ def _worker(rank: int, world: int, port: int, args: dict, folder: str) -> None:
     try:
         import daggrow as dg
         from daggrow import distributed
-        from daggrow.data import load_dataset
         from daggrow.grow.candidates import enumerate_candidates, statistics_plan
         from daggrow.grow.grower import held_out_batch
         from daggrow.grow.runner import starting_graph
 
-        data = load_dataset(args["dataset"], seed=0)
+        data = _data(args)
         train, val, _ = distributed.shard(*data.loaders(args["batch_size"], shuffle=False))
         torch.manual_seed(0)
         base = starting_graph(data.num_features, data.num_classes, args["hidden"])
@@ -91,7 +105,7 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dataset", default="mnist1d")
+    parser.add_argument("--dataset", default="mnist1d", help="a built-in data set, or random:N:D")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden", type=int, nargs="*", default=[16])
     a = parser.parse_args()

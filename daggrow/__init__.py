@@ -9,6 +9,7 @@ from .errors import (
     ConfigError,
     CycleError,
     DaggrowError,
+    DistributedError,
     DuplicateNameError,
     GraphError,
     IncompleteGraphError,
@@ -61,7 +62,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Candidate", "Choice", "GrowthEvent", "Grower", "History", "LineSearchResult", "Proposal", "Statistics", "Strategy", "apply",
     "bottleneck", "collect_statistics", "enumerate_candidates", "growth_blockers", "line_search", "propose", "trace",
-    "ConfigError", "ConvBlock", "CycleError", "DaggrowError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
+    "ConfigError", "ConvBlock", "CycleError", "DaggrowError", "DistributedError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "OpaqueOp",
     "OpaqueOpWarning", "OperandBlock", "PlaceBlock", "PoolBlock",
     "PersistenceError", "RenderError", "StatisticsError", "TraceError", "TrainingError", "UnknownNameError",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 
-from .errors import DistributedError
+from .errors import ConfigError, DistributedError
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -69,6 +69,15 @@ def sum_over_processes(*values: float) -> tuple[float, ...]:
     flat = torch.tensor(values, dtype=torch.float64, device=_device())
     torch.distributed.all_reduce(flat)
     return tuple(flat.tolist())
+
+
+def min_over_processes(value: int) -> int:
+    """The smallest ``value`` over processes (``value`` itself outside a process group)."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
 
 
 def mean_over_processes(total: torch.Tensor | float, count: int) -> float:
@@ -252,6 +261,10 @@ def init_from_environment(device: str = "cpu") -> bool:
         return False
     cuda = device.startswith("cuda")
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"process {local} of this machine has no GPU of its own ({torch.cuda.device_count()} "
+                              "visible): start at most one process per GPU (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True

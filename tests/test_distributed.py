@@ -33,7 +33,7 @@ def _data() -> tuple[torch.Tensor, ...]:
     return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
 
 
-def _graph() -> dg.Graph:
+def _graph(device: str = "cpu") -> dg.Graph:
     torch.manual_seed(0)
     g = dg.Graph()
     g.add_input("x", 6)
@@ -44,6 +44,7 @@ def _graph() -> dg.Graph:
     g.set_output("y")
     for p in g.parameters():
         p.data = p.data.to(torch.float64)
+    g.compile(device=device)
     return g
 
 
@@ -58,15 +59,15 @@ def _loaders(rank: int, world: int):
                  for d in (train, val))
 
 
-def _grow(rank: int, world: int, mode: str) -> dict:
+def _grow(rank: int, world: int, mode: str, device: str = "cpu") -> dict:
     """A short fit on this process's shard; what the test compares."""
     train, val = _loaders(rank, world)
-    grower = dg.Grower(_graph(), loss="cross_entropy", lr=2e-2, seed=0, reuse_input_moments=True)
+    grower = dg.Grower(_graph(device), loss="cross_entropy", lr=2e-2, seed=0, reuse_input_moments=True)
     history = grower.fit(train, val, growth_steps=3, epochs_between=1, mode=mode)
     return {"events": [(e.action, e.where, e.params_after) for e in history.events],
             "amplitudes": [e.amplitude for e in history.events],
             "val_loss": [e.val_loss for e in history.events],
-            "params": {n: p.detach().clone() for n, p in grower.graph.named_parameters()}}
+            "params": {n: p.detach().cpu().clone() for n, p in grower.graph.named_parameters()}}
 
 
 def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
@@ -305,7 +306,138 @@ def test_outside_a_process_group_nothing_is_reduced(monkeypatch):
     loaders = ([1], [2])
     assert distributed.shard(*loaders) == loaders
     assert distributed.share(2048) == 2048
+    assert distributed.sum_over_processes(1.0) == (1.0,)
+    distributed.barrier()
     g = _graph()
     distributed.check_same_graph(g, "nothing")
     distributed.broadcast_parameters(g)
     assert distributed.average_gradients(list(g.parameters()), 4) is True
+
+
+def test_out_of_step_processes_are_named_in_the_error(group_of_one):
+    """agree and check_same_graph as a second process that differs would see them (all_gather faked)."""
+    def gather_with(change):
+        def all_gather(out, tensor, *args, **kwargs):
+            out[0].copy_(tensor)
+            out[1].copy_(change(tensor.clone()))
+        return all_gather
+
+    group_of_one.setattr(distributed, "world_size", lambda: 2)
+
+    def more_proposals(t):
+        t[-1] += 1
+        return t
+
+    group_of_one.setattr(torch.distributed, "all_gather", gather_with(more_proposals))
+    with pytest.raises(DistributedError, match=r"different numbers of proposals \(\[0, 1\]\)"):
+        distributed.agree([], None)
+
+    def other_structure(t):
+        t[0] += 1
+        return t
+
+    group_of_one.setattr(torch.distributed, "all_gather", gather_with(other_structure))
+    with pytest.raises(DistributedError, match="after step 3, the processes hold graphs of different structure"):
+        distributed.check_same_graph(_graph(), "step 3")
+
+    def other_weights(t):
+        t[1] += 1.0
+        return t
+
+    group_of_one.setattr(torch.distributed, "all_gather", gather_with(other_weights))
+    with pytest.raises(DistributedError, match="different weights"):
+        distributed.check_same_graph(_graph(), "step 3")
+
+
+def test_processes_join_the_group_torchrun_describes(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(index))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.init_from_environment("cpu") is False
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.init_from_environment("cpu") is True
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(dg.ConfigError, match="one process per GPU"):
+        distributed.init_from_environment("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.init_from_environment("cuda") is True
+    assert calls == ["gloo", 1, "nccl"]
+
+
+def test_collectives_run_where_the_backend_needs_them(group_of_one):
+    assert distributed._device() == torch.device("cpu")
+    group_of_one.setattr(torch.distributed, "get_backend", lambda *args: "nccl")
+    group_of_one.setattr(torch.cuda, "current_device", lambda: 0)
+    assert distributed._device() == torch.device("cuda", 0)
+
+
+def test_rank_0_buffers_and_shards_under_a_group(group_of_one):
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 4)
+    g.add_node("h", 3, "relu", norm="batchnorm")
+    g.add_node("y", 3)
+    g.add_edge("x", "h")
+    g.add_edge("h", "y")
+    g.set_output("y")
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    distributed.broadcast_parameters(g)  # running statistics and the integer step counter included
+    assert all(torch.equal(p, before[n]) for n, p in g.named_parameters())
+    (sharded,) = distributed.shard([1, 2])
+    assert isinstance(sharded, distributed.ShardedLoader) and sharded.world_size == 1
+    assert distributed.sum_over_processes(2.0) == (2.0,)
+
+
+def test_a_process_other_than_rank_0_writes_and_prints_nothing(group_of_one, tmp_path, capsys):
+    from daggrow.cli import main
+
+    group_of_one.setattr(distributed, "rank", lambda: 1)
+    out = tmp_path / "run"
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--out", str(out)]) == 0
+    assert not out.exists() or not any(out.iterdir())
+    captured = capsys.readouterr()
+    assert captured.out == "" and "growing" not in captured.err
+
+
+# ------------------------------------------------------------------------ NCCL (GPU machines only)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nccl_collectives_on_cuda_grow_what_the_cpu_grows(tmp_path, monkeypatch):
+    """The NCCL path (collectives on the process's GPU) in a group of one; with two GPUs or
+    more, the 2-process equivalence runs on NCCL in test_two_gpus_grow_what_one_process_grows."""
+    cpu = _grow(0, 1, "sgd")
+    torch.distributed.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    try:
+        assert distributed._device().type == "cuda"
+        gpu = _grow(0, 1, "sgd", device="cuda")
+    finally:
+        torch.distributed.destroy_process_group()
+    assert gpu["events"] == cpu["events"]
+    for name, p in cpu["params"].items():
+        torch.testing.assert_close(gpu["params"][name], p, rtol=1e-5, atol=1e-6)
+
+
+def _nccl_worker(rank: int, world: int, port: int, folder: str) -> None:
+    torch.cuda.set_device(rank)
+    torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save(_grow(rank, world, "sgd", device=f"cuda:{rank}"), Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_grow_what_one_process_grows(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_nccl_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = _grow(0, 1, "sgd")
+    for r in range(2):
+        result = torch.load(tmp_path / f"rank{r}.pt")
+        assert result["events"] == single["events"]
+        for name, p in single["params"].items():
+            torch.testing.assert_close(result["params"][name], p, rtol=1e-5, atol=1e-6)

@@ -249,9 +249,10 @@ class Grower:
         graphs are checked to be the same afterwards (:mod:`daggrow.distributed`).
         """
         event = self._grow_step(loader, held_out)
-        if event is not None and distributed.active():
+        if distributed.active():
             distributed.check_same_graph(self.graph, f"growth step {self.graph.step}")
-            distributed.broadcast_parameters(self.graph)  # as a DDP re-wrap would
+            if event is not None:
+                distributed.broadcast_parameters(self.graph)  # as a DDP re-wrap would
         return event
 
     def _grow_step(self, loader: Iterable, held_out: Any | None) -> "GrowthEvent | None":
@@ -264,14 +265,15 @@ class Grower:
         if not candidates:
             return self._decline("no place to grow: the limits (max_width, max_nodes, max_fan_in) leave no candidate",
                                  start)
-        budget = resolve_budget(self.memory_budget, graph_device(graph))
+        # every process plans with the smallest budget, so all of them keep the same candidates
+        budget = distributed.min_over_processes(resolve_budget(self.memory_budget, graph_device(graph)))
         plan, candidates, memory = fit_plan(graph, candidates, budget)  # pooled reads or left out: in the note
         if not candidates:
             return self._decline("no candidate fits the memory budget (memory_budget=...): every one was left out",
                                  start)
         reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
-        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress, reuse=reuse,
-                                   memory_budget=budget)
+        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress and distributed.is_main(),
+                                   reuse=reuse, memory_budget=budget)
         if self.reuse_input_moments and reuse is None:
             self._input_moments[id(loader)] = stats
         with warnings.catch_warnings(record=True) as caught:

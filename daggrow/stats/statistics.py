@@ -69,7 +69,8 @@ class Statistics:
         """Sum these statistics over every process of ``group`` (in place; returns self), in one
         float64 all-reduce. ``exclude``: ``(sum name, key)`` blocks left as they are, e.g. input
         moments copied from a pass that was already reduced (``collect_statistics(reuse=...)``):
-        summing them again would count every sample ``world_size`` times."""
+        summing them again would count every sample ``world_size`` times. Under a process group
+        :func:`~daggrow.stats.collect_statistics` already calls this (``across_processes=True``)."""
         import torch.distributed as dist
 
         skip = set(exclude)
