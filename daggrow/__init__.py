@@ -6,16 +6,19 @@ by graph rewriting, and keep training.
 """
 
 from .errors import (
+    CandidateSkippedWarning,
     ConfigError,
     CycleError,
     DaggrowError,
     DistributedError,
     DuplicateNameError,
     GraphError,
+    MemoryBudgetWarning,
     IncompleteGraphError,
     OpaqueOpWarning,
     PersistenceError,
     RenderError,
+    SolverError,
     StatisticsError,
     TraceError,
     TrainingError,
@@ -65,6 +68,7 @@ __all__ = [
     "ConfigError", "ConvBlock", "CycleError", "DaggrowError", "DistributedError", "DuplicateNameError", "EdgeSpec", "FlattenBlock", "FrozenBlock", "Graph",
     "GraphError", "IdentityBlock", "IncompleteGraphError", "LinearBlock", "NodeSpec", "NormSpec", "OpaqueOp",
     "OpaqueOpWarning", "OperandBlock", "PlaceBlock", "PoolBlock",
+    "CandidateSkippedWarning", "MemoryBudgetWarning", "SolverError",
     "PersistenceError", "RenderError", "StatisticsError", "TraceError", "TrainingError", "UnknownNameError",
     "WidthMismatchError", "__version__",
 ]
