@@ -262,8 +262,15 @@ def rank_key(p: "Proposal") -> tuple:
     adds the new parts only (not δW*), so L(γ) ≈ L(0) − γ·first_order_gain (the neurons'
     Σ α_kᵀ M ω_k, a new edge's tr(W M)); ties are broken by Σλ². A proposal whose gain is
     not above float64 round-off (at most ROUND_OFF times its targets' energy Σ g_v, negative
-    included) ranks after every real one. The strategy "amplitude" then measures the real loss drop of the first ones."""
-    return (p.round_off, -p.first_order_gain, -p.bottleneck_decrease)
+    included) ranks after every real one; gains equal to 12 digits keep the candidates' order.
+    The strategy "amplitude" then measures the real loss drop of the first ones."""
+    return (p.round_off, -_digits(p.first_order_gain), -_digits(p.bottleneck_decrease))
+
+
+def _digits(x: float) -> float:
+    """``x`` to 12 significant digits: values equal up to round-off tie, and ties keep the
+    candidates' order (the sort is stable) however the sums were grouped."""
+    return float(f"{x:.12g}")
 
 
 def _target_groups(graph: "Graph", candidates: list[Candidate]) -> dict[tuple, list[str]]:

@@ -150,5 +150,5 @@ def test_round_off_proposals_rank_last_and_are_flagged_by_their_gain():
     real = [i for i, p in enumerate(ranked) if not p.round_off]
     assert real and max(real) < min(ranked.index(noise), ranked.index(loud))
     assert [p for p in ranked if p is not noise and p is not loud][: len(real)] == props[: len(real)]
-    assert [p.first_order_gain for p in props if not p.round_off] == sorted(
-        [p.first_order_gain for p in props if not p.round_off], reverse=True)
+    gains = [p.first_order_gain for p in props if not p.round_off]
+    assert all(a >= b * (1 + 1e-12) or a == pytest.approx(b, rel=1e-11) for a, b in zip(gains, gains[1:]))
