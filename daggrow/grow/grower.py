@@ -35,7 +35,7 @@ from ..stats.losses import LOSSES, loss_name
 from . import inputs
 from .candidates import KINDS, Kind, enumerate_candidates
 from .checkpoint import FitPosition, save_checkpoint
-from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search
+from .line_search import BatchEvaluator, LineSearchResult, golden_section, line_search, line_search_many
 from .optim import carry_optimizer, default_optimizer
 from .propose import NodeUpdate, Proposal, bottleneck, node_update, propose
 from .rewrite import update_weights
@@ -302,7 +302,9 @@ class Grower:
             graph=graph, step=attempt, bottlenecks=bottlenecks, loss=self.loss,
             num_samples=stats.n,  # the likelihood is over the training set the statistics saw
             run_search=lambda p: line_search(graph, p, batch, self.loss, upper=self.amplitude_upper,
-                                             evaluator=evaluator))
+                                             evaluator=evaluator),
+            run_many=lambda ps: line_search_many(graph, ps, batch, self.loss, upper=self.amplitude_upper,
+                                                 evaluator=evaluator))
         choice = distributed.agree(proposals, self.strategy.select(proposals, ctx))
         if choice is None:
             return self._decline(f"the strategy {self.strategy.name!r} declined all {len(proposals)} proposals", start)

@@ -110,37 +110,58 @@ class BatchEvaluator:
             return float(self.mean_losses(values[new.outputs[0]], 1)[0])
 
     def losses(self, change: "Change", gammas: Sequence[float]) -> list[float]:
-        """L(γ) of the base graph plus ``change`` at every amplitude in ``gammas``, in batched
-        passes (as many amplitudes per pass as fit in :data:`STACKED_VALUES`)."""
-        out: list[float] = []
-        per_copy = max([self.cache[v][0].numel() for v in change.dirty] + [1]) * self.n
+        """L(γ) of the base graph plus ``change`` at every amplitude in ``gammas``, batched."""
+        return self.losses_many([(change, gammas)])[0]
+
+    def losses_many(self, requests: Sequence[tuple["Change", Sequence[float]]]) -> list[list[float]]:
+        """L(γ) for several changes, each at its own amplitudes, in as few batched passes as fit
+        in :data:`STACKED_VALUES`: the held-out batch is stacked once per (change, γ) pair."""
+        pairs = [(i, float(gamma)) for i, (_, gammas) in enumerate(requests) for gamma in gammas]
+        out: list[list[float]] = [[] for _ in requests]
+        dirty = set().union(*(change.dirty for change, _ in requests)) if requests else set()
+        per_copy = max([self.cache[v][0].numel() for v in dirty] + [1]) * self.n
         step = max(1, STACKED_VALUES // per_copy)
         with torch.no_grad(), eval_mode(self.graph):
-            for lo in range(0, len(gammas), step):
-                part = list(gammas[lo: lo + step])
-                out += self.mean_losses(self._stacked_output(change, part), len(part)).tolist()
+            for lo in range(0, len(pairs), step):
+                part = pairs[lo: lo + step]
+                values = self.mean_losses(self._stacked_output([requests[i][0] for i, _ in part],
+                                                               [gamma for _, gamma in part]), len(part))
+                for (i, _), value in zip(part, values.tolist()):
+                    out[i].append(value)
         return out
 
-    def _stacked_output(self, change: "Change", gammas: list[float]) -> torch.Tensor:
-        """The output for the batch stacked once per amplitude, with ``change`` at each one."""
-        graph, g = self.graph, len(gammas)
-        added = change.terms(torch.tensor(gammas, dtype=torch.float64), self.cache)
+    def _stacked_output(self, changes: list["Change"], gammas: list[float]) -> torch.Tensor:
+        """The output for the batch stacked once per pair (changes[j], gammas[j])."""
+        graph, g, n = self.graph, len(gammas), self.n
+        added: dict[str, torch.Tensor] = {}
+        start = 0
+        while start < g:  # runs of one change: its terms at its amplitudes, zero elsewhere
+            stop = start
+            while stop < g and changes[stop] is changes[start]:
+                stop += 1
+            terms = changes[start].terms(torch.tensor(gammas[start:stop], dtype=torch.float64), self.cache)
+            for t, term in terms.items():
+                if t not in added:
+                    added[t] = term.new_zeros(g * n, *term.shape[1:])
+                added[t][start * n: stop * n] += term
+            start = stop
+        dirty = set().union(*(c.dirty for c in changes))
         stacked: dict[str, torch.Tensor] = {}
 
-        def value(node: str) -> torch.Tensor:  # (g·n, …): repeated when the change cannot reach it
+        def value(node: str) -> torch.Tensor:  # (g·n, …): repeated when no change reaches it
             if node in stacked:
                 return stacked[node]
             v = self.cache[node]
             return v.expand(g, *v.shape).reshape(g * v.shape[0], *v.shape[1:])
 
         for name in self._order:
-            if name not in change.dirty:
+            if name not in dirty:
                 continue
             spec = graph.node(name)
             if graph.op_module(name) is not None:
                 z = pre_activation(graph, name, {s: value(s) for s in graph.predecessors(name)})
             elif name in self.pre and not any(e.source in stacked for e in graph.in_edges(name)):
-                z = self.pre[name]  # only the change's terms are new: broadcast the old sum
+                z = self.pre[name]  # only the changes' terms are new: broadcast the old sum
             else:
                 z = None
                 for e in graph.in_edges(name):
@@ -149,7 +170,7 @@ class BatchEvaluator:
                     z = _add(z, term, g)
             if name in added:
                 z = _add(z, added[name], g)
-            if z.shape[0] != g * self.n:  # (g·n, …) from here on
+            if z.shape[0] != g * n:  # (g·n, …) from here on
                 z = z.expand(g, *z.shape).reshape(g * z.shape[0], *z.shape[1:])
             norm = graph.norm_module(name)
             if norm is not None:
@@ -301,14 +322,26 @@ def amplitude_search(losses: Callable[[list[float]], list[float]], at_zero: floa
     geometric grid upper·2^-j (j < grid); while the bound wins, doublings of it up to
     ``max_upper``; then ``refine`` equally spaced points in rounds of :data:`REFINE_ROUND`
     between the best point's neighbours. Returns (argmin, min, number of evaluations)."""
+    search = _search(at_zero, upper, grid, refine, max_upper)
+    request = next(search)
+    while True:
+        try:
+            request = search.send(losses(request))
+        except StopIteration as done:
+            return done.value
+
+
+def _search(at_zero: float, upper: float, grid: int, refine: int, max_upper: float):
+    """:func:`amplitude_search` as a generator: yields the amplitudes of each round, receives
+    their losses (so that several searches can share batched passes)."""
     points = [upper * 2.0 ** -j for j in reversed(range(grid))]
-    found = dict(zip(points, losses(points)))
+    found = dict(zip(points, (yield points)))
     found[0.0] = at_zero
     evaluations = len(points)
     while min(found, key=found.__getitem__) == max(found) and max(found) < max_upper:
         top = max(found)
         more = [top * 2.0 ** i for i in range(1, 5) if top * 2.0 ** i <= max_upper]
-        found.update(zip(more, losses(more)))
+        found.update(zip(more, (yield more)))
         evaluations += len(more)
     left = refine
     while left > 0:
@@ -318,11 +351,10 @@ def amplitude_search(losses: Callable[[list[float]], list[float]], at_zero: floa
             break
         lo, hi = xs[best - 1], xs[min(best + 1, len(xs) - 1)]
         k = min(left, REFINE_ROUND)
-        new = [lo + (hi - lo) * (i + 1) / (k + 1) for i in range(k)]
-        new = [x for x in new if x not in found]
+        new = [x for x in (lo + (hi - lo) * (i + 1) / (k + 1) for i in range(k)) if x not in found]
         if not new:
             break
-        found.update(zip(new, losses(new)))
+        found.update(zip(new, (yield new)))
         evaluations += len(new)
         left -= k
     best = min(found, key=lambda x: (found[x], x))
@@ -384,12 +416,41 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
     Nothing is copied: the change is evaluated as terms added to its targets (:class:`Change`),
     each round of amplitudes in one batched pass (see the module docstring).
     """
+    return line_search_many(graph, [proposal], batch, loss, upper=upper, grid=grid, refine=refine,
+                            max_upper=max_upper, evaluator=evaluator)[0]
+
+
+def line_search_many(graph: "Graph", proposals: Sequence["Proposal"], batch: Any, loss: LossLike = "mse", *,
+                     upper: float = 4.0, grid: int = 10, refine: int = 16, max_upper: float = 2.0 ** 16,
+                     evaluator: BatchEvaluator | None = None) -> list[LineSearchResult]:
+    """:func:`line_search` of several proposals in lockstep: each round's amplitudes of all of
+    them share one batched pass (the same answers as one search at a time)."""
     ev = evaluator if evaluator is not None else BatchEvaluator(graph, batch, loss)
-    if Change.supports(graph, proposal):
-        change = Change(graph, proposal)
-        gamma, value, evaluations = amplitude_search(lambda gs: ev.losses(change, gs), ev.base_loss,
-                                                     upper, grid, refine, max_upper)
-        return LineSearchResult(gamma, ev.base_loss, value, evaluations)
+    results: dict[int, tuple[float, float, int]] = {}
+    fast = [i for i, p in enumerate(proposals) if Change.supports(graph, p)]
+    for i, p in enumerate(proposals):
+        if i not in fast:
+            results[i] = _rescaled_search(graph, p, ev, upper, grid, refine, max_upper)
+    changes = {i: Change(graph, proposals[i]) for i in fast}
+    searches = {i: _search(ev.base_loss, upper, grid, refine, max_upper) for i in fast}
+    requests = {i: next(s) for i, s in searches.items()}
+    while requests:
+        order = list(requests)
+        values = ev.losses_many([(changes[i], requests[i]) for i in order])
+        requests = {}
+        for i, value in zip(order, values):
+            try:
+                requests[i] = searches[i].send(value)
+            except StopIteration as done:
+                results[i] = done.value
+    return [LineSearchResult(results[i][0], ev.base_loss, results[i][1], results[i][2])
+            for i in range(len(proposals))]
+
+
+def _rescaled_search(graph: "Graph", proposal: "Proposal", ev: BatchEvaluator, upper: float, grid: int,
+                     refine: int, max_upper: float) -> tuple[float, float, int]:
+    """The search for a change :class:`Change` does not express (conv blocks, readers behind a
+    concatenation): the proposal applied once, its new parameters rescaled per γ."""
     scaled = ScaledChange(graph, proposal)
     # the targets only gain terms (ScaledChange touches nothing else): their base pre-activations are reused
     targets = set(proposal.candidate.targets) - set(scaled.grown) - scaled.indirect
@@ -402,5 +463,4 @@ def line_search(graph: "Graph", proposal: "Proposal", batch: Any, loss: LossLike
             out.append(ev.loss(scaled.graph, changed, scaled.grown, added=targets))
         return out
 
-    gamma, value, evaluations = amplitude_search(losses, ev.base_loss, upper, grid, refine, max_upper)
-    return LineSearchResult(gamma, ev.base_loss, value, evaluations)
+    return amplitude_search(losses, ev.base_loss, upper, grid, refine, max_upper)

@@ -43,6 +43,8 @@ class SelectionContext:
     loss: LossLike
     num_samples: int
     run_search: Callable[["Proposal"], LineSearchResult]
+    # searches several proposals in shared batched passes (same answers as run_search one by one)
+    run_many: Callable[[Sequence["Proposal"]], list[LineSearchResult]] | None = None
     _cache: dict[int, LineSearchResult] = field(default_factory=dict)
 
     def search(self, proposal: "Proposal") -> LineSearchResult:
@@ -50,6 +52,14 @@ class SelectionContext:
         if key not in self._cache:
             self._cache[key] = self.run_search(proposal)
         return self._cache[key]
+
+    def search_many(self, proposals: Sequence["Proposal"]) -> list[LineSearchResult]:
+        """:meth:`search` of each proposal, the uncached ones together when ``run_many`` is set."""
+        todo = list({id(p): p for p in proposals if id(p) not in self._cache}.values())
+        if todo and self.run_many is not None:
+            for p, r in zip(todo, self.run_many(todo)):
+                self._cache[id(p)] = r
+        return [self.search(p) for p in proposals]
 
     @property
     def evaluations(self) -> int:
@@ -119,8 +129,8 @@ class Amplitude(Strategy):
 
     def select(self, proposals, ctx):
         best = None
-        for p in self.shortlist(proposals):
-            r = ctx.search(p)
+        shortlist = self.shortlist(proposals)
+        for p, r in zip(shortlist, ctx.search_many(shortlist)):
             s = self.score(p, r, ctx)
             if best is None or s > best.score:
                 best = Choice(p, r, s)

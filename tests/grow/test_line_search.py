@@ -115,3 +115,17 @@ def test_line_search_never_raises_the_loss_and_copies_no_graph(monkeypatch):
     for p in props[:4]:
         r = line_search(g, p, (X, Y), "mse")
         assert r.loss_after <= r.loss_before and r.amplitude >= 0
+
+
+def test_searches_in_lockstep_equal_one_at_a_time():
+    from daggrow.grow.line_search import line_search_many
+
+    g = dag("relu")
+    X, Y = dag_data(n=150)
+    props = propose(g, dg.collect_statistics(g, [(X, Y)], "mse"), max_neurons=2)[:6]
+    many = line_search_many(g, props, (X, Y), "mse", upper=1.0)
+    for p, r in zip(props, many):
+        one = line_search(g, p, (X, Y), "mse", upper=1.0)
+        assert (r.amplitude, r.evaluations) == (one.amplitude, one.evaluations)
+        assert r.loss_after == pytest.approx(one.loss_after, rel=1e-12)
+    assert len({p.kind for p in props}) > 1
