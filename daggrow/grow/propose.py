@@ -340,14 +340,48 @@ class _Context:
 
     def share(self, groups: dict[tuple, list[str]]) -> None:
         """Solve the blocks of every source set U (key ``(U, bias)``) for all its targets T_U at
-        once: M_{U,T} in one read, N_{U,T} = M_{U,T} − P_{U,W} Δ with W the union of the
-        targets' in-views and Δ (Σd_w [+1] × Σd_v) holding each δW_v*ᵀ in its in-views' rows
-        (the constant row last), then F_U [M N] in one triangular solve."""
-        for key, targets in groups.items():
+        once: M_{U,T} in one read, N_{U,T} = M_{U,T} − P_{U,W} Δ_{W,T} with W the union of the
+        targets' in-views, then F_U [M N] in one triangular solve. Δ (Σd_w + 1 × Σd_v, built
+        once for every target of the call) holds each δW_v*ᵀ in its in-views' rows, its
+        constant part in the last row."""
+        targets = list(dict.fromkeys(v for ts in groups.values() for v in ts))
+        try:
+            self._build_delta(targets)
+        except DaggrowError:
+            return  # every candidate is then solved on its own (and skipped if it fails)
+        for key, ts in groups.items():
             try:
-                self.groups[key] = self._group(key, list(dict.fromkeys(targets)))
+                self.groups[key] = self._group(key, list(dict.fromkeys(ts)))
             except DaggrowError:
                 pass  # the candidates of this source set fail one by one (and are skipped)
+
+    def _build_delta(self, targets: list[str]) -> None:
+        widths = self.stats.widths
+        self.rows, self.cols = {}, {}
+        rows = cols = 0
+        for v in targets:
+            self.cols[v] = (cols, cols + widths[v])
+            cols += widths[v]
+            if self.update(v).solution.delta.shape[1]:
+                for w in self.info(v)[0]:
+                    if w not in self.rows:
+                        self.rows[w] = (rows, rows + widths[w])
+                        rows += widths[w]
+        delta = torch.zeros(rows + 1, cols, dtype=torch.float64, device=self.stats._device())
+        for v in targets:
+            d = self.update(v).solution.delta.to(delta)
+            if d.shape[1] == 0:
+                continue
+            lo, hi = self.cols[v]
+            in_sources, v_bias = self.info(v)
+            at = 0
+            for w in in_sources:
+                r0, r1 = self.rows[w]
+                delta[r0:r1, lo:hi] += d[:, at: at + r1 - r0].T
+                at += r1 - r0
+            if v_bias:
+                delta[-1, lo:hi] = d[:, -1]
+        self.delta = delta
 
     def _group(self, key: tuple, targets: list[str]):
         sources, bias = list(key[0]), key[1]
@@ -357,30 +391,14 @@ class _Context:
         for v in targets:
             columns[v] = (offset, offset + stats.widths[v])
             offset += stats.widths[v]
-        rows: dict[str, int] = {}
-        for v in targets:
-            if self.update(v).solution.delta.shape[1]:
-                for w in self.info(v)[0]:
-                    rows.setdefault(w, sum(stats.widths[x] for x in rows))
+        W = list(dict.fromkeys(w for v in targets if self.update(v).solution.delta.shape[1] for w in self.info(v)[0]))
         N = M
-        if rows or any(self.info(v)[1] for v in targets):
-            W = list(rows)
+        if W or any(self.info(v)[1] for v in targets):
             P = stats.moment(sources, W, bias, True)
-            delta = P.new_zeros(P.shape[1], M.shape[1])
-            for v in targets:
-                d = self.update(v).solution.delta.to(P.dtype)
-                if d.shape[1] == 0:
-                    continue
-                lo, hi = columns[v]
-                in_sources, v_bias = self.info(v)
-                at = 0
-                for w in in_sources:
-                    width = stats.widths[w]
-                    delta[rows[w]: rows[w] + width, lo:hi] += d[:, at: at + width].T
-                    at += width
-                if v_bias:
-                    delta[-1, lo:hi] = d[:, -1]
-            N = M - P @ delta
+            last = self.delta.shape[0] - 1
+            rows = torch.tensor([r for w in W for r in range(*self.rows[w])] + [last], device=M.device)
+            cols = torch.tensor([c for v in targets for c in range(*self.cols[v])], device=M.device)
+            N = M - P @ self.delta.index_select(0, rows).index_select(1, cols)
         _, white = moment_and_decomposition(self.graph, stats, sources, bias, self.rel_tol, self.memo)
         both = white.whiten(torch.cat([M, N], 1))
         return columns, (M, N, both[:, : M.shape[1]], both[:, M.shape[1]:])

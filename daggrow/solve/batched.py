@@ -21,7 +21,7 @@ import torch
 
 from ..errors import DaggrowError, SolverError
 from .linalg import Decomposition
-from .neurons import ROUND_OFF_FRACTION, NeuronSolution, _empty, _fix_signs
+from .neurons import ROUND_OFF_FRACTION, NeuronSolution, _empty
 
 
 @dataclass
@@ -72,7 +72,10 @@ def tiny_neurons_batched(problems: Sequence[WhitenedProblem], *, rel_threshold: 
         term = torch.einsum("bik,bij,bkj->bk", a, fm, ct)  # a_kᵀ (F M) c_k
         gains = (used * lam * term).sum(1).tolist()
         decreases = (used * lam ** 2).sum(1).tolist()
-        root = lam.sqrt()
+        # signs as _fix_signs: each ω_k's largest entry positive (ω_k ∝ c_k, √λ_k > 0)
+        idx = ct.abs().argmax(2, keepdim=True)
+        sign = torch.sign(ct.gather(2, idx))[..., 0]
+        root = lam.sqrt() * torch.where(sign == 0, torch.ones_like(sign), sign)
         for j, (i, kk) in enumerate(zip(index, k.tolist())):
             parts.append((i, a[j, :, :kk] * root[j, :kk], ct[j, :kk].T * root[j, :kk], lam[j], gains[j], decreases[j]))
     by_white: dict[int, list] = defaultdict(list)
@@ -84,7 +87,7 @@ def tiny_neurons_batched(problems: Sequence[WhitenedProblem], *, rel_threshold: 
         offset = 0
         for i, a, fan_out, lam, gain, decrease in group:
             k = a.shape[1]
-            fan_in, fan_out = _fix_signs(fan_ins[:, offset: offset + k], fan_out)
+            fan_in = fan_ins[:, offset: offset + k]
             offset += k
             out[i] = NeuronSolution(fan_in, fan_out, lam[:k].clone(), lam, gain, decrease)
     return out
