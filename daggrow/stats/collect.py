@@ -160,6 +160,8 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
     grads_by_source: dict[str, list[str]] = defaultdict(list)
     for u, t in sorted(plan.grad_pairs):
         grads_by_source[u].append(t)
+    _share_rows(stats.hh, pairs_by_source)
+    _share_rows(stats.hv, grads_by_source)
 
     values: dict[str, torch.Tensor] = {}
     pre: dict[str, torch.Tensor] = {}
@@ -233,6 +235,10 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
             m.training = flag
     for u in grams:
         _mirror_lower_blocks(stats.hh[(u, u)])
+    for sums in (stats.hh, stats.hv):  # the shared rows back to one tensor per pair
+        for key, t in sums.items():
+            if not t.is_contiguous():
+                sums[key] = t.contiguous()
     if across_processes:
         from ..distributed import reduce_statistics
 
@@ -270,9 +276,28 @@ def _accumulate(stats: Statistics, values: dict[str, torch.Tensor], moves: dict[
         _add_products(values[u], [moves[t] for t in ts], [stats.hv[(u, t)] for t in ts])
 
 
+def _share_rows(sums: dict, by_source: dict[str, list[str]]) -> None:
+    """Make the sums of each source's pairs (u, w₁), (u, w₂), … column blocks of one float64
+    tensor, so that :func:`_add_products` adds a batch's product in one operation, not one per
+    pair (a DAG has O(nodes²) pairs); the pass ends with one contiguous tensor per pair again."""
+    for u, ws in by_source.items():
+        if len(ws) > 1:
+            row = torch.cat([sums[(u, w)] for w in ws], 1)
+            offset = 0
+            for w in ws:
+                width = sums[(u, w)].shape[1]
+                sums[(u, w)] = row[:, offset: offset + width]
+                offset += width
+
+
 def _add_products(left: torch.Tensor, rights: list[torch.Tensor], sums: list[torch.Tensor]) -> None:
-    """sums[k] += leftᵀ rights[k], as one GEMM over the concatenated right-hand sides."""
+    """sums[k] += leftᵀ rights[k], as one GEMM over the concatenated right-hand sides (and one
+    addition when the sums are the column blocks of one tensor, :func:`_share_rows`)."""
     product = left.T @ (rights[0] if len(rights) == 1 else torch.cat(rights, 1))
+    base = sums[0]._base
+    if len(sums) > 1 and base is not None and base.shape == product.shape and all(s._base is base for s in sums):
+        base += product
+        return
     offset = 0
     for s in sums:
         s += product[:, offset: offset + s.shape[1]]
