@@ -288,7 +288,7 @@ class Grower:
                                     unprojected_fallback=fallback)
                 if proposals or self.init != "tiny":
                     break
-            bottlenecks = bottleneck(graph, stats)
+            bottlenecks = bottleneck(graph, stats, updates=proposals.updates)
         singular = sum(issubclass(w.category, RankDeficiencyWarning) for w in caught)
         if self.max_parameters is not None:
             room = self.max_parameters - graph.num_parameters()

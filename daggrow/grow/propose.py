@@ -159,22 +159,30 @@ def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1
     return NodeUpdate(node, sol, split)
 
 
-def bottleneck(graph: "Graph", stats: Statistics, rel_tol: float = 1e-10) -> dict[str, float]:
-    """Ψ_v = g_v − tr(M_inᵀ S_in⁺ M_in) for every node whose desired move was collected."""
+def bottleneck(graph: "Graph", stats: Statistics, rel_tol: float = 1e-10,
+               updates: dict[str, NodeUpdate] | None = None) -> dict[str, float]:
+    """Ψ_v = g_v − tr(M_inᵀ S_in⁺ M_in) for every node whose desired move was collected.
+
+    ``updates``: δW* already solved from these statistics (``propose(...).updates``), reused."""
     memo: dict = {}
-    return {v: float(node_update(graph, stats, v, rel_tol, memo).solution.bottleneck)
+    updates = updates or {}
+    return {v: float((updates[v] if v in updates else node_update(graph, stats, v, rel_tol, memo)).solution.bottleneck)
             for v in graph.topological_order() if v in stats.v}
 
 
 class Proposals(list):
     """The proposals of one :func:`propose` call, best first (a plain list), with ``skipped``:
-    ``(candidate, reason)`` for every candidate whose problem could not be solved."""
+    ``(candidate, reason)`` for every candidate whose problem could not be solved, and
+    ``updates``: the best updates δW* it solved (node → :class:`NodeUpdate`)."""
 
     skipped: list[tuple[Candidate, str]]
+    updates: dict[str, NodeUpdate]
 
-    def __init__(self, items: Iterable["Proposal"] = (), skipped: list[tuple[Candidate, str]] | None = None):
+    def __init__(self, items: Iterable["Proposal"] = (), skipped: list[tuple[Candidate, str]] | None = None,
+                 updates: dict[str, NodeUpdate] | None = None):
         super().__init__(items)
         self.skipped = list(skipped or [])
+        self.updates = dict(updates or {})
 
 
 def propose(
@@ -254,7 +262,7 @@ def propose(
         warnings.warn(f"propose skipped {len(skipped)} candidate(s): "
                       + "; ".join(f"{c.where} ({why})" for c, why in skipped[:10])
                       + ("; …" if len(skipped) > 10 else ""), CandidateSkippedWarning, stacklevel=2)
-    return Proposals(proposals, skipped)
+    return Proposals(proposals, skipped, ctx.updates)
 
 
 def rank_key(p: "Proposal") -> tuple:

@@ -152,3 +152,14 @@ def test_round_off_proposals_rank_last_and_are_flagged_by_their_gain():
     assert [p for p in ranked if p is not noise and p is not loud][: len(real)] == props[: len(real)]
     gains = [p.first_order_gain for p in props if not p.round_off]
     assert all(a >= b * (1 + 1e-12) or a == pytest.approx(b, rel=1e-11) for a, b in zip(gains, gains[1:]))
+
+
+def test_bottleneck_reuses_the_updates_propose_solved():
+    from daggrow.grow.propose import bottleneck
+
+    g = dag("tanh")
+    X, Y = dag_data(n=200)
+    stats = dg.collect_statistics(g, [(X, Y)], "mse")
+    props = propose(g, stats, max_neurons=2)
+    assert set(props.updates) >= {"b", "y"}
+    assert bottleneck(g, stats, updates=props.updates) == pytest.approx(bottleneck(g, stats), rel=1e-12)
