@@ -28,7 +28,8 @@ from torch import nn
 
 import daggrow as dg
 from daggrow.grow.candidates import enumerate_candidates
-from daggrow.grow.line_search import BatchEvaluator, golden_section  # noqa: F401 (golden_section: gromo side)
+from daggrow.grow.line_search import BatchEvaluator, golden_section, line_search_many
+from daggrow.grow.propose import apply
 
 GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
 
@@ -40,10 +41,19 @@ def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None, bottleneck_
     proposals = dg.propose(g, stats, max_neurons=k, candidates=cands, rel_threshold=0.0)
     ev = BatchEvaluator(g, held_out, "cross_entropy")
     results = {"_stats": stats}
-    for p in proposals:
-        r = dg.line_search(g, p, held_out, "cross_entropy", upper=4.0, grid=10, refine=8, evaluator=ev)
-        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after)
+    # the shortlist in lockstep, as Grower.grow_step does (each round of both in one pass)
+    for p, r in zip(proposals, line_search_many(g, proposals, held_out, "cross_entropy", upper=4.0, grid=10,
+                                                refine=8, evaluator=ev)):
+        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after, p)
     return results
+
+
+def loss_of_change(g: dg.Graph, proposal, held_out, amplitude: float, update_amplitude: float) -> float:
+    """Held-out cross-entropy after the proposal's neurons at ``amplitude`` and η·δW* at its targets."""
+    x, y = held_out
+    new = apply(g, proposal, amplitude, update_amplitude=update_amplitude)
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(new.compile()(x), y))
 
 
 def daggrow_statistics(g: dg.Graph, batches) -> None:
@@ -152,8 +162,15 @@ def main() -> None:
         for i, node in enumerate(("h1", "h2")):  # gromo's i-th growing layer widens our h_{i+1}
             lam_g = ", ".join(f"{v:.6g}" for v in theirs[i][0][:3])
             lam_d = ", ".join(f"{v:.6g}" for v in ours[node][0][:3])
-            print(f"{'':>6}   {node}: λ gromo [{lam_g}] | daggrow [{lam_d}];  γ* gromo {theirs[i][1]:.4g} "
-                  f"(loss {theirs[i][2]:.5f}), daggrow {ours[node][1]:.4g} (loss {ours[node][2]:.5f})")
+            # like with like: gromo's factor γ scales the new neurons' contribution by γ² (fan-in
+            # and fan-out each by γ) and also applies γ²·δW*, i.e. daggrow's amplitude γ² with
+            # update_amplitude γ²; daggrow's own γ* adds the neurons only (δW* is not applied)
+            a = theirs[i][1] ** 2
+            same = loss_of_change(g, ours[node][3], held_out, a, a)
+            print(f"{'':>6}   {node}: λ gromo [{lam_g}] | daggrow [{lam_d}]")
+            print(f"{'':>6}     gromo γ* {theirs[i][1]:.4g} = neurons at amplitude {a:.4g} + {a:.4g}·δW*: loss gromo "
+                  f"{theirs[i][2]:.5f} | daggrow, same change {same:.5f};  daggrow γ* {ours[node][1]:.4g} "
+                  f"(neurons only): loss {ours[node][2]:.5f}")
 
 
 if __name__ == "__main__":
