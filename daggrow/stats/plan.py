@@ -71,6 +71,8 @@ class StatisticsPlan:
     full_kernels: dict[str, FullKernel] = field(default_factory=dict)
     # a candidate's source key → the cheaper view read instead (memory planner, :mod:`.memory`)
     aliases: dict[str, View] = field(default_factory=dict)
+    # update_sources of the targets seen so far (the graph does not change while a plan is built)
+    _sources: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def merge(self, other: "StatisticsPlan") -> None:
         """Add ``other``'s moments to this plan (in place)."""
@@ -119,9 +121,11 @@ class StatisticsPlan:
         for v in targets:
             if v not in self.grads:  # δW* at v: the same moments for every expansion into v
                 self.add_best_update(graph, v, order)
+            in_v = update_sources(graph, v) if v not in self._sources else self._sources[v]
+            self._sources[v] = in_v
             for u in sources:
                 self.grad_pairs.add((u, v))
-                for w in update_sources(graph, v):
+                for w in in_v:
                     self.add_value_pair(u, w, order)
 
 
