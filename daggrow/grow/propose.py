@@ -235,6 +235,11 @@ def propose(
     candidates = [c for c in candidates if not (
         c.kind == "expand_node" and _same_as_new_node(graph, c, new_node_activation) in pairs)]
     # (the same change as a new node between its source and target: see the docstring)
+    if grouped and init == "tiny" and not unprojected_fallback:
+        # a new node u → v whose target already reads u linearly has F N = 0 (V⊥_v ⟂ B_u): only the
+        # unprojected fallback gives it neurons, so without the fallback it is not solved at all
+        candidates = [c for c in candidates if not (
+            c.kind == "new_node" and source_keys(graph, c)[0] in ctx.info(c.targets[0])[0])]
     if grouped:
         ctx.share(_target_groups(graph, candidates))
     for cand in candidates:
