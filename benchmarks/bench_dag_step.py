@@ -29,6 +29,7 @@ import torch
 
 import daggrow as dg
 from daggrow.data import load_dataset
+from daggrow.grow.optim import carry_optimizer
 
 # stage → the daggrow function whose cumulative time it is (cProfile)
 STAGES = {
@@ -73,14 +74,14 @@ def measure(hidden: int, repeats: int, skip: float, profile: bool) -> dict:
     g = build_dag(hidden, skip=skip)
     grower = dg.Grower(g, loss="cross_entropy", seed=0)
     grower.train_epoch(train)  # warm-up: optimizer state, compiled module
-    base = grower.graph
+    base, base_optimizer = grower.graph, grower.optimizer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         grower.grow_step(train)  # warm-up of the growth code paths (its graph is dropped)
     epochs, steps, grown = [], [], 0
     for _ in range(repeats):
-        grower.swap(base.copy())  # every step starts from the same graph (a fresh copy: compiled anew,
-        t = time.process_time()   # as after every accepted step of a real run)
+        restart(grower, base, base_optimizer)
+        t = time.process_time()
         grower.train_epoch(train)
         epochs.append(time.process_time() - t)
         with warnings.catch_warnings():
@@ -97,13 +98,20 @@ def measure(hidden: int, repeats: int, skip: float, profile: bool) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(max(2, repeats // 2)):
-                grower.swap(base.copy())
+                restart(grower, base, base_optimizer)
                 grower.train_epoch(train)
                 prof.enable()
                 grower.grow_step(train)
                 prof.disable()
         out["breakdown"] = breakdown(prof)
     return out
+
+
+def restart(grower: dg.Grower, base: dg.Graph, optimizer) -> None:
+    """Every repeat from the same graph and optimizer state: a fresh copy (compiled anew, as after
+    every accepted step of a real run), the optimizer's state carried onto it."""
+    copy = base.copy()
+    grower.graph, grower.optimizer = copy, carry_optimizer(optimizer, base, copy)
 
 
 def breakdown(prof: cProfile.Profile) -> dict[str, float]:
