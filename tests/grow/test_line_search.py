@@ -129,3 +129,30 @@ def test_searches_in_lockstep_equal_one_at_a_time():
         assert (r.amplitude, r.evaluations) == (one.amplitude, one.evaluations)
         assert r.loss_after == pytest.approx(one.loss_after, rel=1e-12)
     assert len({p.kind for p in props}) > 1
+
+
+def test_an_op_node_downstream_of_the_change():
+    from tests.graph.test_op_nodes import gated_graph
+
+    g = gated_graph()
+    for p in g.parameters():
+        p.data = p.data.double()
+    X = torch.randn(60, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    Y = torch.randn(60, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    props = [p for p in propose(g, dg.collect_statistics(g, [(X, Y)], "mse"), max_neurons=2)
+             if p.candidate.targets[0] in ("h", "s")]  # the op node m reads the target
+    assert props
+    check_every_amplitude(g, props, X, Y)
+
+
+def test_search_many_without_a_batched_runner_searches_one_by_one():
+    from daggrow.grow.strategies import SelectionContext
+
+    g = dag("tanh")
+    X, Y = dag_data(n=80)
+    props = propose(g, dg.collect_statistics(g, [(X, Y)], "mse"), max_neurons=2)[:3]
+    ctx = SelectionContext(graph=g, step=0, bottlenecks={}, loss="mse", num_samples=80,
+                           run_search=lambda p: line_search(g, p, (X, Y), "mse"))
+    results = ctx.search_many(props + props[:1])
+    assert len(results) == 4 and results[3] is results[0]
+    assert [r.amplitude for r in results[:3]] == [line_search(g, p, (X, Y), "mse").amplitude for p in props]
