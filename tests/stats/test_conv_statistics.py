@@ -188,9 +188,9 @@ def test_channel_proposal_attains_sum_lambda_squared_of_its_objective(act):
     cands = [c for c in enumerate_candidates(g, ["expand_node"]) if c.node == "c"]
     stats = collect_statistics(g, [(X, Y)], "mse", plan=statistics_plan(g, cands))
     memo: dict = {}
-    from daggrow.grow.propose import _channel_problem
+    from daggrow.grow.problems import channel_problem
 
-    S, _, _, N = _channel_problem(g, stats, cands[0], lambda v: node_update(g, stats, v), True, 1e-10, memo)
+    S, _, _, N = channel_problem(g, stats, cands[0], lambda v: node_update(g, stats, v), True, 1e-10, memo)
     (p,) = propose(g, stats, max_neurons=2, candidates=cands, rel_threshold=0.0)
     Xsol = p.fan_in @ p.fan_out.T
 
