@@ -38,7 +38,7 @@ STAGES = {
     "propose": ("propose.py", "propose"),
     "bottleneck Ψ": ("propose.py", "bottleneck"),
     "line search": ("strategies.py", "select"),
-    "statistics plan": ("candidates.py", "statistics_plan"),
+    "statistics plan": ("memory.py", "fit_plan"),
     "apply + carry optimizer": ("grower.py", "swap"),
 }
 
