@@ -316,3 +316,14 @@ def test_the_optimizer_state_follows_the_inserted_columns():
     assert torch.equal(norm[[0, 1, 2, 3, 6, 7, 8]], old_norm) and torch.equal(norm[4:6], torch.zeros(2))
     rows = carried.state[new.module(e_in).weight]["exp_avg"]            # w's own in-edge: appended rows
     assert torch.equal(rows[:4], opt.state[g.module(e_in).weight]["exp_avg"]) and not rows[4:].any()
+
+
+def test_inserted_entries_name_the_tensors_a_widening_changes_inside():
+    from daggrow.grow.widening import inserted_entries
+
+    g = cat_graph()
+    assert inserted_entries(g, g) == {}                       # no growth step yet
+    g.add_edge("x", "c")
+    new = rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 4)}, {"c_to_y": torch.randn(2, 2)})
+    assert inserted_entries(g, new) == {"edge:x_to_c.weight": (0, 3, 2), "edge:x_to_c.bias": (0, 3, 2),
+                                        "edge:c_to_y.weight": (1, 3, 2)}
