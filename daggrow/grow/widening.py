@@ -196,8 +196,9 @@ def inserted_entries(old: "Graph", new: "Graph") -> dict[str, tuple[int, int, in
             continue
         k = stop - start
         for x in plan.carriers:
-            at, mult = plan.inserts[x]
-            out[f"norm:{x}.weight"] = out[f"norm:{x}.bias"] = (0, at, k * mult)
+            if old.norm_module(x) is not None:
+                at, mult = plan.inserts[x]
+                out[f"norm:{x}.weight"] = out[f"norm:{x}.bias"] = (0, at, k * mult)
         for e in plan.zero_rows:
             at, mult = plan.inserts[old.edge(e).target]
             out[f"edge:{e}.weight"] = out[f"edge:{e}.bias"] = (0, at, k * mult)
