@@ -327,3 +327,21 @@ def test_inserted_entries_name_the_tensors_a_widening_changes_inside():
     new = rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 4)}, {"c_to_y": torch.randn(2, 2)})
     assert inserted_entries(g, new) == {"edge:x_to_c.weight": (0, 3, 2), "edge:x_to_c.bias": (0, 3, 2),
                                         "edge:c_to_y.weight": (1, 3, 2)}
+
+
+def test_a_widened_concatenation_saves_and_loads(tmp_path):
+    from ..trace.test_zoo_families import batch, make
+
+    g = quiet_trace(make("densenet"), batch("densenet", 3))
+    plan = widening(g, "block1_layer0_conv2")
+    (e_in,) = plan.in_edges
+    fan_out = {e: torch.randn(g.module(e).weight.shape[0], 2, *g.module(e).weight.shape[2:]) for e in plan.out_edges}
+    new = rewrite.add_neurons(g, "block1_layer0_conv2", {e_in: torch.randn(2, *g.module(e_in).weight.shape[1:])},
+                              fan_out)
+    new.save(tmp_path / "g")
+    loaded = dg.Graph.load(tmp_path / "g")
+    assert loaded.spec() == new.spec()
+    x = batch("densenet", 5, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded.compile().eval()(x), new.compile().eval()(x))
+        assert not torch.allclose(new.compile().eval()(x), g.compile().eval()(x))
