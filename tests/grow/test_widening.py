@@ -401,3 +401,19 @@ def test_first_order_gains_through_a_depthwise_conv_match_finite_differences():
 def test_a_strided_depthwise_conv_does_not_pass_new_channels_on():
     assert expansion_blocker(depthwise_graph(stride=2), "e").startswith(
         "a grouped or strided depthwise convolution reads it")
+
+
+def test_add_neurons_refuses_tensors_of_the_wrong_shape():
+    g = cat_graph()
+    with pytest.raises(GraphError, match="fan-in of edge 'x_to_a' has shape"):
+        rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 5)}, {})
+    with pytest.raises(GraphError, match="fan-out of edge 'c_to_y' has shape"):
+        rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 4)}, {"c_to_y": torch.randn(3, 2)})
+    g2 = dg.Graph()
+    g2.add_input("x", 4)
+    g2.add_node("a", 3, "relu")
+    g2.add_node("y", 2)
+    g2.add_edge("x", "a", bias=False), g2.add_edge("a", "y")
+    g2.set_output("y")
+    with pytest.raises(GraphError, match="has no bias"):
+        rewrite.add_neurons(g2, "a", {"x_to_a": torch.randn(1, 4)}, {}, {"x_to_a": torch.randn(1)})
