@@ -1,7 +1,8 @@
 """What the default growth candidates cost on a CIFAR-size ResNet (16-32-64 channels, 32×32
 inputs, 128 samples): process CPU seconds of the statistics pass and of ``propose`` for
 ``expand_node`` alone and for ``expand_node`` + ``new_node`` (conv branches between image nodes
-one or two layers apart, linear nodes into the head), and the peak resident memory.
+one or two layers apart, linear nodes into the head), planned as ``Grower`` plans them
+(``daggrow.stats.memory.fit_plan``), and the peak resident memory.
 
     python benchmarks/bench_cnn_candidates.py expand_node
     python benchmarks/bench_cnn_candidates.py expand_node new_node
@@ -20,7 +21,7 @@ from torch import nn
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
 import daggrow as dg  # noqa: E402
-from daggrow.grow.candidates import statistics_plan  # noqa: E402
+from daggrow.stats.memory import fit_plan, resolve_budget  # noqa: E402
 
 
 class Block(nn.Module):
@@ -54,8 +55,9 @@ def main() -> None:
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     candidates = dg.enumerate_candidates(graph, kinds)
     start = time.process_time()
-    stats = dg.collect_statistics(graph, [(x[:64], y[:64]), (x[64:], y[64:])], "cross_entropy",
-                                  plan=statistics_plan(graph, candidates))
+    # as Grower does: wide flattened sources read pooled, what no view fits left out
+    plan, candidates, _ = fit_plan(graph, candidates, resolve_budget(None, torch.device("cpu")), warn=False)
+    stats = dg.collect_statistics(graph, [(x[:64], y[:64]), (x[64:], y[64:])], "cross_entropy", plan=plan)
     middle = time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -106,14 +106,10 @@ def growth_blockers(graph: "Graph") -> dict[str, str]:
     return out
 
 
-MAX_FLATTENED = 1024  # features of a flattened source: its S is MAX² float64, decomposed once per pass
-
-
 def _vector_target(graph: "Graph", v: str) -> bool:
     """A new node or edge u → v is a linear block into a vector node v that sums its in-edges,
-    read from a vector or (flattened) image/sequence node u (``layout == "channels"``) of at
-    most ``MAX_FLATTENED`` features (a 16-channel 32×32 image flattens to 16,384: its S alone
-    would take 2 GB); tokens and opaque values, and op nodes as targets, are left out."""
+    read from a vector or (flattened) image/sequence node u (``layout == "channels"``); tokens
+    and opaque values, and op nodes as targets, are left out."""
     target = graph.node(v)
     return not target.shape and target.layout == "channels" and target.op is None
 
@@ -156,8 +152,7 @@ def enumerate_candidates(
     descendants = {n: graph.descendants(n) for n in order}
     fan_in = {n: len(graph.in_edges(n)) for n in order}
     joined = {u: {e.target for e in graph.out_edges(u) if is_growable(e.block)} for u in order}
-    vector_sources = {u for u in order if graph.node(u).layout == "channels"
-                      and (not graph.node(u).shape or graph.node(u).features <= MAX_FLATTENED)}
+    vector_sources = {u for u in order if graph.node(u).layout == "channels"}
     vector_targets = {v for v in order if v not in graph.inputs and _vector_target(graph, v)}
     room_for_nodes = max_nodes is None or len(graph) < max_nodes
     for u in order:
