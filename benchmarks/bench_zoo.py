@@ -62,7 +62,8 @@ def row(name: str) -> dict:
 def _kind(graph: dg.Graph, name: str) -> str:
     """A grown node or edge named with what it is (a conv node, a linear edge, ...)."""
     if name in graph.nodes:
-        return f"{name} ({'image' if graph.node(name).shape else 'vector'} node)"
+        spec = graph.node(name)
+        return f"{name} ({'tokens' if spec.layout == 'tokens' else 'image' if spec.shape else 'vector'} node)"
     return f"{name} ({graph.edge(name).block.kind})" if name in graph.edges else name
 
 

@@ -1,6 +1,7 @@
 """New conv nodes and conv edges between image/sequence nodes (growing a CNN's DAG).
 
-Between two image nodes u and v of one dimension whose shapes a conv maps one onto the other:
+Between two image nodes u and v of one dimension, v one or two layers after u, whose shapes a
+conv maps one onto the other:
 
 - ``new_node`` u → n → v: a new node n of K channels at v's positions, fan-in a 3×3 conv
   (3-wide for sequences) of u — stride 1 inside a stage, stride 2 into a stage of half the
@@ -26,13 +27,17 @@ KERNELS = {"new_node": 3, "new_edge": 1}
 
 
 def image_pair(graph: "Graph", u: str, v: str) -> bool:
-    """u and v are image/sequence nodes (channels layout) of one dimension, and v is a conv node:
-    it sums its in-edges, at least one of them a growable conv (not a pooling's or a
-    concatenation's node only)."""
+    """u and v are image/sequence nodes (channels layout) of one dimension, v is a conv node (it
+    sums its in-edges, one of them a growable conv), and v is one or two layers after u (a
+    branch beside a layer or a skip over one; this keeps the candidates about linear in the
+    depth: the DenseNet-like zoo model has 36 conv pairs this way, 162 with every later node)."""
     source, target = graph.node(u), graph.node(v)
-    return (bool(source.shape) and len(source.shape) == len(target.shape) and len(target.shape) in (1, 2)
+    if not (bool(source.shape) and len(source.shape) == len(target.shape) and len(target.shape) in (1, 2)
             and source.layout == target.layout == "channels" and target.op is None
-            and any(is_growable(e.block) for e in graph.in_edges(v)))
+            and any(is_growable(e.block) for e in graph.in_edges(v))):
+        return False
+    near = set(graph.successors(u))
+    return v in near or any(v in graph.successors(w) for w in near)
 
 
 def conv_geometry(graph: "Graph", u: str, v: str, kind: str) -> ConvBlock | None:

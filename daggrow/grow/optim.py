@@ -47,7 +47,7 @@ def _grown(old: torch.Tensor, new_shape: torch.Size) -> torch.Tensor | None:
 
 
 def _inserted(old: torch.Tensor, new_shape: torch.Size, dim: int, at: int, count: int) -> torch.Tensor | None:
-    """``old`` with ``count`` zero slices inserted at ``index`` along ``dim`` (a widening through a
+    """``old`` with ``count`` zero slices inserted before ``at`` along ``dim`` (a widening through a
     concatenation inserts its new columns inside the readers' weights)."""
     zeros = old.new_zeros(*old.shape[:dim], count, *old.shape[dim + 1:])
     out = torch.cat([old.narrow(dim, 0, at), zeros, old.narrow(dim, at, old.shape[dim] - at)], dim)

@@ -116,6 +116,17 @@ def add_neurons(
         old, (at, mult) = graph.module(e), plan.inserts[graph.edge(e).target]
         rows = old.weight.new_zeros(k * mult, *old.weight.shape[1:])
         new._replace_edge_module(e, _with_rows(old, rows, None if old.bias is None else old.bias.new_zeros(k * mult), at))
+    for e in plan.depthwise:  # a unit filter (1 at the centre tap) per new channel: its value passes on
+        old, (at, mult) = graph.module(e), plan.inserts[graph.edge(e).target]
+        unit = old.weight.new_zeros(k * mult, *old.weight.shape[1:])
+        unit[(slice(None), 0, *(s // 2 for s in old.weight.shape[2:]))] = 1.0
+        spec = graph.edge(e)
+        block = spec.block.model_copy(update={"groups": spec.block.groups + k * mult})
+        new._replace_edge_spec(spec.model_copy(update={"block": block}))
+        w = old.weight.detach()
+        b = None if old.bias is None else torch.cat([old.bias.detach()[:at], old.bias.new_zeros(k * mult),
+                                                     old.bias.detach()[at:]])
+        new._replace_edge_module(e, _conv(block, torch.cat([w[:at], unit, w[at:]]), block.groups, b))
     for e in plan.out_edges + plan.zero_edges:
         old, source = graph.module(e), graph.edge(e).source
         (at, mult), width = plan.inserts[source], graph.node(source).width
@@ -248,7 +259,8 @@ def _conv(block: ConvBlock, weight: torch.Tensor, in_channels: int, bias: torch.
     """An ``nn.Conv{dim}d`` of ``block``'s geometry holding ``weight`` (C_out × C_in·Πk) and ``bias``."""
     layer = (nn.Conv1d if block.dim == 1 else nn.Conv2d)(
         in_channels, weight.shape[0], block.kernel_size, stride=block.stride, padding=block.padding,
-        dilation=block.dilation, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        dilation=block.dilation, groups=block.groups, bias=bias is not None, device=weight.device,
+        dtype=weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight.reshape(layer.weight.shape))
         if bias is not None:

@@ -4,13 +4,15 @@ Widening node w appends K features to w. When w is a branch of a concatenation (
 edge w → c at offset o), c gains the same K features at index o + d_w, the placements after w's
 block shift by K, and the readers of c gain K columns there; a pooling or flatten that reads a
 widened node passes the K features on (K·P after a flatten of P positions) to its own node, and
-so on. Every edge that reads new features gets new columns at the insertion index; every
+so on; a depthwise conv of stride 1 (MobileNet's) passes them on through new unit filters (1 at
+the centre tap), so the projection after it reads them. Every edge that reads new features gets
+new columns at the insertion index; every
 growable edge that writes into a widened node other than w gets K zero rows there.
 
 Two kinds of readers (docs/math.md §5 with the new features as the neuron's value):
 
-- **live** (``Widening.out_edges``): linear or conv edges reading w, or a concatenation of w
-  (through placements of scale 1 only). Their new columns are the neurons' fan-out ω, solved
+- **live** (``Widening.out_edges``): linear or conv edges reading w, or a concatenation or
+  depthwise conv of w (through placements of scale 1 only). Their new columns are the neurons' fan-out ω, solved
   in closed form; a concatenated node's BatchNorm gets identity entries for the new features,
   so the neuron seen there is σ_c(σ_w(αᵀb)), which is one activation (``Widening.activation``)
   when σ_w or σ_c is the identity, or both are the same clipping (relu, relu6, hardtanh).
@@ -39,9 +41,10 @@ BLOCKED_BY = {
     "place": "it is a concatenation (its features are its branches': widen a branch instead)",
     "pool": "it is a pooling of another node (widen the node it pools instead)",
     "flatten": "it is a flatten of another node (widen the node it flattens instead)",
-    "conv": "a grouped or depthwise convolution fixes its channels (a new channel would need its own "
-            "depthwise filter and a second widening behind it)",
+    "conv": "a grouped or depthwise convolution writes it (its channels follow the node that conv reads)",
 }
+READ_BY_GROUPED = ("a grouped or strided depthwise convolution reads it (only a depthwise conv of stride 1 that "
+                   "keeps the shape passes new channels on)")
 _CLIPS = frozenset({"relu", "relu6", "hardtanh"})  # σ∘σ = σ
 
 
@@ -63,6 +66,7 @@ class Widening:
     zero_edges: tuple[str, ...] = ()
     zero_rows: tuple[str, ...] = ()
     shifted: tuple[str, ...] = ()
+    depthwise: tuple[str, ...] = ()   # depthwise convs passing the new channels on (unit filters)
     live: dict[str, tuple[str, tuple]] = field(default_factory=dict)  # live node → composed activation
 
     @property
@@ -119,16 +123,18 @@ def widening(graph: "Graph", node: str) -> Widening | str:
             if is_growable(block):
                 (out if x in plan.live else zero).append(e.name)
                 continue
-            if block.kind not in ("place", "pool", "flatten"):
+            depthwise = block.kind == "conv" and passes_channels(graph, e)
+            if block.kind not in ("place", "pool", "flatten") and not depthwise:
                 where = "it" if x == node else f"the concatenation {x!r} it feeds"
-                reason = BLOCKED_BY.get(block.kind, f"its {block.kind} edge {e.name!r} is not growable")
+                reason = READ_BY_GROUPED if block.kind == "conv" else BLOCKED_BY.get(
+                    block.kind, f"its {block.kind} edge {e.name!r} is not growable")
                 return reason if x == node else f"{where}: {reason}"
             c = e.target
             if c in plan.inserts:
                 return f"it reaches {c!r} twice (through concatenations, poolings or flattens)"
             reason = _own_blocker(graph, c)
             if reason:
-                return f"it is concatenated into {c!r}, and there {reason}"
+                return f"its new features pass into {c!r}, and there {reason}"
             if block.kind == "place":
                 at, m = block.offset + index, mult
                 end = block.offset + graph.node(x).width
@@ -149,8 +155,16 @@ def widening(graph: "Graph", node: str) -> Widening | str:
                     plan.live[c] = composed
             else:
                 if len(graph.in_edges(c)) != 1:
-                    return f"the {block.kind} node {c!r} it feeds has other in-edges"
+                    return f"the {'depthwise' if depthwise else block.kind} node {c!r} it feeds has other in-edges"
                 at, m = index, mult
+                if depthwise:  # each new channel gets a centred unit filter: its value passes on
+                    plan.depthwise += (e.name,)
+                    if x in plan.live:
+                        composed = _compose(_activation(graph, c), plan.live[x])
+                        if composed is None:
+                            return (f"the depthwise node {c!r} applies {graph.node(c).activation} on top of "
+                                    f"{plan.live[x][0]} (not one activation)")
+                        plan.live[c] = composed
                 if block.kind == "flatten":
                     p = 1
                     for s in graph.node(x).shape:
@@ -171,6 +185,15 @@ def widening(graph: "Graph", node: str) -> Widening | str:
         return "its readers read it with different geometries (new channels share one S only with one)"
     plan.out_edges, plan.zero_edges, plan.zero_rows, plan.shifted = tuple(out), tuple(zero), tuple(rows), tuple(shifted)
     return plan
+
+
+def passes_channels(graph: "Graph", edge) -> bool:
+    """A depthwise conv (one filter per channel) of stride 1 whose centred tap maps each position
+    to itself: a new channel with a unit filter there passes its value on unchanged."""
+    block, width = edge.block, graph.node(edge.source).width
+    return (block.groups == width == graph.node(edge.target).width and set(block.stride) == {1}
+            and all(k % 2 == 1 and p == d * (k - 1) // 2
+                    for k, p, d in zip(block.kernel_size, block.padding, block.dilation)))
 
 
 def _split(act: tuple[str, tuple]) -> tuple[str, dict[str, float]]:
@@ -196,9 +219,10 @@ def inserted_entries(old: "Graph", new: "Graph") -> dict[str, tuple[int, int, in
             continue
         k = stop - start
         for x in plan.carriers:
-            at, mult = plan.inserts[x]
-            out[f"norm:{x}.weight"] = out[f"norm:{x}.bias"] = (0, at, k * mult)
-        for e in plan.zero_rows:
+            if old.norm_module(x) is not None:
+                at, mult = plan.inserts[x]
+                out[f"norm:{x}.weight"] = out[f"norm:{x}.bias"] = (0, at, k * mult)
+        for e in plan.zero_rows + plan.depthwise:
             at, mult = plan.inserts[old.edge(e).target]
             out[f"edge:{e}.weight"] = out[f"edge:{e}.bias"] = (0, at, k * mult)
         for e in plan.out_edges + plan.zero_edges:

@@ -136,3 +136,14 @@ def test_the_rewrites_build_conv_modules_and_refuse_cycles():
     with pytest.raises(dg.GraphError, match="cycle"):
         rewrite.new_node(g, "c", "a", "n1", torch.randn(5, 27), torch.randn(4, 5),
                          block=dg.ConvBlock(dim=2, kernel_size=3, stride=2, padding=1))
+
+
+def test_conv_pairs_join_nodes_one_or_two_layers_apart():
+    """A deep CNN's statistics must fit: conv pairs reach at most two layers ahead."""
+    g = cnn()
+    g.add_node("d", 3, "relu", shape=(4, 4))
+    g.remove_edge("c_to_y")
+    g.add_edge("c", "d", dg.ConvBlock(dim=2, kernel_size=3, padding=1))
+    g.add_edge("d", "y")
+    pairs = {(c.sources[0], c.targets[0]) for c in dg.enumerate_candidates(g, ["new_node"]) if c.block is not None}
+    assert ("a", "c") in pairs and ("b", "d") in pairs and ("a", "d") not in pairs  # three layers apart

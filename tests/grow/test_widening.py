@@ -270,7 +270,7 @@ def test_concatenations_into_outputs_pools_with_other_inputs_and_op_nodes_refuse
     g.add_node("c", 3)
     g.add_edge("x", "a"), g.add_edge("a", "c", dg.PlaceBlock(offset=0))
     g.set_output("c")
-    assert expansion_blocker(g, "a") == "it is concatenated into 'c', and there inputs and outputs keep their width"
+    assert expansion_blocker(g, "a") == "its new features pass into 'c', and there inputs and outputs keep their width"
 
     g = dg.Graph()
     g.add_input("x", 2, shape=(4,))
@@ -316,3 +316,104 @@ def test_the_optimizer_state_follows_the_inserted_columns():
     assert torch.equal(norm[[0, 1, 2, 3, 6, 7, 8]], old_norm) and torch.equal(norm[4:6], torch.zeros(2))
     rows = carried.state[new.module(e_in).weight]["exp_avg"]            # w's own in-edge: appended rows
     assert torch.equal(rows[:4], opt.state[g.module(e_in).weight]["exp_avg"]) and not rows[4:].any()
+
+
+def test_inserted_entries_name_the_tensors_a_widening_changes_inside():
+    from daggrow.grow.widening import inserted_entries
+
+    g = cat_graph()
+    assert inserted_entries(g, g) == {}                       # no growth step yet
+    g.add_edge("x", "c")
+    new = rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 4)}, {"c_to_y": torch.randn(2, 2)})
+    assert inserted_entries(g, new) == {"edge:x_to_c.weight": (0, 3, 2), "edge:x_to_c.bias": (0, 3, 2),
+                                        "edge:c_to_y.weight": (1, 3, 2)}
+
+
+def test_a_widened_concatenation_saves_and_loads(tmp_path):
+    from ..trace.test_zoo_families import batch, make
+
+    g = quiet_trace(make("densenet"), batch("densenet", 3))
+    plan = widening(g, "block1_layer0_conv2")
+    (e_in,) = plan.in_edges
+    fan_out = {e: torch.randn(g.module(e).weight.shape[0], 2, *g.module(e).weight.shape[2:]) for e in plan.out_edges}
+    new = rewrite.add_neurons(g, "block1_layer0_conv2", {e_in: torch.randn(2, *g.module(e_in).weight.shape[1:])},
+                              fan_out)
+    new.save(tmp_path / "g")
+    loaded = dg.Graph.load(tmp_path / "g")
+    assert loaded.spec() == new.spec()
+    x = batch("densenet", 5, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded.compile().eval()(x), new.compile().eval()(x))
+        assert not torch.allclose(new.compile().eval()(x), g.compile().eval()(x))
+
+
+def depthwise_graph(stride: int = 1) -> dg.Graph:
+    """x → 1×1 → e (relu6) → depthwise 3×3 → d (relu6) → 1×1 → p → y: a MobileNetV2 block."""
+    torch.manual_seed(0)
+    g = dg.Graph()
+    g.add_input("x", 2, shape=(6, 6))
+    g.add_node("e", 4, "relu6", shape=(6, 6))
+    g.add_node("d", 4, "relu6", shape=(6 // stride, 6 // stride), norm="batchnorm")
+    g.add_node("p", 3, shape=(6 // stride, 6 // stride))
+    g.add_node("y", 2)
+    g.add_edge("x", "e", dg.ConvBlock(dim=2, kernel_size=1))
+    g.add_edge("e", "d", dg.ConvBlock(dim=2, kernel_size=3, padding=1, stride=stride, groups=4))
+    g.add_edge("d", "p", dg.ConvBlock(dim=2, kernel_size=1))
+    g.add_edge("p", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.double()
+    g.norm_module("d").double().eval()
+    return g
+
+
+def test_new_channels_pass_through_a_stride_one_depthwise_conv_with_unit_filters():
+    g = depthwise_graph()
+    plan = widening(g, "e")
+    assert plan.depthwise == ("e_to_d",) and plan.out_edges == ("d_to_p",) and plan.activation == "relu6"
+    rows = torch.randn(2, 2, 1, 1, dtype=torch.float64)
+    cols = torch.randn(3, 2, 1, 1, dtype=torch.float64)
+    new = rewrite.add_neurons(g, "e", {"x_to_e": rows}, {"d_to_p": cols})
+    assert new.edge("e_to_d").block.groups == 6 and new.module("e_to_d").groups == 6
+    unit = new.module("e_to_d").weight[4:]
+    assert torch.equal(unit[:, 0, 1, 1], torch.ones(2, dtype=torch.float64)) and unit.sum() == 2
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    eps = g.norm_module("d").eps
+    new_d = torch.nn.functional.relu6(torch.nn.functional.relu6(torch.einsum("kc,nchw->nkhw", rows[:, :, 0, 0], x))
+                                      / (1 + eps) ** 0.5)
+    with torch.no_grad():
+        p_new = torch.einsum("jk,nkhw->njhw", cols[:, :, 0, 0], new_d)
+        expected = g.compile()(x) + p_new.flatten(1) @ g.module("p_to_y").weight.T
+        torch.testing.assert_close(new.compile()(x), expected)
+    from daggrow.grow.widening import inserted_entries
+    assert inserted_entries(g, new)["edge:e_to_d.weight"] == (0, 4, 2)
+
+
+def test_first_order_gains_through_a_depthwise_conv_match_finite_differences():
+    g = depthwise_graph()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 2, 6, 6, generator=gen, dtype=torch.float64)
+    y = torch.tanh(x[:, 0, :2, 0]) + 0.1 * torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    data = [(x[:20], y[:20]), (x[20:], y[20:])]
+    assert first_order_check(g, data, "mse", "e") == 1
+
+
+def test_a_strided_depthwise_conv_does_not_pass_new_channels_on():
+    assert expansion_blocker(depthwise_graph(stride=2), "e").startswith(
+        "a grouped or strided depthwise convolution reads it")
+
+
+def test_add_neurons_refuses_tensors_of_the_wrong_shape():
+    g = cat_graph()
+    with pytest.raises(GraphError, match="fan-in of edge 'x_to_a' has shape"):
+        rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 5)}, {})
+    with pytest.raises(GraphError, match="fan-out of edge 'c_to_y' has shape"):
+        rewrite.add_neurons(g, "a", {"x_to_a": torch.randn(2, 4)}, {"c_to_y": torch.randn(3, 2)})
+    g2 = dg.Graph()
+    g2.add_input("x", 4)
+    g2.add_node("a", 3, "relu")
+    g2.add_node("y", 2)
+    g2.add_edge("x", "a", bias=False), g2.add_edge("a", "y")
+    g2.set_output("y")
+    with pytest.raises(GraphError, match="has no bias"):
+        rewrite.add_neurons(g2, "a", {"x_to_a": torch.randn(1, 4)}, {}, {"x_to_a": torch.randn(1)})

@@ -117,7 +117,7 @@ def mean_loss(graph: dg.Graph, data: list) -> float:
 # the growable parts: a tokens FF layer, one behind a gate (upstream of the product op node), a
 # channels-last FF layer, a token-mixing layer and an MLP head after a recurrent op
 FIRST_ORDER = {"vit": "gelu", "timm_vit": "gelu", "efficientnet_se": None, "convnext": "gelu", "mlp_mixer": None,
-               "lstm": None}
+               "lstm": None, "mobilenet_v2": "relu6", "densenet": None}
 
 
 @pytest.mark.parametrize("name", list(FIRST_ORDER))
@@ -200,17 +200,22 @@ def test_every_hidden_node_either_widens_or_says_why(name):
 
 def test_gated_and_depthwise_blocks_say_what_cannot_widen():
     """Squeeze-excitation: the conv inside the gate widens; the gated value (read by the product)
-    and the depthwise stages say why they cannot. MobileNetV2 has no widenable node: every
-    expansion is read by a depthwise conv, every projection by a residual sum or the next
-    block's depthwise conv; its head grows by new nodes and edges."""
+    and the depthwise stages say why they cannot. MobileNetV2: the expansion before a stride-1
+    depthwise conv widens through it (new unit filters); a strided depthwise conv, the
+    depthwise outputs and the projections (residual sums) say why not."""
     _, se = traced("efficientnet_se")
     blockers = dg.growth_blockers(se)
     assert "blocks_0_block_2_activation" not in blockers  # fc1 → SiLU → fc2 inside the gate
     assert blockers["blocks_0_block_2_scale_activation"].startswith("an op node reads it")
-    assert blockers["blocks_0_block_1_2"].startswith("a grouped or depthwise convolution")
+    assert blockers["blocks_0_block_1_2"].startswith("a grouped or depthwise convolution writes it")
+    # the expansion before the depthwise conv: SiLU after SiLU is not one activation
+    assert blockers["blocks_0_block_0_2"] == ("the depthwise node 'blocks_0_block_1_2' applies silu on top of silu "
+                                              "(not one activation)")
     _, mobilenet = traced("mobilenet_v2")
-    assert not dg.enumerate_candidates(mobilenet, ["expand_node"])
+    (cand,) = dg.enumerate_candidates(mobilenet, ["expand_node"])
+    assert cand.node == "features_3_conv_0_2" and cand.activation == "relu6"
+    assert [mobilenet.edge(e).source for e in cand.out_edges] == ["features_3_conv_1_2"]  # the depthwise node
     reasons = set(dg.growth_blockers(mobilenet).values())
-    assert any(r.startswith("a grouped or depthwise convolution") for r in reasons)
+    assert any(r.startswith("a grouped or strided depthwise convolution reads it") for r in reasons)
     assert "an identity edge (a residual stream) fixes its width" in reasons
     assert dg.enumerate_candidates(mobilenet, ["new_node", "new_edge"])
