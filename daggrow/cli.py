@@ -225,10 +225,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
         and (readable(path / "checkpoint") / "graph" / "graph.json").exists()
     if unfinished:  # a run that was stopped: its latest checkpoint
         print(f"(the run has not finished: its latest checkpoint; `daggrow grow --resume {args.path}` goes on)")
-        print(Graph.load(readable(path / "checkpoint") / "graph", trust=args.trust).summary())
+        _print_graph(Graph.load(readable(path / "checkpoint") / "graph", trust=args.trust))
         return 0
-    print(Graph.load(path, trust=args.trust).summary())  # a graph folder, or a run folder's graph/
+    _print_graph(Graph.load(path, trust=args.trust))  # a graph folder, or a run folder's graph/
     return 0
+
+
+def _print_graph(graph) -> None:
+    """The graph's summary, then each hidden node that cannot gain neurons and why."""
+    from .grow import growth_blockers
+
+    print(graph.summary())
+    blockers = growth_blockers(graph)
+    if blockers:
+        print(f"\n{len(blockers)} hidden node(s) cannot gain neurons:")
+        for node, reason in blockers.items():
+            print(f"  {node}: {reason}")
 
 
 # ------------------------------------------------------------------------------------- parser

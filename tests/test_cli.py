@@ -100,6 +100,21 @@ def test_show_a_graph_folder_and_a_folder_holding_graph(tmp_path, capsys):
     assert dg.Graph.load(tmp_path / "run").spec() == g.spec()
 
 
+def test_show_says_which_nodes_cannot_grow_and_why(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.LayerNorm(6), torch.nn.ReLU(), torch.nn.Linear(6, 5),
+                                torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    g = dg.trace(model, torch.randn(3, 4))
+    g.save(tmp_path / "g")
+    assert main(["show", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    blockers = dg.growth_blockers(g)
+    assert len(blockers) == 1 and "LayerNorm" in next(iter(blockers.values()))  # the ReLU node after it can grow
+    assert out.startswith(g.summary()) and "1 hidden node(s) cannot gain neurons:" in out
+    node, reason = next(iter(blockers.items()))
+    assert f"  {node}: {reason}" in out
+
+
 def test_a_damaged_graph_is_one_line_on_stderr_and_exit_1(tmp_path, capsys):
     small_graph().save(tmp_path / "g")
     (tmp_path / "g" / "weights.pt").write_bytes(b"broken")
