@@ -20,7 +20,7 @@ def grow_curve(data, *, seed: int, steps: int, mode: str, strategy: str = "ampli
     train, val, test = data.loaders(batch_size, seed=seed)
     graph = starting_graph(data.num_features, data.num_classes, list(hidden), activation)
     grower = Grower(graph, loss="cross_entropy", strategy=strategy, init=init, kinds=kinds,
-                    neurons_per_step=neurons_per_step, new_node_activation=activation, lr=lr, seed=seed,
+                    directions_per_step=neurons_per_step, new_node_activation=activation, lr=lr, seed=seed,
                     optimizer=optimizer(lr, weight_decay))
     curve = [(graph.num_parameters(), evaluate(graph, test, "cross_entropy")[1])]
 

@@ -28,7 +28,7 @@ def train(data, channels, *, seed, steps, neurons, epochs_between, final_epochs,
     torch.manual_seed(seed)
     train_loader, val, test = data.loaders(batch_size, seed=seed)
     graph = starting_cnn(1, data.spatial_shape, data.num_classes, channels)
-    grower = Grower(graph, loss="cross_entropy", kinds=["expand_node"], neurons_per_step=neurons, lr=lr, seed=seed,
+    grower = Grower(graph, loss="cross_entropy", kinds=["expand_node"], directions_per_step=neurons, lr=lr, seed=seed,
                     strategy=strategy, reuse_input_moments=True)
     start = time.perf_counter()
     if steps:

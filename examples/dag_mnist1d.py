@@ -78,7 +78,7 @@ def main() -> None:
         data = load_dataset("mnist1d", seed=seed)
         start = time.perf_counter()
         run = grow_curve(data, seed=seed, steps=args.steps, mode="sgd", hidden=(1,),
-                         kinds=("expand_node", "new_node"), neurons_per_step=args.neurons_per_step,
+                         kinds=("expand_node", "new_node"), directions_per_step=args.neurons_per_step,
                          epochs_between=args.epochs_between, lr=args.lr, batch_size=args.batch_size,
                          weight_decay=args.weight_decay)
         grower = run["grower"]

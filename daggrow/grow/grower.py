@@ -108,7 +108,7 @@ class Grower:
         init: str = "tiny",
         *,
         kinds: Sequence[Kind] = ("expand_node", "new_node"),
-        neurons_per_step: int = 1,
+        directions_per_step: int = 1,
         new_node_activation: str = "relu",
         max_width: int | None = None,
         max_nodes: int | None = None,
@@ -121,6 +121,7 @@ class Grower:
         progress: bool = False,
         reuse_input_moments: bool = False,
         memory_budget: int | str | None = None,
+        neurons_per_step: int | None = None,
     ) -> None:
         from ..graph import Graph, get_activation
 
@@ -146,7 +147,10 @@ class Grower:
         self.strategy = get_strategy(strategy)
         self.init = init
         self.kinds = kinds
-        self.neurons_per_step = inputs.count("neurons_per_step", neurons_per_step, 1)
+        # directions per step (a ReLU direction is a pair of neurons); neurons_per_step= is its older name
+        given = ("neurons_per_step", neurons_per_step) if neurons_per_step is not None else \
+            ("directions_per_step", directions_per_step)
+        self.directions_per_step = inputs.count(*given, 1)
         self.new_node_activation = new_node_activation
         self.limits = dict(max_width=inputs.count("max_width", max_width, 1, optional=True),
                            max_nodes=inputs.count("max_nodes", max_nodes, 1, optional=True),
@@ -187,7 +191,7 @@ class Grower:
             "loss": None if self._custom["loss"] else self.loss,
             "strategy": None if self._custom["strategy"] else self.strategy.name,
             "custom": self._custom_settings(),
-            "init": self.init, "kinds": list(self.kinds), "neurons_per_step": self.neurons_per_step,
+            "init": self.init, "kinds": list(self.kinds), "directions_per_step": self.directions_per_step,
             "new_node_activation": self.new_node_activation, **self.limits, "max_parameters": self.max_parameters,
             "amplitude_upper": self.amplitude_upper, "lr": self.lr, "seed": self.seed, "progress": self.progress,
             "reuse_input_moments": self.reuse_input_moments, "memory_budget": self.memory_budget,
@@ -283,7 +287,7 @@ class Grower:
             # TINY proper first; the unprojected fallback (see propose) only when no candidate
             # has anything in V⊥, e.g. every target already reads every source linearly
             for fallback in (False, True):
-                proposals = propose(graph, stats, self.neurons_per_step, init=self.init, candidates=candidates,
+                proposals = propose(graph, stats, self.directions_per_step, init=self.init, candidates=candidates,
                                     new_node_activation=self.new_node_activation, generator=self.generator,
                                     unprojected_fallback=fallback)
                 if proposals or self.init != "tiny":

@@ -186,7 +186,7 @@ class Proposals(list):
 def propose(
     graph: "Graph",
     stats: Statistics,
-    max_neurons: int = 4,
+    max_directions: int = 4,
     *,
     init: Init = "tiny",
     candidates: Iterable[Candidate] | None = None,
@@ -197,8 +197,13 @@ def propose(
     generator: torch.Generator | None = None,
     unprojected_fallback: bool = True,
     grouped: bool = True,
+    max_neurons: int | None = None,
 ) -> Proposals:
     """Solve every candidate; returns proposals, best first (see :func:`rank_key`).
+
+    ``max_directions``: K, the most directions per proposal: a direction is one neuron, or a
+    pair of neurons under ReLU-like activations (docs/math.md §8); ``max_neurons=`` is its older
+    name and means the same.
 
     With ``unprojected_fallback`` (default), a TINY candidate whose projected problem is empty
     (its targets already read its sources through linear edges, so V⊥ ⟂ B_U) is solved on V
@@ -224,6 +229,7 @@ def propose(
     (it can later be widened on its own and opens new node pairs) — otherwise growth from a
     chain x → h → y could never leave it.
     """
+    max_neurons = max_directions if max_neurons is None else max_neurons  # max_neurons=: the older name
     from .problems import SharedBlocks, assemble, proposal_of, solve_batched, solve_one, target_groups
 
     candidates = list(candidates) if candidates is not None else enumerate_candidates(graph, kinds)

@@ -295,7 +295,7 @@ def _new_grower(config: RunConfig, data: Any) -> Grower:
     graph.compile(device=config.device)
     kinds = config.kinds or (["expand_node"] if config.model == "cnn" else ["expand_node", "new_node"])
     return Grower(graph, loss=config.loss, strategy=config.strategy, init=config.init, kinds=kinds,
-                  neurons_per_step=config.neurons_per_step, new_node_activation=config.activation,
+                  directions_per_step=config.neurons_per_step, new_node_activation=config.activation,
                   max_parameters=config.max_parameters, max_width=config.max_width, max_nodes=config.max_nodes,
                   lr=config.lr, seed=config.seed, optimizer=_optimizer(config),
                   reuse_input_moments=True,  # our loaders yield the same samples every epoch

@@ -163,3 +163,21 @@ def test_bottleneck_reuses_the_updates_propose_solved():
     props = propose(g, stats, max_neurons=2)
     assert set(props.updates) >= {"b", "y"}
     assert bottleneck(g, stats, updates=props.updates) == pytest.approx(bottleneck(g, stats), rel=1e-12)
+
+
+def test_requests_count_directions_under_either_name():
+    """propose(max_directions=K) (max_neurons=K is its older name): K directions, 2K relu neurons."""
+    g, (X, Y) = dag("relu"), dag_data()
+    stats = dg.collect_statistics(g, [(X, Y)], "mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new, old, positional = (propose(g, stats, max_directions=2), propose(g, stats, max_neurons=2),
+                                propose(g, stats, 2))
+    assert [p.where for p in new] == [p.where for p in old] == [p.where for p in positional]
+    for a, b in zip(new, old):
+        torch.testing.assert_close(a.fan_in, b.fan_in, rtol=0, atol=0)
+    assert max(p.num_directions for p in new) == 2
+    assert all(p.num_neurons == 2 * p.num_directions for p in new)
+    grower = dg.Grower(g, loss="mse", neurons_per_step=3)
+    assert grower.directions_per_step == 3 and grower.settings()["directions_per_step"] == 3
+    assert dg.Grower(g, loss="mse", directions_per_step=2).directions_per_step == 2
