@@ -109,7 +109,7 @@ def stable_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     attempts = []
     try:
         evals, evecs = torch.linalg.eigh(S)
-        if _finite(evals, evecs):
+        if _finite(evals):  # a NaN anywhere in a failed eigh shows in the eigenvalues
             return evals, evecs
         attempts.append("eigh: non-finite result")
     except torch.linalg.LinAlgError as err:
@@ -119,7 +119,7 @@ def stable_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     delta = JITTER * float(torch.diagonal(S).abs().max()) if D else 0.0
     try:
         evals, evecs = torch.linalg.eigh(S + delta * torch.eye(D, dtype=S.dtype, device=S.device))
-        if _finite(evals, evecs):
+        if _finite(evals):
             return evals - delta, evecs
         attempts.append("eigh with jitter: non-finite result")
     except torch.linalg.LinAlgError as err:

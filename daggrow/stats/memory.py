@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..graph import Graph
 
 DEFAULT_FRACTION = 0.5          # of the memory available now (MemAvailable, or free CUDA memory)
-MAX_VIEW_FEATURES = 2048        # wider flattened sources of a new node/edge are read pooled by default
+MAX_VIEW_FEATURES = 512         # wider flattened sources of a new node/edge are read pooled by default
 ROWS_PER_CHUNK = 1 << 24        # values per chunk of views in a pass (collect.py reads it from here)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
