@@ -194,3 +194,17 @@ def test_all_zero_S_has_rank_zero():
         white = whitening(torch.zeros(3, 3, dtype=F64), method="eigh")
     assert white.rank == 0
     assert white.solve(torch.ones(3, 2, dtype=F64)).abs().max() == 0
+
+
+@pytest.mark.gpu
+def test_mostly_zero_S_on_cuda_equals_the_cpu_answer():
+    B, V, _ = _mostly_zero(seed=7)
+    S, M, _ = moments(B, V)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficiencyWarning)
+        for method in ("auto", "eigh"):
+            cpu, gpu = whitening(S, method=method), whitening(S.cuda(), method=method)
+            assert gpu.factor.is_cuda and gpu.rank == cpu.rank == 13
+            torch.testing.assert_close(gpu.solve(M.cuda()).cpu(), cpu.solve(M), rtol=1e-9, atol=1e-10)
+        mu, E = stable_eigh(S.cuda())
+        torch.testing.assert_close(((E * mu) @ E.T).cpu(), S, rtol=0, atol=1e-10)

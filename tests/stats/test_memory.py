@@ -194,20 +194,34 @@ def test_grower_under_a_tiny_budget_grows_and_records_what_it_left_out():
 
 
 @pytest.mark.gpu
-def test_pooled_plan_and_budget_on_cuda():
-    g = image_graph().to("cuda") if hasattr(dg.Graph, "to") else image_graph()
-    g.compile(device="cuda")
+def test_pooled_plan_budget_and_proposals_on_cuda():
+    g = image_graph()
+    gpu_graph = g.copy()
+    gpu_graph.compile(device="cuda")
     X, Y = batch()
     cands = [c for c in enumerate_candidates(g, ["new_node"]) if c.sources == ("c1",)]
-    plan, kept, report = fit_plan(g, cands, resolve_budget(None, "cuda"), max_view_features=64)
+    assert resolve_budget(None, "cuda") <= available_memory("cuda")
+    plan, kept, report = fit_plan(gpu_graph, cands, resolve_budget(None, "cuda"), max_view_features=64)
     assert report.pooled and kept == cands
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RankDeficiencyWarning)
-        stats = dg.collect_statistics(g, [(X.cuda(), Y.cuda())], "mse", plan=plan)
-        cpu = dg.collect_statistics(image_graph(), [(X, Y)], "mse", plan=plan)
-        gpu_props = propose(g, stats, 2, candidates=kept, rel_threshold=0.0)
-        cpu_props = propose(image_graph(), cpu, 2, candidates=kept, rel_threshold=0.0)
-    assert stats.hh[("c1|pool 4x4", "c1|pool 4x4")].is_cuda
+        gpu = dg.collect_statistics(gpu_graph, [(X.cuda(), Y.cuda())], "mse", plan=plan)
+        cpu = dg.collect_statistics(g, [(X, Y)], "mse", plan=plan)
+        gpu_props = propose(gpu_graph, gpu, 2, candidates=kept, rel_threshold=0.0)
+        cpu_props = propose(g, cpu, 2, candidates=kept, rel_threshold=0.0)
+    assert gpu.hh[("c1|pool 4x4", "c1|pool 4x4")].is_cuda
+    assert [p.where for p in gpu_props] == [p.where for p in cpu_props]
     for a, b in zip(gpu_props, cpu_props):
         torch.testing.assert_close(torch.tensor(a.eigenvalues), torch.tensor(b.eigenvalues), rtol=1e-7, atol=1e-9)
         assert a.fan_in.shape[0] == 257
+        grown = apply(gpu_graph, a, 0.5)
+        assert grown.compile()(X.cuda()).is_cuda
+
+
+@pytest.mark.gpu
+def test_out_of_memory_on_cuda_is_a_statistics_error():
+    g = image_graph()
+    g.compile(device="cuda")
+    plan = statistics_plan(g, enumerate_candidates(g))
+    with pytest.raises(StatisticsError, match="over the memory budget"):
+        dg.collect_statistics(g, [tuple(t.cuda() for t in batch())], "mse", plan=plan, memory_budget=1000)
