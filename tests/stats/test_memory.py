@@ -225,3 +225,29 @@ def test_out_of_memory_on_cuda_is_a_statistics_error():
     plan = statistics_plan(g, enumerate_candidates(g))
     with pytest.raises(StatisticsError, match="over the memory budget"):
         dg.collect_statistics(g, [tuple(t.cuda() for t in batch())], "mse", plan=plan, memory_budget=1000)
+
+
+def test_a_budget_at_the_bottleneck_plan_leaves_every_candidate_out():
+    g = image_graph()
+    cands = enumerate_candidates(g)
+    base, _, report = fit_plan(g, [], HUGE)
+    assert report.summary() == ""
+    budget = plan_bytes(g, base) + 8
+    with pytest.warns(MemoryBudgetWarning, match=r"left out \(") as caught:
+        plan, kept, report = fit_plan(g, cands, budget)
+    # only candidates whose blocks Ψ already collects (a new node c2 → h: h reads c2) cost nothing
+    have = set(plan_blocks(g, base))
+    free = [c for c in cands if not set(plan_blocks(g, statistics_plan(g, [c]))) - have]
+    assert kept == free and len(free) < len(cands)
+    assert {w for w, _ in report.left_out} == {c.where for c in cands} - {c.where for c in free}
+    assert all(b > 8 for _, b in report.left_out)
+    assert plan_bytes(g, plan) <= budget and ", …" in str(caught[0].message)
+    with pytest.warns(MemoryBudgetWarning):
+        grower = dg.Grower(g, loss="mse", kinds=("expand_node",), memory_budget=budget)
+        assert grower.grow_step([batch()]) is None
+    with pytest.warns(MemoryBudgetWarning):
+        stats = dg.collect_statistics(g, [batch()], "mse", memory_budget=budget)
+    assert stats.left_out == {w for w, _ in report.left_out}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficiencyWarning)
+        assert {p.where for p in propose(g, stats, rel_threshold=0.0)} <= {c.where for c in free}
