@@ -166,6 +166,7 @@ BAD_OPTIONS = [
     (["--activation", "swishy"], "argument --activation: unknown activation 'swishy'"),
     (["--kinds", "x"], "argument --kinds: invalid choice: 'x'"),
     (["--dataset", "imagenet"], "argument --dataset: invalid choice"),
+    (["--memory-budget", "lots"], "argument --memory-budget: memory budget must be a size such as 4GB"),
 ]
 
 
@@ -398,3 +399,10 @@ def test_threads_may_be_given_on_resume(tmp_path):
     assert main(["grow", "--resume", str(run), "--threads", "1", "--quiet"]) == 0
     with pytest.raises(SystemExit):
         main(["grow", "--resume", str(run), "--threads", "0"])
+def test_memory_budget_reaches_the_grower(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    assert main(["grow", "--dataset", "digits", "--steps", "1", "--quiet", "--memory-budget", "2GB",
+                 "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["memory_budget"] == "2GB"
