@@ -8,17 +8,22 @@ out-edge's offsets o as extra observations:
     M[c, :, o] = Σ_{i,p} v_c(p) b(s·p + d·o − pad)
     P[j, :, o] = Σ_{i,p} b_in,j(p) b(s·p + d·o − pad)   (the target's own in-views, constant last)
 
-S is one weighted GEMM of the unfolded patches; M and P are conv weight-gradients
-(``torch.nn.grad.conv{1,2}d_weight``) of the unfolded input against the desired move and
-against the target's in-views, so the (samples × positions × offsets × D) tensor is never built.
+S is one weighted GEMM of the unfolded patches. M and P are conv weight-gradients of the
+unfolded input against the desired move and against the target's in-views
+(``torch.nn.grad.conv{1,2}d_weight``), or, for a 2-d target of at most WINDOWS_GEMM_POSITIONS
+positions (a deep stage, or a linear out-edge), one GEMM [V; B_in]·unfold(b)ᵀ over a chunk's
+windows (same sums; 1.4–1.8× faster on CPU there, slower on wide maps); the whole
+(samples × positions × offsets × D) tensor is never built.
 A linear out-edge that flattens w is the same with one "kernel" covering every position.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from .plan import FullKernel
 from .statistics import Statistics
@@ -26,6 +31,9 @@ from .views import View, as_rows
 
 if TYPE_CHECKING:
     from ..graph import Graph
+
+
+WINDOWS_GEMM_POSITIONS = 16  # measured (1 thread): GEMM faster at 4×4 targets, conv weight-grad from 8×8 up
 
 
 class ChannelSums:
@@ -39,6 +47,7 @@ class ChannelSums:
         self.node_shape = graph.node(fk.node).shape
         self.out_shape = graph.node(fk.target).shape or (1,) * ov.dim  # a vector target: one position
         self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
+        self.out_positions = math.prod(self.out_shape)
         d_in = sum(stats.widths[k] for k in fk.sources) + 1
         d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
         grad_input = torch.nn.grad.conv1d_input if ov.dim == 1 else torch.nn.grad.conv2d_input
@@ -72,5 +81,11 @@ class ChannelSums:
         weights = self.counts.to(rows.dtype).repeat(b.shape[0])
         self.S += (rows * weights[:, None]).T @ rows
         kernel = tuple(self.M.shape[2:])
+        if len(kernel) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:  # M, P = [V; B_in]·windowsᵀ
+            windows = as_rows(F.unfold(b, kernel, **self.geometry))              # (n·P_out) × (D·offsets)
+            product = torch.cat([as_rows(move), as_rows(target_in)], 1).T @ windows
+            self.M += product[: move.shape[1]].reshape(self.M.shape)
+            self.P += product[move.shape[1]:].reshape(self.P.shape)
+            return
         self.M += self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
         self.P += self.weight_grad(b, (target_in.shape[1], b.shape[1], *kernel), target_in, **self.geometry)

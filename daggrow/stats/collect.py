@@ -333,6 +333,10 @@ def _chunk_size(n: int, plan: StatisticsPlan, stats: Statistics) -> int:
     """Samples per chunk, so that all the view rows of a chunk together (unfolded patches
     included) stay within ROWS_PER_CHUNK values: a pass's transient memory is bounded."""
     total = sum(stats.positions[k] * (stats.widths[k] + 1) for k in plan.values) + 1
-    for fk in plan.full_kernels.values():
-        total += stats.positions[fk.sources[0]] * sum(stats.widths[k] + 1 for k in fk.sources)
+    for fk in plan.full_kernels.values():  # its signal, and (small 2-d targets) its out-edge's windows
+        d_in = sum(stats.widths[k] + 1 for k in fk.sources)
+        offsets = 1
+        for k in fk.out_view.kernel:
+            offsets *= k
+        total += d_in * (stats.positions[fk.sources[0]] + stats.positions[fk.target] * offsets)
     return max(1, min(n, ROWS_PER_CHUNK // total))
