@@ -199,7 +199,7 @@ def test_pooled_plan_budget_and_proposals_on_cuda():
     gpu_graph = g.copy()
     gpu_graph.compile(device="cuda")
     X, Y = batch()
-    cands = [c for c in enumerate_candidates(g, ["new_node"]) if c.sources == ("c1",)]
+    cands = [c for c in enumerate_candidates(g, ["new_node"]) if c.sources == ("c1",) and c.block is None]  # flattened reads
     assert resolve_budget(None, "cuda") <= available_memory("cuda")
     plan, kept, report = fit_plan(gpu_graph, cands, resolve_budget(None, "cuda"), max_view_features=64)
     assert report.pooled and kept == cands
