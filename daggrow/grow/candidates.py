@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
 from ..graph.spec import ConvBlock, is_growable
-from ..stats import StatisticsPlan, plan_for
-from ..stats.plan import full_kernel
+from ..stats import StatisticsPlan
+from ..stats.memory import full_plan, requests_for
 from ..stats.views import View, block_view, edge_view, node_view
 from .conv_dag import conv_geometry, image_pair
 from .widening import widening
@@ -179,21 +179,6 @@ def statistics_plan(graph: "Graph", candidates: Iterable[Candidate],
                     bottleneck_nodes: Iterable[str] | None = None) -> StatisticsPlan:
     """The moments one pass must collect for every candidate and for Ψ at ``bottleneck_nodes``
     (default: every non-input node; ``[]``: only what the candidates need, i.e. δW* at their
-    targets)."""
-    vector: dict[tuple[str, ...], dict[str, None]] = {}
-    channels, convs = [], []
-    for c in candidates:
-        if c.kind == "expand_node" and graph.node(c.node).spatial:
-            channels += [full_kernel(graph, c.node, e) for e in c.out_edges]
-        elif c.block is not None:
-            convs.append(c)
-        else:  # candidates that share a source set need its moments once, with all their targets
-            vector.setdefault(tuple(source_keys(graph, c)), {}).update(dict.fromkeys(c.targets))
-    plan = plan_for(graph, [(list(u), list(t)) for u, t in vector.items()], bottleneck_nodes=bottleneck_nodes,
-                    full_kernels=channels)
-    order = {n: i for i, n in enumerate(graph.topological_order())}
-    for c in convs:  # patches of the source at the target's positions: a view no edge has yet
-        view = source_view(graph, c)
-        plan.views.setdefault(view.key, view)
-        plan.add_expansion(graph, [view.key], c.targets, order)
-    return plan
+    targets), every source read in full (:func:`daggrow.stats.memory.full_plan`;
+    ``fit_plan`` is the same within a memory budget)."""
+    return full_plan(graph, requests_for(graph, candidates), bottleneck_nodes)

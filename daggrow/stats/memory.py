@@ -178,6 +178,25 @@ def requests_for(graph: "Graph", candidates: Iterable) -> list[Request]:
     return out
 
 
+def full_plan(graph: "Graph", requests: Sequence[Request], bottleneck_nodes: Iterable[str] | None = None
+              ) -> StatisticsPlan:
+    """The plan reading every request in full, with Ψ at ``bottleneck_nodes``: vector expansions
+    that share a source set need its moments once, with all their targets; new channels their
+    full kernels; a conv pair the patch view no edge has yet."""
+    vector: dict[tuple[str, ...], dict[str, None]] = {}
+    for r in requests:
+        if r.targets and r.patches is None:
+            vector.setdefault(tuple(r.sources), {}).update(dict.fromkeys(r.targets))
+    plan = plan_for(graph, [(list(u), list(t)) for u, t in vector.items()], bottleneck_nodes,
+                    [fk for r in requests for fk in r.kernels])
+    order = {n: i for i, n in enumerate(graph.topological_order())}
+    for r in requests:
+        if r.patches is not None:
+            plan.views.setdefault(r.patches.key, r.patches)
+            plan.add_expansion(graph, list(r.sources), list(r.targets), order)
+    return plan
+
+
 @dataclass
 class MemoryReport:
     """What :func:`fit_plan` decided: bytes, pooled reads and left-out candidates."""
@@ -230,12 +249,7 @@ def fit_plan(graph: "Graph", candidates: Sequence, budget: int, *, bottleneck_no
     poolable = lambda r: _flat_source(r) and r.sources[0] not in read  # noqa: E731
     wide = any(poolable(r) and _too_wide(graph, r, max_view_features) for r in requests)
     if not wide:  # the common case: everything in full, one plan, no per-candidate accounting
-        plan = plan_for(graph, [(r.sources, r.targets) for r in requests if r.targets and r.patches is None],
-                        bottleneck_nodes, [fk for r in requests for fk in r.kernels])
-        for r in requests:
-            if r.patches is not None:
-                plan.views.setdefault(r.patches.key, r.patches)
-                plan.add_expansion(graph, list(r.sources), list(r.targets), order)
+        plan = full_plan(graph, requests, bottleneck_nodes)
         report.needed = plan_bytes(graph, plan)
         if report.needed <= budget:
             return plan, list(candidates), report
