@@ -17,6 +17,8 @@ import daggrow as dg
 from daggrow import distributed
 from daggrow.errors import DistributedError
 
+from .graphs import one_hidden
+
 N_TRAIN, N_VAL, BATCH = 64, 64, 8  # per-process batch; one process reads 2 × BATCH
 
 
@@ -34,14 +36,7 @@ def _data() -> tuple[torch.Tensor, ...]:
 
 
 def _graph(device: str = "cpu") -> dg.Graph:
-    torch.manual_seed(0)
-    g = dg.Graph()
-    g.add_input("x", 6)
-    g.add_node("h", 1, "relu")
-    g.add_node("y", 3)
-    g.add_edge("x", "h")
-    g.add_edge("h", "y")
-    g.set_output("y")
+    g = one_hidden((6, 1, 3), "relu")
     for p in g.parameters():
         p.data = p.data.to(torch.float64)
     g.compile(device=device)
@@ -247,7 +242,8 @@ def test_a_non_finite_loss_stops_every_process(group_of_one):
         grower.train_epoch([(x, y)])
 
 
-def test_a_skipped_batch_still_takes_the_other_processes_step(group_of_one):
+def _batchnorm_graph() -> dg.Graph:
+    """x (4) → h (3, relu, BatchNorm) → y (3): a graph with buffers besides its parameters."""
     torch.manual_seed(0)
     g = dg.Graph()
     g.add_input("x", 4)
@@ -256,6 +252,11 @@ def test_a_skipped_batch_still_takes_the_other_processes_step(group_of_one):
     g.add_edge("x", "h")
     g.add_edge("h", "y")
     g.set_output("y")
+    return g
+
+
+def test_a_skipped_batch_still_takes_the_other_processes_step(group_of_one):
+    g = _batchnorm_graph()
     before = {n: p.detach().clone() for n, p in g.named_parameters()}
     grower = dg.Grower(g)
     with pytest.warns(RuntimeWarning, match="1 sample"):
@@ -374,14 +375,7 @@ def test_collectives_run_where_the_backend_needs_them(group_of_one):
 
 
 def test_rank_0_buffers_and_shards_under_a_group(group_of_one):
-    torch.manual_seed(0)
-    g = dg.Graph()
-    g.add_input("x", 4)
-    g.add_node("h", 3, "relu", norm="batchnorm")
-    g.add_node("y", 3)
-    g.add_edge("x", "h")
-    g.add_edge("h", "y")
-    g.set_output("y")
+    g = _batchnorm_graph()
     before = {n: p.detach().clone() for n, p in g.named_parameters()}
     distributed.broadcast_parameters(g)  # running statistics and the integer step counter included
     assert all(torch.equal(p, before[n]) for n, p in g.named_parameters())

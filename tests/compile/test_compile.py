@@ -8,6 +8,8 @@ import torch
 import daggrow as dg
 from daggrow.compile import eval_mode, node_values
 
+from ..graphs import one_hidden
+
 
 def graph() -> dg.Graph:
     torch.manual_seed(0)
@@ -91,18 +93,8 @@ def test_cuda_compile_matches_cpu():
 
 
 # ---------------------------------------------------------------- the compile cache
-def _small_graph():
-    import daggrow as dg
-
-    torch.manual_seed(0)
-    g = dg.Graph()
-    g.add_input("x", 3)
-    g.add_node("h", 4, "relu")
-    g.add_node("y", 2)
-    g.add_edge("x", "h")
-    g.add_edge("h", "y")
-    g.set_output("y")
-    return g
+def _small_graph() -> dg.Graph:
+    return one_hidden((3, 4, 2), "relu")
 
 
 def test_compile_cache_returns_the_same_module_until_a_mutation():
