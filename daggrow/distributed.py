@@ -98,11 +98,13 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def reduce_statistics(stats: "Statistics", exclude: Iterable[tuple[str, Any]] = ()) -> "Statistics":
+def reduce_statistics(stats: "Statistics", exclude: Iterable[tuple[str, Any]] = (),
+                      only: str | None = None) -> "Statistics":
     """Sum ``stats`` over processes (in place), leaving the ``(sum name, key)`` blocks of
-    ``exclude`` as they are: input moments copied from an already-reduced pass."""
+    ``exclude`` as they are: input moments copied from an already-reduced pass; ``only``: the
+    blocks of one sum alone (``Statistics.all_reduce``)."""
     if active():
-        stats.all_reduce(exclude=exclude)
+        stats.all_reduce(exclude=exclude, only=only)
     return stats
 
 

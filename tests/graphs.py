@@ -38,3 +38,23 @@ def one_hidden(widths: tuple[int, int, int], activation: str, seed: int = 0) -> 
     g.add_edge("h", "y")
     g.set_output("y")
     return g
+
+
+def conv_dag(seed: int = 0, act: str = "tanh", dim: int = 1) -> dg.Graph:
+    """x (2 ch) → a (conv k3 s1 p1) ; x, a → c (two conv in-edges) → y (linear, flattens c)."""
+    torch.manual_seed(seed)
+    shape = (9,) if dim == 1 else (5, 4)
+    g = dg.Graph()
+    g.add_input("x", 2, shape=shape)
+    g.add_node("a", 3, act, shape=shape)
+    out = dg.ConvBlock(dim=dim, kernel_size=3, stride=2, padding=1).output_shape(shape)
+    g.add_node("c", 2, act, shape=out)
+    g.add_node("y", 3)
+    g.add_edge("x", "a", dg.ConvBlock(dim=dim, kernel_size=3, padding=1))
+    g.add_edge("x", "c", dg.ConvBlock(dim=dim, kernel_size=3, stride=2, padding=1))
+    g.add_edge("a", "c", dg.ConvBlock(dim=dim, kernel_size=1, stride=2, bias=False))
+    g.add_edge("c", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.to(torch.float64)
+    return g

@@ -17,7 +17,7 @@ import daggrow as dg
 from daggrow import distributed
 from daggrow.errors import DistributedError
 
-from .graphs import one_hidden
+from .graphs import conv_dag, one_hidden
 
 N_TRAIN, N_VAL, BATCH = 64, 64, 8  # per-process batch; one process reads 2 × BATCH
 
@@ -65,6 +65,18 @@ def _grow(rank: int, world: int, mode: str, device: str = "cpu") -> dict:
             "params": {n: p.detach().cpu().clone() for n, p in grower.graph.named_parameters()}}
 
 
+def _channel_statistics(rank: int, world: int) -> dict:
+    """The statistics of every expansion of a small 2-d CNN (new-channel sums included) over this
+    process's part of 24 samples."""
+    g = conv_dag(dim=2)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 2, 5, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(24, 3, generator=gen, dtype=torch.float64)
+    batches = [(x[i: i + 6][rank::world], y[i: i + 6][rank::world]) for i in range(0, 24, 6)]
+    stats = dg.collect_statistics(g, batches, "mse", kinds=["expand_node"])
+    return {"n": stats.n, "expansion": stats.expansion, "hh": stats.hh, "hv": stats.hv}
+
+
 def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -85,6 +97,8 @@ def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
                     result[what] = None
                 except DistributedError as err:
                     result[what] = str(err)
+        elif task == "channels":
+            result = _channel_statistics(rank, world)
         else:
             result = _grow(rank, world, task)
         torch.save(result, Path(folder) / f"rank{rank}.pt")
@@ -115,6 +129,19 @@ def test_two_processes_grow_what_one_process_grows(tmp_path, mode):
             torch.testing.assert_close(result["params"][name], p, rtol=1e-7, atol=1e-9)
     for name, p in ranks[0]["params"].items():
         assert torch.equal(ranks[1]["params"][name], p)  # the processes hold the very same graph
+
+
+def test_new_channel_sums_of_two_processes_equal_one_process(tmp_path):
+    """The second pass (N projected with δW* of the reduced first pass) is reduced once, alone."""
+    ranks = _spawn(tmp_path, "channels")
+    single = _channel_statistics(0, 1)
+    assert any(part == "N" for _, part in single["expansion"])
+    for result in ranks:
+        assert result["n"] == single["n"] == 24
+        for name in ("expansion", "hh", "hv"):
+            assert result[name].keys() == single[name].keys()
+            for key, t in single[name].items():
+                torch.testing.assert_close(result[name][key], t, rtol=1e-10, atol=1e-12)
 
 
 def test_different_graphs_raise_a_clear_error(tmp_path):
@@ -272,7 +299,7 @@ def test_reused_input_moments_are_reduced_once(group_of_one):
     from daggrow.stats.statistics import Statistics
 
     calls = []
-    group_of_one.setattr(Statistics, "all_reduce", lambda self, group=None, exclude=(): calls.append(set(exclude)) or self)
+    group_of_one.setattr(Statistics, "all_reduce", lambda self, group=None, exclude=(), only=None: calls.append(set(exclude)) or self)
 
     x, y = _data()[:2]
     g = _graph()

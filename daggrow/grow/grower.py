@@ -276,14 +276,15 @@ class Grower:
             return self._decline("no candidate fits the memory budget (memory_budget=...): every one was left out",
                                  start)
         reuse = self._input_moments.get(id(loader)) if self.reuse_input_moments else None
-        stats = collect_statistics(graph, loader, self.loss, plan=plan, progress=self.progress and distributed.is_main(),
-                                   reuse=reuse, memory_budget=budget)
-        if self.reuse_input_moments and reuse is None:
-            self._input_moments[id(loader)] = stats
         with warnings.catch_warnings(record=True) as caught:
             # singular moments are normal while growing (dead ReLUs, linear dependencies): the
             # solver's pseudo-inverse answer is right; the count goes into the event's note
+            # (the pass itself solves δW* at the targets of new channels)
             warnings.simplefilter("always", RankDeficiencyWarning)
+            stats = collect_statistics(graph, loader, self.loss, plan=plan, reuse=reuse, memory_budget=budget,
+                                       progress=self.progress and distributed.is_main())
+            if self.reuse_input_moments and reuse is None:
+                self._input_moments[id(loader)] = stats
             # TINY proper first; the unprojected fallback (see propose) only when no candidate
             # has anything in V⊥, e.g. every target already reads every source linearly
             for fallback in (False, True):
@@ -294,6 +295,9 @@ class Grower:
                     break
             bottlenecks = bottleneck(graph, stats, updates=proposals.updates)
         singular = sum(issubclass(w.category, RankDeficiencyWarning) for w in caught)
+        for w in caught:  # the others (skipped candidates, the user's own) are the user's to see
+            if not issubclass(w.category, RankDeficiencyWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
         if self.max_parameters is not None:
             room = self.max_parameters - graph.num_parameters()
             proposals = [p for p in proposals if p.num_new_parameters <= room]

@@ -23,9 +23,11 @@ from ..solve import Decomposition, activation_layout, solve_neurons, whitening
 from ..solve import new_edge as solve_new_edge
 from ..solve.batched import WhitenedProblem, tiny_neurons_batched
 from ..stats import Statistics, update_sources
+from ..errors import StatisticsError
 from ..stats.plan import full_kernel
+from ..stats.updates import has_bias, moment_and_decomposition
 from .candidates import Candidate, source_keys
-from .propose import ROUND_OFF, NodeUpdate, Proposal, _has_bias, moment_and_decomposition, node_update
+from .propose import ROUND_OFF, NodeUpdate, Proposal, node_update
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -37,7 +39,7 @@ def target_groups(graph: "Graph", candidates: list[Candidate]) -> dict[tuple, li
     for c in candidates:
         if c.kind == "expand_node" and graph.node(c.node).spatial:
             continue
-        bias = _has_bias(graph, c.node) if c.kind == "expand_node" else True
+        bias = has_bias(graph, c.node) if c.kind == "expand_node" else True
         groups.setdefault((tuple(source_keys(graph, c)), bias), []).extend(c.targets)
     return groups
 
@@ -62,7 +64,7 @@ class SharedBlocks:
     def info(self, v: str) -> tuple[list[str], bool]:
         """(the views v's linear in-edges read, whether one of them has a bias)."""
         if v not in self.node_info:
-            self.node_info[v] = (update_sources(self.graph, v), _has_bias(self.graph, v))
+            self.node_info[v] = (update_sources(self.graph, v), has_bias(self.graph, v))
         return self.node_info[v]
 
     def block(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +183,7 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
     """S, its whitening, M and N of one candidate (docs/math.md §5), from the shared blocks."""
     graph, stats = ctx.graph, ctx.stats
     sources, targets = source_keys(graph, cand), list(cand.targets)
-    bias = _has_bias(graph, cand.node) if cand.kind == "expand_node" else True
+    bias = has_bias(graph, cand.node) if cand.kind == "expand_node" else True
     FM = FN = None
     if cand.kind == "expand_node" and graph.node(cand.node).spatial:
         S, white, M, N = channel_problem(graph, stats, cand, ctx.update, bias, ctx.rel_tol, ctx.memo)
@@ -303,22 +305,23 @@ def channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update, 
     """(S, decomposition, M, N) for new channels in an image/sequence node (docs/math.md §10).
 
     Each out-edge's offsets o are extra observations of S (its border-aware weighted covariance);
-    columns (c, o) of M and N pair target channel c with offset o, and
-    N[:, (c, o)] = M[:, (c, o)] − Σ_j P[j, :, o] δW*[c, j] projects out the target's best update.
+    columns (c, o) of M and N pair target channel c with offset o. The pass summed N against
+    the target's move after its best update, v − δW* b_in, with the δW* that ``update`` gives
+    at the pass's ``REL_TOL``; another ``rel_tol`` would need another pass.
     The out-edges share one S (``expandable`` requires one geometry), so one SVD serves them all.
     """
     blocks_m, blocks_n, S = [], [], None
     keep = slice(None) if bias else slice(0, -1)
     for e in cand.out_edges:
         fk = full_kernel(graph, cand.node, e)
-        S_e, M_e, P_e = stats.full_kernel_moments(fk.key)
+        S_e, M_e, N_e = stats.full_kernel_moments(fk.key)
+        if (fk.target, rel_tol) not in stats.updates:
+            solved = sorted(tol for node, tol in stats.updates if node == fk.target)
+            raise StatisticsError(f"the new-channel sums of {fk.key!r} were projected with the best update at "
+                                  f"{fk.target!r} solved at rel_tol={solved}; propose with that rel_tol")
+        update(fk.target)  # δW* at the target, for the proposal (the one N was projected with)
         S = S_e if S is None else S
-        M_e = M_e.flatten(2)                                                 # C_v × D × offsets
-        upd = update(fk.target)
-        delta = upd.solution.delta.to(M_e.dtype)                             # C_v × (D_T [+1])
-        # P's rows: the target's in-views, then its constant; δW* has a bias column only if the target does
-        P_e = P_e.flatten(2)[: delta.shape[1]]
-        N_e = M_e - torch.einsum("jdo,cj->cdo", P_e, delta) if delta.shape[1] else M_e
+        M_e, N_e = M_e.flatten(2), N_e.flatten(2)                            # C_v × D × offsets
         blocks_m.append(M_e[:, keep].permute(1, 0, 2).reshape(M_e[:, keep].shape[1], -1))
         blocks_n.append(N_e[:, keep].permute(1, 0, 2).reshape(N_e[:, keep].shape[1], -1))
     S = S[keep, keep]

@@ -20,8 +20,9 @@ import torch
 
 from ..errors import CandidateSkippedWarning, DaggrowError, GraphError
 from ..graph.spec import is_growable
-from ..solve import BestUpdate, Decomposition, activation_layout, best_update, whitening
+from ..solve import BestUpdate, activation_layout
 from ..stats import Statistics, update_sources
+from ..stats.updates import best_update_at
 from .candidates import KINDS, Candidate, Kind, enumerate_candidates, source_keys
 
 if TYPE_CHECKING:
@@ -110,42 +111,13 @@ class Proposal:
                 f"first_order_gain={self.first_order_gain:.4g})")
 
 
-def _has_bias(graph: "Graph", node: str) -> bool:
-    return any(is_growable(e.block) and e.block.bias for e in graph.in_edges(node))
-
-
-def moment_and_decomposition(graph: "Graph", stats: Statistics, sources: list[str], bias: bool, rel_tol: float,
-                             memo: dict | None = None) -> tuple[torch.Tensor, Decomposition]:
-    """S_U and its ``whitening``, decomposed once: per call through ``memo``, and across
-    passes over the same samples through ``stats.data_cache`` when U holds only inputs."""
-    key = (tuple(sources), bias, rel_tol)
-    data_only = set(sources) <= set(graph.inputs)
-    cache = stats.data_cache if data_only else memo
-    if cache is not None and key in cache:
-        return cache[key]
-    S = stats.moment(sources, sources, bias, bias)
-    value = (S, whitening(S, rel_tol))
-    if cache is not None:
-        cache[key] = value
-    return value
-
-
 def node_update(graph: "Graph", stats: Statistics, node: str, rel_tol: float = 1e-10,
                 memo: dict | None = None) -> NodeUpdate:
-    """δW* at ``node``, jointly over its linear in-edges (docs/math.md §4)."""
-    edges = [e for e in graph.in_edges(node) if is_growable(e.block)]
-    sources = update_sources(graph, node)
-    bias = _has_bias(graph, node)
-    g = stats.grad_energy(node)
-    if not sources and not bias:
-        empty = torch.zeros(graph.node(node).width, 0, dtype=torch.float64)
-        return NodeUpdate(node, best_update(empty.new_zeros(0, 0), empty.T, g, rel_tol=rel_tol), {})
-    S, decomposition = moment_and_decomposition(graph, stats, sources, bias, rel_tol, memo)
-    M = stats.grad_moment(sources, [node], bias)
-    sol = best_update(S, M, g, rel_tol=rel_tol, decomposition=decomposition)
+    """δW* at ``node``, jointly over its linear in-edges (docs/math.md §4), split per in-edge."""
+    sol = best_update_at(graph, stats, node, rel_tol, memo)
     split: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     offset, bias_given = 0, False
-    for e, key in zip(edges, sources):
+    for e, key in zip([e for e in graph.in_edges(node) if is_growable(e.block)], update_sources(graph, node)):
         d = stats.widths[key]
         db = None
         if e.block.bias and not bias_given:

@@ -6,14 +6,17 @@ out-edge's offsets o as extra observations:
 
     S = Σ_{i,q} c(q) b(q) b(q)ᵀ            c(q): how many (target position, offset) pairs read q
     M[c, :, o] = Σ_{i,p} v_c(p) b(s·p + d·o − pad)
-    P[j, :, o] = Σ_{i,p} b_in,j(p) b(s·p + d·o − pad)   (the target's own in-views, constant last)
+    N[c, :, o] = Σ_{i,p} v⊥_c(p) b(s·p + d·o − pad),   v⊥ = v − δW* b_in   (the target's move
+                                                        after its best update, b_in its in-views)
 
-S is one weighted GEMM of the unfolded patches. M and P are conv weight-gradients of the
-unfolded input against the desired move and against the target's in-views
-(``torch.nn.grad.conv{1,2}d_weight``), or, for a 2-d target of at most WINDOWS_GEMM_POSITIONS
-positions (a deep stage, or a linear out-edge), one GEMM [V; B_in]·unfold(b)ᵀ over a chunk's
-windows (same sums; 1.4–1.8× faster on CPU there, slower on wide maps); the whole
-(samples × positions × offsets × D) tensor is never built.
+N is what the solver reads (N = M − P δW*ᵀ with P the in-views' sums against the shifted b, but
+P — (C·k²+1) output channels instead of C_v — is never formed: 9× the work of M at a 3×3
+target). So δW* must be known before N is summed: :func:`~daggrow.stats.collect_statistics`
+solves it between two passes over the data. M and N are one conv weight-gradient of the
+unfolded input against [v; v⊥] (``torch.nn.grad.conv{1,2}d_weight``), or, for a 2-d target of
+at most WINDOWS_GEMM_POSITIONS positions (a deep stage, or a linear out-edge), one GEMM
+[v; v⊥]·unfold(b)ᵀ over a chunk's windows (same sums; 1.4–1.8× faster on CPU there, slower on
+wide maps); the whole (samples × positions × offsets × D) tensor is never built.
 A linear out-edge that flattens w is the same with one "kernel" covering every position.
 """
 
@@ -37,11 +40,12 @@ WINDOWS_GEMM_POSITIONS = 16  # measured (1 thread): GEMM faster at 4×4 targets,
 
 
 class ChannelSums:
-    """Streams the sums of one new-channel expansion (docs/math.md §10) with conv weight-gradient ops:
-    the (samples × positions × offsets × D) tensor of shifted patches is never built."""
+    """Streams the sums S, M, N of one new-channel expansion (docs/math.md §10) with conv
+    weight-gradient ops; ``delta`` is the target's δW* (C_v × (D_T [+1]), columns aligned with
+    its in-views, then the constant if it has a bias) that projects N."""
 
     def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,
-                 device: torch.device) -> None:
+                 device: torch.device, delta: torch.Tensor) -> None:
         self.fk, self.views = fk, views
         ov = fk.out_view
         self.node_shape = graph.node(fk.node).shape
@@ -49,43 +53,59 @@ class ChannelSums:
         self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
         self.out_positions = math.prod(self.out_shape)
         d_in = sum(stats.widths[k] for k in fk.sources) + 1
-        d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
+        self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
         grad_input = torch.nn.grad.conv1d_input if ov.dim == 1 else torch.nn.grad.conv2d_input
         # c(q): how many (target position, offset) pairs read node position q (border-aware)
         self.counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
                                  torch.ones(1, 1, *self.out_shape, dtype=torch.float64),
                                  **self.geometry).flatten().to(device)
         self.weight_grad = torch.nn.grad.conv1d_weight if ov.dim == 1 else torch.nn.grad.conv2d_weight
+        self.delta = delta.to(device)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         self.S = stats.expansion[(fk.key, "S")] = z(d_in, d_in)
         self.M = stats.expansion[(fk.key, "M")] = z(graph.node(fk.target).width, d_in, *ov.kernel)
-        self.P = stats.expansion[(fk.key, "P")] = z(d_target, d_in, *ov.kernel)
+        self.N = stats.expansion[(fk.key, "N")] = z(graph.node(fk.target).width, d_in, *ov.kernel)
 
-    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor],
-                shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        parts = [signals[k] if k in signals else self.views[k].signal(values[self.views[k].node]) for k in keys]
+    def values_per_sample(self) -> int:
+        """Values one sample adds to a chunk: its signal b, the target's in-views, [v; v⊥] and
+        (small 2-d targets) the out-edge's windows."""
+        d_in, offsets = self.S.shape[0], math.prod(self.M.shape[2:])
+        rows = d_in * math.prod(self.node_shape) + (self.d_target + 2 * self.M.shape[0]) * self.out_positions
+        if len(self.M.shape[2:]) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:
+            rows += d_in * offsets * self.out_positions
+        return rows
+
+    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], shape: tuple[int, ...],
+                like: torch.Tensor) -> torch.Tensor:
+        parts = [self.views[k].signal(values[self.views[k].node]) for k in keys]
         parts = [p.reshape(p.shape[0], p.shape[1], *shape) for p in parts]
         ones = like.new_ones(like.shape[0], 1, *shape)
         return torch.cat([*parts, ones], 1)
 
-    def add(self, values: dict[str, torch.Tensor], signals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
+    def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
             compute_dtype: torch.dtype | None) -> None:
+        """Add one chunk of samples: ``values`` of the nodes the views read, ``moves`` of the target."""
         fk = self.fk
         move = moves[fk.target]
         move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
-        b = self._signal(fk.sources, values, signals, self.node_shape, move)
-        target_in = self._signal(fk.target_sources, values, signals, self.out_shape, move)
+        b = self._signal(fk.sources, values, self.node_shape, move)
         if compute_dtype is not None:
-            b, move, target_in = b.to(compute_dtype), move.to(compute_dtype), target_in.to(compute_dtype)
+            b, move = b.to(compute_dtype), move.to(compute_dtype)
+        projected = self.delta.shape[1] > 0
+        if projected:  # [v; v⊥], v⊥ = v − δW* b_in at every target position
+            target_in = self._signal(fk.target_sources, values, self.out_shape, move)
+            target_in = target_in[:, : self.delta.shape[1]].to(move.dtype).flatten(2)  # the constant iff a bias
+            fit = torch.matmul(self.delta.to(move.dtype), target_in).reshape(move.shape)
+            move = torch.cat([move, move - fit], 1)
         rows = as_rows(b)
         weights = self.counts.to(rows.dtype).repeat(b.shape[0])
         self.S += (rows * weights[:, None]).T @ rows
         kernel = tuple(self.M.shape[2:])
-        if len(kernel) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:  # M, P = [V; B_in]·windowsᵀ
+        if len(kernel) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:  # [v; v⊥]·windowsᵀ
             windows = as_rows(F.unfold(b, kernel, **self.geometry))              # (n·P_out) × (D·offsets)
-            product = torch.cat([as_rows(move), as_rows(target_in)], 1).T @ windows
-            self.M += product[: move.shape[1]].reshape(self.M.shape)
-            self.P += product[move.shape[1]:].reshape(self.P.shape)
-            return
-        self.M += self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
-        self.P += self.weight_grad(b, (target_in.shape[1], b.shape[1], *kernel), target_in, **self.geometry)
+            product = (as_rows(move).T @ windows).reshape(move.shape[1], *self.M.shape[1:])
+        else:
+            product = self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
+        channels = self.M.shape[0]
+        self.M += product[:channels]
+        self.N += product[channels:] if projected else product

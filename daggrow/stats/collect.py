@@ -9,7 +9,8 @@ the model's dtype, added into float64 sums; nothing of a batch outlives its iter
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -19,6 +20,7 @@ from .channels import ChannelSums
 from .memory import ROWS_PER_CHUNK, format_bytes, plan_bytes, resolve_budget
 from .plan import StatisticsPlan, plan_for
 from .statistics import Statistics, empty_statistics
+from .updates import best_update_at
 from .views import as_rows, positions, value_rows, view_positions
 
 if TYPE_CHECKING:
@@ -127,8 +129,10 @@ def _out_of_memory(err: Exception, need: int, budget: int) -> str:
 def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsPlan, device: torch.device,
              compute_dtype: torch.dtype | None, max_batches: int | None, train_mode: bool, progress: bool,
              reuse: Statistics | None, across_processes: bool) -> Statistics:
-    module = graph.compile(taps=True)
-    flags = [(m, m.training) for m in module.modules()]
+    if plan.full_kernels and isinstance(loader, Iterator):  # read once only
+        raise StatisticsError("new-channel candidates need two passes over the same data (the second is "
+                              "projected with the best update the first one solves): pass a re-iterable loader "
+                              "such as a list of batches or a DataLoader, not an iterator or a generator")
     views = plan.views
     widths = {t: graph.node(t).width for t in plan.grads}
     widths.update({k: views[k].features(graph) for k in plan.values})
@@ -137,8 +141,6 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
     stats.shapes = {k: (graph.node(v.node).width, *graph.node(v.node).shape) for k, v in plan.aliases.items()}
     stats.positions = {t: positions(graph, t) for t in plan.grads}
     stats.positions.update({k: view_positions(graph, views[k]) for k in plan.values})
-    kernels = [ChannelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]
-    grads_order = sorted(plan.grads)
     inputs = {k for k in plan.values if views[k].node in graph.inputs}
     copied = set()
     if reuse is not None:
@@ -162,10 +164,87 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
         grads_by_source[u].append(t)
     _share_rows(stats.hh, pairs_by_source)
     _share_rows(stats.hv, grads_by_source)
+    groups = _groups(plan, stats, grams, pairs_by_source, grads_by_source, inputs if reuse is not None else set())
 
+    def moments(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
+        for group in groups:  # rows of one group's views at a time, its chunk of samples at a time
+            for lo in range(0, n, group.chunk):
+                part = slice(lo, lo + group.chunk)
+                rows = {k: views[k].rows(vals[views[k].node][part]) for k in group.keys}
+                _accumulate(stats, group, rows, {t: value_rows(graph, t, moves[t][part]) for t in group.targets},
+                            compute_dtype)
+
+    module = graph.compile(taps=True)
+    flags = [(m, m.training) for m in module.modules()]
+    module.train(train_mode)
+    try:
+        seen = _stream(graph, module, loader, loss, device, {views[k].node for k in plan.values}, sorted(plan.grads),
+                       max_batches, "statistics", progress, moments)
+        stats.n += seen
+        for u in grams:
+            _mirror_lower_blocks(stats.hh[(u, u)])
+        for sums in (stats.hh, stats.hv):  # the shared rows back to one tensor per pair
+            for key, t in sums.items():
+                if not t.is_contiguous():
+                    sums[key] = t.contiguous()
+        if across_processes:
+            from ..distributed import reduce_statistics
+
+            # blocks copied from ``reuse`` were summed over the processes when first collected
+            reused = [("hh", p) for p in copied] + [("h", u) for u in inputs if reuse is not None and u in reuse.h]
+            reduce_statistics(stats, exclude=reused)
+        if stats.n == 0:
+            raise StatisticsError("the loader yielded no batch")
+        if reuse is not None and reuse.n != stats.n:
+            raise StatisticsError(f"reuse= statistics cover {reuse.n} samples but this pass saw {stats.n}: "
+                                  "input moments can only be reused over the same samples")
+        if plan.full_kernels:
+            _channel_pass(graph, module, loader, loss, plan, stats, device, compute_dtype, max_batches, progress,
+                          seen, across_processes)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return stats
+
+
+def _channel_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, plan: StatisticsPlan,
+                  stats: Statistics, device: torch.device, compute_dtype: torch.dtype | None,
+                  max_batches: int | None, progress: bool, seen: int, across_processes: bool) -> None:
+    """The second pass: every new-channel expansion's S, M and N (:mod:`.channels`), N projected
+    with its target's δW* solved from the first pass's (reduced) sums."""
+    views, memo = plan.views, {}
+    kernels = [ChannelSums(graph, fk, views, stats, device, best_update_at(graph, stats, fk.target, memo=memo).delta)
+               for fk in plan.full_kernels.values()]
+    keys = {k for fk in plan.full_kernels.values() for k in (*fk.sources, *fk.target_sources)}
+
+    def channel_sums(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
+        for sums in kernels:
+            chunk = max(1, ROWS_PER_CHUNK // sums.values_per_sample())
+            for lo in range(0, n, chunk):
+                part = slice(lo, lo + chunk)
+                sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()}, compute_dtype)
+
+    targets = sorted({fk.target for fk in plan.full_kernels.values()})
+    again = _stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets, max_batches,
+                    "statistics (new channels)", progress, channel_sums)
+    if again != seen:
+        raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: new-channel "
+                              "candidates need a loader that yields the same samples every time it is iterated")
+    if across_processes:
+        from ..distributed import reduce_statistics
+
+        reduce_statistics(stats, only="expansion")
+
+
+def _stream(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, device: torch.device,
+            value_nodes: set[str], grads_order: list[str], max_batches: int | None, desc: str, progress: bool,
+            consume: Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], None]) -> int:
+    """One pass over ``loader``: per batch a forward with hooks on the values of ``value_nodes`` and
+    on the pre-activations z_t of ``grads_order``, per-sample losses, one ``autograd.grad`` for the
+    desired moves −∂ℓ_i/∂z_t, then ``consume(samples, values, moves)``. Returns the number of
+    samples seen."""
     values: dict[str, torch.Tensor] = {}
     pre: dict[str, torch.Tensor] = {}
-    handles = []
 
     def value_hook(node: str):
         def hook(_m, _inp, out):
@@ -181,16 +260,15 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
         return hook
 
     taps = module.daggrow_tap_attrs
-    for node in {views[k].node for k in plan.values}:
-        handles.append(module.get_submodule(taps[(node, "value")]).register_forward_hook(value_hook(node)))
-    for node in plan.grads:
-        handles.append(module.get_submodule(taps[(node, "pre")]).register_forward_hook(pre_hook(node)))
-
+    handles = [module.get_submodule(taps[(node, "value")]).register_forward_hook(value_hook(node))
+               for node in value_nodes]
+    handles += [module.get_submodule(taps[(node, "pre")]).register_forward_hook(pre_hook(node))
+                for node in grads_order]
     batches = loader
     if progress:
         from tqdm.auto import tqdm
-        batches = tqdm(loader, desc="statistics", unit="batch", leave=False)
-    module.train(train_mode)
+        batches = tqdm(loader, desc=desc, unit="batch", leave=False)
+    seen = 0
     try:
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
@@ -214,65 +292,83 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
             moves = {t: (-g if g is not None else torch.zeros_like(z)).detach()
                      for t, z, g in zip(grads_order, zs, grads)}
             n = xs[0].shape[0]
-            for lo in range(0, n, chunk := _chunk_size(n, plan, stats)):
-                part = slice(lo, lo + chunk)
-                vals = {k: v[part] for k, v in values.items()}
-                mov = {t: m[part] for t, m in moves.items()}
-                # unfold each patch view once per chunk: its rows and the new-channel sums share it
-                signals = {k: views[k].signal(vals[views[k].node]) for k in plan.values if views[k].kind == "patches"}
-                rows = {k: as_rows(signals[k]) if k in signals else views[k].rows(vals[views[k].node])
-                        for k in plan.values}
-                _accumulate(stats, rows, {t: value_rows(graph, t, m) for t, m in mov.items()},
-                            pairs_by_source, grads_by_source, grams, compute_dtype,
-                            skip_sums=inputs if reuse is not None else set())
-                for sums in kernels:
-                    sums.add(vals, signals, mov, compute_dtype)
-            stats.n += n
+            consume(n, values, moves)
+            seen += n
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
-    for u in grams:
-        _mirror_lower_blocks(stats.hh[(u, u)])
-    for sums in (stats.hh, stats.hv):  # the shared rows back to one tensor per pair
-        for key, t in sums.items():
-            if not t.is_contiguous():
-                sums[key] = t.contiguous()
-    if across_processes:
-        from ..distributed import reduce_statistics
-
-        # blocks copied from ``reuse`` were summed over the processes when first collected
-        reused = [("hh", p) for p in copied] + [("h", u) for u in inputs if reuse is not None and u in reuse.h]
-        reduce_statistics(stats, exclude=reused)
-    if stats.n == 0:
-        raise StatisticsError("the loader yielded no batch")
-    if reuse is not None and reuse.n != stats.n:
-        raise StatisticsError(f"reuse= statistics cover {reuse.n} samples but this pass saw {stats.n}: "
-                              "input moments can only be reused over the same samples")
-    return stats
+    return seen
 
 
-def _accumulate(stats: Statistics, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
-                pairs_by_source: dict[str, list[str]], grads_by_source: dict[str, list[str]], grams: list[str],
-                compute_dtype: torch.dtype | None, skip_sums: set[str] = frozenset()) -> None:
+@dataclass
+class _Group:
+    """Blocks whose products share rows (a connected set of views and desired moves, all at the
+    same positions), summed ``chunk`` samples at a time."""
+
+    keys: list[str]                        # view keys
+    targets: list[str]                     # nodes whose desired move is summed
+    grams: list[str]
+    pairs_by_source: dict[str, list[str]]
+    grads_by_source: dict[str, list[str]]
+    sums: list[str]                        # view keys whose Σ h is summed (not copied from ``reuse``)
+    chunk: int
+
+
+def _groups(plan: StatisticsPlan, stats: Statistics, grams: list[str], pairs_by_source: dict[str, list[str]],
+            grads_by_source: dict[str, list[str]], skip_sums: set[str]) -> list[_Group]:
+    """The plan's views and moves split into groups linked by products, each with its own chunk:
+    at most ROWS_PER_CHUNK values of its rows at a time. A deep stage's views (few positions)
+    are then multiplied over many samples at once — not over the few samples that the widest
+    stage's views allow (GEMMs of a few dozen rows run at a fraction of the machine's rate)."""
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for k in plan.values:
+        find(("h", k))
+    for t in plan.grads:
+        find(("v", t))
+    for u, w in plan.value_pairs:
+        parent[find(("h", u))] = find(("h", w))
+    for u, t in plan.grad_pairs:
+        parent[find(("h", u))] = find(("v", t))
+    members: dict[tuple, list[tuple]] = defaultdict(list)
+    for x in list(parent):
+        members[find(x)].append(x)
+    groups = []
+    for items in members.values():
+        keys = sorted(k for kind, k in items if kind == "h")
+        targets = sorted(t for kind, t in items if kind == "v")
+        size = sum(stats.positions[k] * (stats.widths[k] + 1) for k in keys)
+        size += sum(stats.positions[t] * stats.widths[t] for t in targets)
+        groups.append(_Group(keys, targets, [u for u in grams if u in keys],
+                             {u: ws for u, ws in pairs_by_source.items() if u in keys},
+                             {u: ts for u, ts in grads_by_source.items() if u in keys},
+                             [k for k in keys if k not in skip_sums], max(1, ROWS_PER_CHUNK // max(size, 1))))
+    return groups
+
+
+def _accumulate(stats: Statistics, group: _Group, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
+                compute_dtype: torch.dtype | None) -> None:
     cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)  # noqa: E731
     values = {k: cast(v) for k, v in values.items()}
     moves = {k: cast(v) for k, v in moves.items()}
     # per-batch sums in the product dtype, like the GEMMs (a float64 reduction of float32 values is
     # ~8× slower and no more accurate than the float32 Gram blocks); the running sums are float64
-    for u in stats.h:
-        if u not in skip_sums:
-            stats.h[u] += values[u].sum(0)
-    for t in stats.v:
+    for u in group.sums:
+        stats.h[u] += values[u].sum(0)
+    for t in group.targets:
         flat = moves[t].reshape(-1)
         stats.v[t] += moves[t].sum(0)
         stats.vv[t] += torch.dot(flat, flat)
-    for u in grams:
+    for u in group.grams:
         _add_gram(values[u], stats.hh[(u, u)])
-    for u, ws in pairs_by_source.items():
+    for u, ws in group.pairs_by_source.items():
         _add_products(values[u], [values[w] for w in ws], [stats.hh[(u, w)] for w in ws])
-    for u, ts in grads_by_source.items():
+    for u, ts in group.grads_by_source.items():
         _add_products(values[u], [moves[t] for t in ts], [stats.hv[(u, t)] for t in ts])
 
 
@@ -327,16 +423,3 @@ def _finite(t: torch.Tensor) -> bool:
     boolean mask) settles the common case; only a non-finite sum (maybe an overflow) is checked
     element-wise."""
     return not t.is_floating_point() or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def _chunk_size(n: int, plan: StatisticsPlan, stats: Statistics) -> int:
-    """Samples per chunk, so that all the view rows of a chunk together (unfolded patches
-    included) stay within ROWS_PER_CHUNK values: a pass's transient memory is bounded."""
-    total = sum(stats.positions[k] * (stats.widths[k] + 1) for k in plan.values) + 1
-    for fk in plan.full_kernels.values():  # its signal, and (small 2-d targets) its out-edge's windows
-        d_in = sum(stats.widths[k] + 1 for k in fk.sources)
-        offsets = 1
-        for k in fk.out_view.kernel:
-            offsets *= k
-        total += d_in * (stats.positions[fk.sources[0]] + stats.positions[fk.target] * offsets)
-    return max(1, min(n, ROWS_PER_CHUNK // total))

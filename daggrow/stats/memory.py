@@ -2,7 +2,7 @@
 
 A plan's blocks are known before any data is read, so is their size (float64 sums):
 
-    sums      = 8·(Σ_u d_u + Σ_(u,w) d_u·d_w + Σ_t (d_t + 1) + Σ_(u,t) d_u·d_t + new-channel S, M, P)
+    sums      = 8·(Σ_u d_u + Σ_(u,w) d_u·d_w + Σ_t (d_t + 1) + Σ_(u,t) d_u·d_t + new-channel S, M, N)
     solver    = 16·Σ D_U²    over the distinct fan-in source sets U (propose keeps S_U and its factor)
     transient = 8·ROWS_PER_CHUNK + 4·max_u d_u·Σ_w d_w    (one chunk's rows, one product, float32)
 
@@ -108,11 +108,10 @@ def plan_blocks(graph: "Graph", plan: StatisticsPlan) -> dict[tuple, int]:
         out[("solve", tuple(update_sources(graph, t)))] = 16 * D * D
     for key, fk in plan.full_kernels.items():
         d_in = sum(d[k] for k in fk.sources) + 1
-        d_target = sum(d[k] for k in fk.target_sources) + 1
         offsets = 1
         for k in fk.out_view.kernel:
             offsets *= k
-        out[("fk", key)] = 8 * (d_in * d_in + (graph.node(fk.target).width + d_target) * d_in * offsets)
+        out[("fk", key)] = 8 * (d_in * d_in + 2 * graph.node(fk.target).width * d_in * offsets)  # S, M, N
         out[("solve", ("channels", fk.node))] = 16 * d_in * d_in
     return out
 

@@ -15,13 +15,16 @@ Sums add across batches and processes: ``a + b`` merges, :meth:`all_reduce` sums
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
 from ..errors import StatisticsError
 from .views import View
+
+if TYPE_CHECKING:
+    from ..solve import BestUpdate
 
 Pair = tuple[str, str]
 SUMS = ("h", "hh", "v", "vv", "hv", "expansion")
@@ -38,7 +41,8 @@ class Statistics:
     v: dict[str, torch.Tensor] = field(default_factory=dict)
     vv: dict[str, torch.Tensor] = field(default_factory=dict)
     hv: dict[Pair, torch.Tensor] = field(default_factory=dict)
-    # new-channel sums of image/sequence nodes (docs/math.md §10), keyed by (FullKernel.key, "S" | "M" | "P")
+    # new-channel sums of image/sequence nodes (docs/math.md §10), keyed by (FullKernel.key, "S" | "M" | "N");
+    # N is projected with the target's δW* of these statistics (``updates``): such sums do not add
     expansion: dict[Pair, torch.Tensor] = field(default_factory=dict)
     # observations per sample of each view key and each target node (Π of the target's shape)
     positions: dict[str, int] = field(default_factory=dict)
@@ -51,6 +55,8 @@ class Statistics:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # candidates (``Candidate.where``) the memory planner left out of this pass
     left_out: set[str] = field(default_factory=set)
+    # (node, rel_tol) → δW* solved from these sums (:func:`daggrow.stats.updates.best_update_at`)
+    updates: dict[tuple[str, float], "BestUpdate"] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- combining
     def __add__(self, other: "Statistics") -> "Statistics":
@@ -58,6 +64,9 @@ class Statistics:
             return NotImplemented
         if self._layout() != other._layout():
             raise StatisticsError("cannot merge statistics collected with different plans or widths")
+        if self.expansion or other.expansion:
+            raise StatisticsError("new-channel sums do not add: each pass projects them with the best update δW* "
+                                  "solved from its own data; collect them in one pass over all the data")
         out = Statistics(widths=dict(self.widths), n=self.n + other.n, positions=dict(self.positions),
                          aliases=dict(self.aliases), shapes=dict(self.shapes))
         for name in SUMS:
@@ -65,27 +74,32 @@ class Statistics:
             setattr(out, name, {k: mine[k] + theirs[k] for k in mine})
         return out
 
-    def all_reduce(self, group: object | None = None, exclude: Iterable[tuple[str, object]] = ()) -> "Statistics":
+    def all_reduce(self, group: object | None = None, exclude: Iterable[tuple[str, object]] = (),
+                   only: str | None = None) -> "Statistics":
         """Sum these statistics over every process of ``group`` (in place; returns self), in one
         float64 all-reduce. ``exclude``: ``(sum name, key)`` blocks left as they are, e.g. input
         moments copied from a pass that was already reduced (``collect_statistics(reuse=...)``):
-        summing them again would count every sample ``world_size`` times. Under a process group
-        :func:`~daggrow.stats.collect_statistics` already calls this (``across_processes=True``)."""
+        summing them again would count every sample ``world_size`` times. ``only``: reduce the
+        blocks of this one sum (e.g. ``"expansion"``, summed in a second pass) and leave ``n``.
+        Under a process group :func:`~daggrow.stats.collect_statistics` already calls this
+        (``across_processes=True``)."""
         import torch.distributed as dist
 
         skip = set(exclude)
+        names = SUMS if only is None else (only,)
         # sorted keys: every process must flatten in the same order (set order depends on hash seeds)
-        tensors = [getattr(self, name)[k] for name in SUMS for k in sorted(getattr(self, name))
+        tensors = [getattr(self, name)[k] for name in names for k in sorted(getattr(self, name))
                    if (name, k) not in skip]
         device = tensors[0].device if tensors else self._device()
-        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]
-                         + [torch.tensor([float(self.n)], dtype=torch.float64, device=device)])
+        count = [torch.tensor([float(self.n)], dtype=torch.float64, device=device)] if only is None else []
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors] + count)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         offset = 0
         for t in tensors:
             t.copy_(flat[offset: offset + t.numel()].view_as(t))
             offset += t.numel()
-        self.n = int(round(flat[-1].item()))
+        if only is None:
+            self.n = int(round(flat[-1].item()))
         return self
 
     def _layout(self) -> tuple:
@@ -177,15 +191,16 @@ class Statistics:
         return float(self.vv[t]) / self.n
 
     def full_kernel_moments(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(S, M, P) of a new-channel expansion (docs/math.md §10), as means over samples:
+        """(S, M, N) of a new-channel expansion (docs/math.md §10), as means over samples:
 
         S = (1/n) Σ_{i,q} c(q) b(q) b(q)ᵀ (D × D, c(q) = how many (position, offset) pairs of the
         out-edge read position q), M[c, :, o] = (1/n) Σ_{i,p} v_c(p) b(p+o) (C_v × D × offsets),
-        P[j, :, o] = (1/n) Σ_{i,p} b_in,j(p) b(p+o) for the target's in-views plus a constant last.
+        N[c, :, o] = (1/n) Σ_{i,p} v⊥_c(p) b(p+o) with v⊥ = v − δW* b_in the target's move after
+        its best update (δW* from ``updates``, solved at ``REL_TOL``).
         """
         self._check_n()
         try:
-            return tuple(self.expansion[(key, part)] / self.n for part in ("S", "M", "P"))
+            return tuple(self.expansion[(key, part)] / self.n for part in ("S", "M", "N"))
         except KeyError:
             raise StatisticsError(f"the new-channel sums of {key!r} were not collected; add the candidate "
                                   "that needs them to the statistics plan") from None
@@ -201,6 +216,8 @@ class Statistics:
                          aliases=dict(self.aliases), shapes=dict(self.shapes))
         for name in SUMS:
             setattr(out, name, {k: t.to(device) for k, t in getattr(self, name).items()})
+        out.updates = {k: replace(u, delta=u.delta.to(device)) for k, u in self.updates.items()}
+        out.left_out = set(self.left_out)
         return out
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from .test_first_order import data as dag_data
 
 F64 = torch.float64
 propose_module = importlib.import_module("daggrow.grow.propose")
+updates_module = importlib.import_module("daggrow.stats.updates")
 
 
 def random_dag(hidden: int = 8, width: int = 3, seed: int = 0) -> dg.Graph:
@@ -112,14 +113,14 @@ def test_a_candidate_whose_factorisation_fails_is_skipped_with_one_warning(monke
     X, Y = dag_data(n=200)
     stats = dg.collect_statistics(g, [(X, Y)], "mse")
     every = propose(g, stats, max_neurons=2, grouped=grouped)
-    real = propose_module.whitening
+    real = updates_module.whitening
 
     def failing(S, *a, **k):
         if S.shape[0] == 7:  # S of the input x (6 features + constant): every candidate reading x
             raise SolverError("eigh, jitter and SVD all failed")
         return real(S, *a, **k)
 
-    monkeypatch.setattr(propose_module, "whitening", failing)
+    monkeypatch.setattr(updates_module, "whitening", failing)
     stats = dg.collect_statistics(g, [(X, Y)], "mse")  # fresh: S_x's factor is cached with its statistics
     with pytest.warns(CandidateSkippedWarning) as caught:
         kept = propose(g, stats, max_neurons=2, grouped=grouped)

@@ -15,27 +15,9 @@ from daggrow.stats import collect_statistics
 from daggrow.stats.plan import full_kernel
 from daggrow.stats.views import View, edge_view
 
+from ..graphs import conv_dag
+
 F64 = torch.float64
-
-
-def conv_dag(seed: int = 0, act: str = "tanh", dim: int = 1) -> dg.Graph:
-    """x (2 ch) → a (conv k3 s1 p1) ; x, a → c (two conv in-edges) → y (linear, flattens c)."""
-    torch.manual_seed(seed)
-    shape = (9,) if dim == 1 else (5, 4)
-    g = dg.Graph()
-    g.add_input("x", 2, shape=shape)
-    g.add_node("a", 3, act, shape=shape)
-    out = dg.ConvBlock(dim=dim, kernel_size=3, stride=2, padding=1).output_shape(shape)
-    g.add_node("c", 2, act, shape=out)
-    g.add_node("y", 3)
-    g.add_edge("x", "a", dg.ConvBlock(dim=dim, kernel_size=3, padding=1))
-    g.add_edge("x", "c", dg.ConvBlock(dim=dim, kernel_size=3, stride=2, padding=1))
-    g.add_edge("a", "c", dg.ConvBlock(dim=dim, kernel_size=1, stride=2, bias=False))
-    g.add_edge("c", "y")
-    g.set_output("y")
-    for p in g.parameters():
-        p.data = p.data.to(F64)
-    return g
 
 
 def data(g: dg.Graph, n: int = 23, seed: int = 1):
@@ -152,7 +134,7 @@ def test_new_channel_sums_equal_explicit_shifted_patches(dim, out):
     (edge,) = [e.name for e in g.out_edges("c")]
     fk = full_kernel(g, "c", edge)
     stats = collect_statistics(g, [(X, Y)], "mse", plan=dg.stats.plan_for(g, full_kernels=[fk]))
-    S, M, P = stats.full_kernel_moments(fk.key)
+    S, M, N = stats.full_kernel_moments(fk.key)
     n = X.shape[0]
     # b(q): the fan-in view of new channels at c's positions, constant channel last
     parts = [edge_view(g, g.edge(e)).signal(vals[g.edge(e).source]) for e in ("x_to_c", "a_to_c")]
@@ -173,10 +155,21 @@ def test_new_channel_sums_equal_explicit_shifted_patches(dim, out):
         else:
             t_parts.append(h.flatten(1)[:, None, :])
     t_rows = torch.cat(t_parts + [torch.ones(n, phi.shape[1], 1, dtype=F64)], 2)  # n × P × (D_T + 1)
+    if not any(e.block.bias for e in g.in_edges(target)):
+        t_rows = t_rows[..., :-1]
+    # the target's best update by least squares over (sample, position) rows, then the sums
+    # N = M − P δW*ᵀ with P the in-views against the shifted b (what the pass never forms)
+    delta = torch.linalg.lstsq(t_rows.reshape(-1, t_rows.shape[-1]), v.reshape(-1, v.shape[-1])).solution.T
     P_ref = torch.einsum("ipod,ipj->jdo", phi, t_rows) / n
+    N_ref = M_ref - torch.einsum("jdo,cj->cdo", P_ref, delta)
     assert torch.allclose(S, S_ref, atol=1e-10)
     assert torch.allclose(M.flatten(2), M_ref, atol=1e-10)
-    assert torch.allclose(P.flatten(2), P_ref, atol=1e-10)
+    assert torch.allclose(stats.updates[(target, 1e-10)].delta, delta, atol=1e-9)
+    assert torch.allclose(N.flatten(2), N_ref, atol=1e-10)
+    # and directly: N is the shifted b against the move after the best update, v − δW* b_in
+    v_perp = v - t_rows @ delta.T
+    assert torch.allclose(N.flatten(2), torch.einsum("ipod,ipc->cdo", phi, v_perp) / n, atol=1e-10)
+    assert not torch.allclose(N, M, atol=1e-6)  # the projection is not trivial here
 
 
 @pytest.mark.parametrize("act", ["identity", "tanh", "relu"])
@@ -217,12 +210,13 @@ def test_conv_statistics_stream_equal_one_shot():
     cuts = [0, 3, 4, 11, 12, 20, 29, 31]
     batches = [(X[a:b], Y[a:b]) for a, b in zip(cuts, cuts[1:])]
     many = collect_statistics(g, batches, "mse", plan=plan)
-    halves = (collect_statistics(g, batches[:3], "mse", plan=plan) + collect_statistics(g, batches[3:], "mse", plan=plan))
-    for other in (many, halves):
-        assert other.n == one.n
-        for name in ("h", "hh", "v", "vv", "hv", "expansion"):
-            for k, t in getattr(one, name).items():
-                assert torch.allclose(getattr(other, name)[k], t, atol=1e-10), (name, k)
+    assert many.n == one.n
+    for name in ("h", "hh", "v", "vv", "hv", "expansion"):
+        for k, t in getattr(one, name).items():
+            assert torch.allclose(getattr(many, name)[k], t, atol=1e-10), (name, k)
+    # N is projected with the δW* of its own pass: the sums of two passes do not add
+    with pytest.raises(dg.StatisticsError, match="new-channel sums do not add"):
+        collect_statistics(g, batches[:3], "mse", plan=plan) + collect_statistics(g, batches[3:], "mse", plan=plan)
 
 
 def test_conv_statistics_chunked_equal_unchunked(monkeypatch):
@@ -237,3 +231,46 @@ def test_conv_statistics_chunked_equal_unchunked(monkeypatch):
     for name in ("hh", "hv", "expansion"):
         for k, t in getattr(whole, name).items():
             assert torch.allclose(getattr(chunked, name)[k], t, atol=1e-10)
+
+
+def test_new_channel_sums_need_a_loader_that_can_be_read_twice():
+    g = conv_dag()
+    X, Y = data(g)
+    plan = statistics_plan(g, enumerate_candidates(g, ["expand_node"]))
+    assert plan.full_kernels
+    with pytest.raises(dg.StatisticsError, match="re-iterable loader"):
+        collect_statistics(g, iter([(X, Y)]), "mse", plan=plan)
+
+    class Shrinking:
+        """Yields fewer samples the second time it is read."""
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def __iter__(self):
+            self.reads += 1
+            return iter([(X, Y)] if self.reads == 1 else [(X[:5], Y[:5])])
+
+    with pytest.raises(dg.StatisticsError, match="same samples every time"):
+        collect_statistics(g, Shrinking(), "mse", plan=plan)
+    # without new-channel sums one pass is enough: an iterator is fine
+    assert collect_statistics(g, iter([(X, Y)]), "mse", plan=dg.stats.plan_for(g)).n == X.shape[0]
+
+
+def test_channel_sums_are_read_with_the_best_update_they_were_projected_with():
+    g = conv_dag(dim=2)
+    X, Y = data(g, n=30)
+    cands = [c for c in enumerate_candidates(g, ["expand_node"]) if g.node(c.node).spatial]
+    stats = collect_statistics(g, [(X, Y)], "mse", plan=statistics_plan(g, cands))
+    with pytest.warns(dg.errors.CandidateSkippedWarning):
+        other = propose(g, stats, max_neurons=2, candidates=cands, rel_tol=1e-6)
+    assert not other and len(other.skipped) == len(cands)
+    assert all("solved at rel_tol=[1e-10]; propose with that rel_tol" in why for _, why in other.skipped)
+    kept = propose(g, stats, max_neurons=2, candidates=cands, rel_threshold=0.0)
+    assert kept and not kept.skipped
+    # moved statistics keep the δW* the sums were projected with
+    moved = propose(g, stats.to("cpu"), max_neurons=2, candidates=cands, rel_threshold=0.0)
+    assert [p.eigenvalues for p in moved] == [p.eigenvalues for p in kept]
+    for p in kept:
+        for v, upd in p.updates.items():
+            assert upd.solution is stats.updates[(v, 1e-10)]
