@@ -68,18 +68,28 @@ class SharedBlocks:
         return self.node_info[v]
 
     def block(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M_{U,v}, N_{U,v} = M_{U,v} − P_{U,in(v)} δW_v*ᵀ)."""
+        """(M_{U,v}, N_{U,v} = M_{U,v} − P_{U,in(v)} δW_v*ᵀ), N summed directly for an image/sequence v."""
         key = (tuple(sources), bias)
         if self.shared and key in self.groups:
             return self._columns(key, v, 0)
         stats = self.stats
         M = stats.grad_moment(sources, [v], bias)
+        if self.graph.node(v).spatial:
+            return M, self.residual(sources, [v], bias)
         upd = self.update(v)
         if upd.solution.delta.shape[1] == 0:
             return M, M
         in_sources, v_bias = self.info(v)
         P = stats.moment(sources, in_sources, bias, v_bias)
         return M, M - P @ upd.solution.delta.T.to(P.dtype)
+
+    def residual(self, sources: list[str], targets: list[str], bias: bool) -> torch.Tensor:
+        """N_{U,T} of image/sequence targets, summed in the statistics' second pass against the
+        moves after the best updates solved at the pass's rel_tol (another would need another pass)."""
+        for v in targets:
+            projected_with(self.stats, v, self.rel_tol)
+            self.update(v)  # δW* at the target, for the proposal (the one N was projected with)
+        return self.stats.residual_moment(sources, targets, bias)
 
     def whitened(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(F_U M_{U,v}, F_U N_{U,v}) from the whitened blocks of U's group."""
@@ -138,14 +148,29 @@ class SharedBlocks:
         for v in targets:
             columns[v] = (offset, offset + stats.widths[v])
             offset += stats.widths[v]
-        W = list(dict.fromkeys(w for v in targets if self.update(v).solution.delta.shape[1] for w in self.info(v)[0]))
+        plain = [v for v in targets if not self.graph.node(v).spatial]
+        W = list(dict.fromkeys(w for v in plain if self.update(v).solution.delta.shape[1] for w in self.info(v)[0]))
         N = M
-        if W or any(self.info(v)[1] for v in targets):
+        if W or any(self.info(v)[1] for v in plain):
             P = stats.moment(sources, W, bias, True)
             last = self.delta.shape[0] - 1
             rows = torch.tensor([r for w in W for r in range(*self.rows[w])] + [last], device=M.device)
-            cols = torch.tensor([c for v in targets for c in range(*self.cols[v])], device=M.device)
-            N = M - P @ self.delta.index_select(0, rows).index_select(1, cols)
+            cols = torch.tensor([c for v in plain for c in range(*self.cols[v])], device=M.device)
+            correction = P @ self.delta.index_select(0, rows).index_select(1, cols)  # the plain targets' columns
+            if len(plain) == len(targets):
+                N = M - correction
+            else:
+                N, at = M.clone(), 0
+                for v in plain:
+                    lo, hi = columns[v]
+                    N[:, lo:hi] -= correction[:, at: at + hi - lo]
+                    at += hi - lo
+        if len(plain) < len(targets):  # image/sequence targets: N summed in the second pass
+            N = M.clone() if N is M else N
+            for v in targets:
+                if self.graph.node(v).spatial:
+                    lo, hi = columns[v]
+                    N[:, lo:hi] = self.residual(sources, [v], bias)
         _, white = moment_and_decomposition(self.graph, stats, sources, bias, self.rel_tol, self.memo)
         both = white.whiten(torch.cat([M, N], 1))
         return columns, (M, N, both[:, : M.shape[1]], both[:, M.shape[1]:])
@@ -315,10 +340,7 @@ def channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update, 
     for e in cand.out_edges:
         fk = full_kernel(graph, cand.node, e)
         S_e, M_e, N_e = stats.full_kernel_moments(fk.key)
-        if (fk.target, rel_tol) not in stats.updates:
-            solved = sorted(tol for node, tol in stats.updates if node == fk.target)
-            raise StatisticsError(f"the new-channel sums of {fk.key!r} were projected with the best update at "
-                                  f"{fk.target!r} solved at rel_tol={solved}; propose with that rel_tol")
+        projected_with(stats, fk.target, rel_tol)
         update(fk.target)  # δW* at the target, for the proposal (the one N was projected with)
         S = S_e if S is None else S
         M_e, N_e = M_e.flatten(2), N_e.flatten(2)                            # C_v × D × offsets
@@ -329,6 +351,15 @@ def channel_problem(graph: "Graph", stats: Statistics, cand: Candidate, update, 
     if key not in memo:
         memo[key] = whitening(S, rel_tol)
     return S, memo[key], torch.cat(blocks_m, 1), torch.cat(blocks_n, 1)
+
+
+def projected_with(stats: Statistics, v: str, rel_tol: float) -> None:
+    """Sums projected with the best update at ``v`` (second pass) hold its δW* at the pass's
+    rel_tol: a :class:`StatisticsError` unless that is ``rel_tol``."""
+    if (v, rel_tol) not in stats.updates:
+        solved = sorted(tol for node, tol in stats.updates if node == v)
+        raise StatisticsError(f"the sums into {v!r} were projected with its best update solved at rel_tol={solved}; "
+                              "propose with that rel_tol")
 
 
 def _stacked_fan_in(graph: "Graph", cand: Candidate, bias: bool) -> torch.Tensor:

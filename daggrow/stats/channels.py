@@ -23,12 +23,13 @@ A linear out-edge that flattens w is the same with one "kernel" covering every p
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
 from .plan import FullKernel
+from .residual import projected_move
 from .statistics import Statistics
 from .views import View, as_rows
 
@@ -40,12 +41,16 @@ WINDOWS_GEMM_POSITIONS = 16  # measured (1 thread): GEMM faster at 4×4 targets,
 
 
 class ChannelSums:
-    """Streams the sums S, M, N of one new-channel expansion (docs/math.md §10) with conv
-    weight-gradient ops; ``delta`` is the target's δW* (C_v × (D_T [+1]), columns aligned with
-    its in-views, then the constant if it has a bias) that projects N."""
+    """Streams the sums S, M, N of one new-channel expansion (docs/math.md §10).
+
+    S comes from the first pass: with c_max the largest count c(q), S = c_max·Σ_q b bᵀ − E,
+    Σ_q b bᵀ the plain moments of the node's in-views (the pass sums them for δW* at the node
+    anyway) and E = Σ_{q: c(q) < c_max} (c_max − c(q)) b bᵀ over the border positions only
+    (:meth:`add_border`, :meth:`finish_s`). M and N come from the second pass (:meth:`add`),
+    once ``delta``, the target's δW* (C_v × (D_T [+1])), is set."""
 
     def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,
-                 device: torch.device, delta: torch.Tensor) -> None:
+                 device: torch.device) -> None:
         self.fk, self.views = fk, views
         ov = fk.out_view
         self.node_shape = graph.node(fk.node).shape
@@ -56,50 +61,60 @@ class ChannelSums:
         self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
         grad_input = torch.nn.grad.conv1d_input if ov.dim == 1 else torch.nn.grad.conv2d_input
         # c(q): how many (target position, offset) pairs read node position q (border-aware)
-        self.counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
-                                 torch.ones(1, 1, *self.out_shape, dtype=torch.float64),
-                                 **self.geometry).flatten().to(device)
+        counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
+                            torch.ones(1, 1, *self.out_shape, dtype=torch.float64), **self.geometry).flatten()
+        self.c_max = float(counts.max())
+        self.border = torch.nonzero(counts < self.c_max).flatten().to(device)
+        self.border_weights = (self.c_max - counts[counts < self.c_max]).to(device)
         self.weight_grad = torch.nn.grad.conv1d_weight if ov.dim == 1 else torch.nn.grad.conv2d_weight
-        self.delta = delta.to(device)
+        self.delta: torch.Tensor | None = None
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.S = stats.expansion[(fk.key, "S")] = z(d_in, d_in)
+        self.S = stats.expansion[(fk.key, "S")] = z(d_in, d_in)  # E during the first pass
         self.M = stats.expansion[(fk.key, "M")] = z(graph.node(fk.target).width, d_in, *ov.kernel)
         self.N = stats.expansion[(fk.key, "N")] = z(graph.node(fk.target).width, d_in, *ov.kernel)
 
+    def add_border(self, rows: dict[str, torch.Tensor], n: int) -> None:
+        """First pass: E += Σ_{border q} (c_max − c(q)) b(q) b(q)ᵀ from one chunk of ``n`` samples'
+        rows of the node's in-views (samples outer, positions inner)."""
+        if self.border.numel() == 0:
+            return
+        parts = [rows[k].reshape(n, -1, rows[k].shape[1]).index_select(1, self.border) for k in self.fk.sources]
+        b = torch.cat(parts + [parts[0].new_ones(n, self.border.numel(), 1)], 2)   # n × |border| × D
+        weighted = b * self.border_weights.to(b.dtype)[None, :, None]
+        self.S += weighted.reshape(-1, b.shape[2]).T @ b.reshape(-1, b.shape[2])
+
+    def finish_s(self, stats: Statistics) -> None:
+        """After the first pass (reduced): S = c_max·Σ_q b bᵀ − E, in place."""
+        plain = stats.moment(list(self.fk.sources), list(self.fk.sources), True, True) * stats.n
+        self.S.mul_(-1).add_(plain, alpha=self.c_max)
+
     def values_per_sample(self) -> int:
-        """Values one sample adds to a chunk: its signal b, the target's in-views, [v; v⊥] and
-        (small 2-d targets) the out-edge's windows."""
+        """Values one sample adds to a chunk of the second pass: its signal b, the target's
+        in-views, [v; v⊥] and (small 2-d targets) the out-edge's windows."""
         d_in, offsets = self.S.shape[0], math.prod(self.M.shape[2:])
         rows = d_in * math.prod(self.node_shape) + (self.d_target + 2 * self.M.shape[0]) * self.out_positions
         if len(self.M.shape[2:]) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:
             rows += d_in * offsets * self.out_positions
         return rows
 
-    def _signal(self, keys: Sequence[str], values: dict[str, torch.Tensor], shape: tuple[int, ...],
-                like: torch.Tensor) -> torch.Tensor:
-        parts = [self.views[k].signal(values[self.views[k].node]) for k in keys]
-        parts = [p.reshape(p.shape[0], p.shape[1], *shape) for p in parts]
-        ones = like.new_ones(like.shape[0], 1, *shape)
-        return torch.cat([*parts, ones], 1)
+    def _signal(self, values: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        parts = [self.views[k].signal(values[self.views[k].node]) for k in self.fk.sources]
+        parts = [p.reshape(p.shape[0], p.shape[1], *self.node_shape) for p in parts]
+        return torch.cat([*parts, like.new_ones(like.shape[0], 1, *self.node_shape)], 1)
 
     def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
             compute_dtype: torch.dtype | None) -> None:
-        """Add one chunk of samples: ``values`` of the nodes the views read, ``moves`` of the target."""
+        """Second pass: add one chunk of samples to M and N (``values`` of the nodes the views
+        read, ``moves`` of the target)."""
         fk = self.fk
         move = moves[fk.target]
         move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
-        b = self._signal(fk.sources, values, self.node_shape, move)
+        b = self._signal(values, move)
         if compute_dtype is not None:
             b, move = b.to(compute_dtype), move.to(compute_dtype)
         projected = self.delta.shape[1] > 0
         if projected:  # [v; v⊥], v⊥ = v − δW* b_in at every target position
-            target_in = self._signal(fk.target_sources, values, self.out_shape, move)
-            target_in = target_in[:, : self.delta.shape[1]].to(move.dtype).flatten(2)  # the constant iff a bias
-            fit = torch.matmul(self.delta.to(move.dtype), target_in).reshape(move.shape)
-            move = torch.cat([move, move - fit], 1)
-        rows = as_rows(b)
-        weights = self.counts.to(rows.dtype).repeat(b.shape[0])
-        self.S += (rows * weights[:, None]).T @ rows
+            move = torch.cat([move, projected_move(self.views, fk.target_sources, values, self.delta, move)], 1)
         kernel = tuple(self.M.shape[2:])
         if len(kernel) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:  # [v; v⊥]·windowsᵀ
             windows = as_rows(F.unfold(b, kernel, **self.geometry))              # (n·P_out) × (D·offsets)

@@ -18,8 +18,9 @@ from ..errors import StatisticsError
 from .losses import LossLike, per_sample_loss
 from .channels import ChannelSums
 from .memory import ROWS_PER_CHUNK, format_bytes, plan_bytes, resolve_budget
-from .plan import StatisticsPlan, plan_for
-from .statistics import Statistics, empty_statistics
+from .plan import StatisticsPlan, plan_for, update_sources
+from .residual import ResidualSums
+from .statistics import SECOND_PASS, Statistics, empty_statistics
 from .updates import best_update_at
 from .views import as_rows, positions, value_rows, view_positions
 
@@ -129,10 +130,11 @@ def _out_of_memory(err: Exception, need: int, budget: int) -> str:
 def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsPlan, device: torch.device,
              compute_dtype: torch.dtype | None, max_batches: int | None, train_mode: bool, progress: bool,
              reuse: Statistics | None, across_processes: bool) -> Statistics:
-    if plan.full_kernels and isinstance(loader, Iterator):  # read once only
-        raise StatisticsError("new-channel candidates need two passes over the same data (the second is "
-                              "projected with the best update the first one solves): pass a re-iterable loader "
-                              "such as a list of batches or a DataLoader, not an iterator or a generator")
+    if plan.second_pass and isinstance(loader, Iterator):  # read once only
+        raise StatisticsError("candidates into image/sequence nodes (new channels, conv nodes and edges) need two "
+                              "passes over the same data (the second is projected with the best update the first "
+                              "one solves): pass a re-iterable loader such as a list of batches or a DataLoader, "
+                              "not an iterator or a generator")
     views = plan.views
     widths = {t: graph.node(t).width for t in plan.grads}
     widths.update({k: views[k].features(graph) for k in plan.values})
@@ -165,6 +167,8 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
     _share_rows(stats.hh, pairs_by_source)
     _share_rows(stats.hv, grads_by_source)
     groups = _groups(plan, stats, grams, pairs_by_source, grads_by_source, inputs if reuse is not None else set())
+    kernels = [ChannelSums(graph, fk, views, stats, device) for fk in plan.full_kernels.values()]
+    borders = {id(group): [k for k in kernels if set(k.fk.sources) <= set(group.keys)] for group in groups}
 
     def moments(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
         for group in groups:  # rows of one group's views at a time, its chunk of samples at a time
@@ -173,6 +177,8 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
                 rows = {k: views[k].rows(vals[views[k].node][part]) for k in group.keys}
                 _accumulate(stats, group, rows, {t: value_rows(graph, t, moves[t][part]) for t in group.targets},
                             compute_dtype)
+                for sums in borders[id(group)]:  # new channels' S: the border part
+                    sums.add_border(rows, min(n, lo + group.chunk) - lo)
 
     module = graph.compile(taps=True)
     flags = [(m, m.training) for m in module.modules()]
@@ -198,42 +204,73 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
         if reuse is not None and reuse.n != stats.n:
             raise StatisticsError(f"reuse= statistics cover {reuse.n} samples but this pass saw {stats.n}: "
                                   "input moments can only be reused over the same samples")
-        if plan.full_kernels:
-            _channel_pass(graph, module, loader, loss, plan, stats, device, compute_dtype, max_batches, progress,
-                          seen, across_processes)
+        for sums in kernels:
+            sums.finish_s(stats)
+        if plan.second_pass:
+            _second_pass(graph, module, loader, loss, plan, stats, kernels, device, compute_dtype, max_batches,
+                         progress, seen, across_processes)
     finally:
         for m, flag in flags:
             m.training = flag
     return stats
 
 
-def _channel_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, plan: StatisticsPlan,
-                  stats: Statistics, device: torch.device, compute_dtype: torch.dtype | None,
-                  max_batches: int | None, progress: bool, seen: int, across_processes: bool) -> None:
-    """The second pass: every new-channel expansion's S, M and N (:mod:`.channels`), N projected
-    with its target's δW* solved from the first pass's (reduced) sums."""
+def _second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, plan: StatisticsPlan,
+                 stats: Statistics, kernels: list[ChannelSums], device: torch.device,
+                 compute_dtype: torch.dtype | None, max_batches: int | None, progress: bool, seen: int,
+                 across_processes: bool) -> None:
+    """The sums projected with a target's δW* (solved here from the first pass's reduced sums):
+    every new-channel expansion's M and N (:mod:`.channels`) and the residual pairs
+    (:mod:`.residual`), each summed over chunks of its own size."""
     views, memo = plan.views, {}
-    kernels = [ChannelSums(graph, fk, views, stats, device, best_update_at(graph, stats, fk.target, memo=memo).delta)
-               for fk in plan.full_kernels.values()]
+    targets = sorted({fk.target for fk in plan.full_kernels.values()} | {v for _, v in plan.residual_pairs})
+    deltas = {v: best_update_at(graph, stats, v, memo=memo).delta for v in targets}
+    in_keys = {v: update_sources(graph, v) for v in targets}
+    for kernel in kernels:
+        kernel.delta = deltas[kernel.fk.target].to(device)
+    sums: list = list(kernels)
+    sums += [ResidualSums(graph, pairs, views, in_keys, deltas, stats, device)
+             for pairs in _connected(plan.residual_pairs)]
     keys = {k for fk in plan.full_kernels.values() for k in (*fk.sources, *fk.target_sources)}
+    keys |= {u for u, _ in plan.residual_pairs} | {k for v in targets for k in in_keys[v]}
 
-    def channel_sums(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
-        for sums in kernels:
-            chunk = max(1, ROWS_PER_CHUNK // sums.values_per_sample())
+    def add(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
+        for part_sums in sums:
+            chunk = max(1, ROWS_PER_CHUNK // part_sums.values_per_sample())
             for lo in range(0, n, chunk):
                 part = slice(lo, lo + chunk)
-                sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()}, compute_dtype)
+                part_sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()},
+                              compute_dtype)
 
-    targets = sorted({fk.target for fk in plan.full_kernels.values()})
     again = _stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets, max_batches,
-                    "statistics (new channels)", progress, channel_sums)
+                    "statistics (projected)", progress, add)
     if again != seen:
-        raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: new-channel "
-                              "candidates need a loader that yields the same samples every time it is iterated")
+        raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: candidates "
+                              "into image/sequence nodes need a loader that yields the same samples every time it "
+                              "is iterated")
     if across_processes:
         from ..distributed import reduce_statistics
 
-        reduce_statistics(stats, only="expansion")
+        # the new channels' S is read off the first pass, already reduced
+        reduce_statistics(stats, exclude=[("expansion", (k.fk.key, "S")) for k in kernels], only=SECOND_PASS)
+
+
+def _connected(pairs: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """``pairs`` split into the sets connected through a shared first or second element."""
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    pairs = sorted(pairs)
+    for u, v in pairs:
+        parent[find(("u", u))] = find(("v", v))
+    groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for u, v in pairs:
+        groups[find(("u", u))].append((u, v))
+    return list(groups.values())
 
 
 def _stream(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, device: torch.device,
@@ -407,6 +444,9 @@ def _add_gram(left: torch.Tensor, total: torch.Tensor) -> None:
     """total += leftᵀ left, computing only the block rows' upper part (≈ half the multiply-adds
     of one GEMM for wide inputs); :func:`_mirror_lower_blocks` fills the rest once per pass."""
     d = left.shape[1]
+    if d < 2 * GRAM_BLOCK:  # one block row would do nearly all of it: one GEMM is faster
+        total += left.T @ left
+        return
     for start in range(0, d, GRAM_BLOCK):
         stop = min(start + GRAM_BLOCK, d)
         total[start:stop, start:] += left[:, start:stop].T @ left[:, start:]

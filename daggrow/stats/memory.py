@@ -106,6 +106,9 @@ def plan_blocks(graph: "Graph", plan: StatisticsPlan) -> dict[tuple, int]:
     for t in plan.grads:  # δW* at t: S of its in-views and its factor, kept by propose
         D = sum(d[k] for k in update_sources(graph, t)) + 1
         out[("solve", tuple(update_sources(graph, t)))] = 16 * D * D
+    for u, t in plan.residual_pairs:  # second pass: N_{u,t} directly (and the projected moves' sums)
+        out[("hr", u, t)] = 8 * d[u] * d[t]
+        out[("vr", t)] = 8 * d[t]
     for key, fk in plan.full_kernels.items():
         d_in = sum(d[k] for k in fk.sources) + 1
         offsets = 1
@@ -124,7 +127,10 @@ def _product_bytes(graph: "Graph", plan: StatisticsPlan) -> int:
         rights[u] = rights.get(u, 0) + d[w]
     for u, t in plan.grad_pairs:
         rights[u] = rights.get(u, 0) + d[t]
-    return max([4 * d[u] * r for u, r in rights.items()] + [0])
+    residual: dict[str, int] = {}
+    for u, t in plan.residual_pairs:
+        residual[u] = residual.get(u, 0) + d[t]
+    return max([4 * d[u] * r for part in (rights, residual) for u, r in part.items()] + [0])
 
 
 def plan_bytes(graph: "Graph", plan: StatisticsPlan) -> int:

@@ -2,9 +2,11 @@
 
 A pass needs, for the best update δW* of a node v (docs/math.md §4), the moments among the sources
 of v's linear in-edges and between those sources and V_v; for an expansion with fan-in
-sources U and fan-out targets T (docs/math.md §5), S_U, M_{U,T} and P_{U,in(v)} for every v in T.
-:func:`plan_for` gathers exactly those blocks, nothing more, so the pass costs what the
-candidates need.
+sources U and fan-out targets T (docs/math.md §5), S_U, M_{U,T} and, for every v in T, either
+P_{U,in(v)} (N = M − P δW*ᵀ) or, when v is an image or sequence node, the residual moment
+N_{U,v} = (1/n) B_U V⊥_vᵀ itself, summed in a second pass once δW* is known (v's in-views
+are conv patches, Πk times wider than v: P would cost Πk times M). :func:`plan_for` gathers
+exactly those blocks, nothing more, so the pass costs what the candidates need.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class StatisticsPlan:
     grad_pairs: set[tuple[str, str]] = field(default_factory=set)
     views: dict[str, View] = field(default_factory=dict)   # key → view, for every key in ``values``
     full_kernels: dict[str, FullKernel] = field(default_factory=dict)
+    # (u, v): N_{u,v} = Σ b_u v⊥_vᵀ summed in the second pass (v an image/sequence node)
+    residual_pairs: set[tuple[str, str]] = field(default_factory=set)
     # a candidate's source key → the cheaper view read instead (memory planner, :mod:`.memory`)
     aliases: dict[str, View] = field(default_factory=dict)
     # update_sources of the targets seen so far (the graph does not change while a plan is built)
@@ -76,7 +80,7 @@ class StatisticsPlan:
 
     def merge(self, other: "StatisticsPlan") -> None:
         """Add ``other``'s moments to this plan (in place)."""
-        for name in ("values", "grads", "value_pairs", "grad_pairs"):
+        for name in ("values", "grads", "value_pairs", "grad_pairs", "residual_pairs"):
             getattr(self, name).update(getattr(other, name))
         for name in ("views", "full_kernels", "aliases"):
             getattr(self, name).update(getattr(other, name))
@@ -104,6 +108,9 @@ class StatisticsPlan:
         """Sums for new channels through one out-edge (docs/math.md §10), and δW* at its target."""
         self._register(graph, fk.node)
         self.add_best_update(graph, fk.target, order)
+        for i, u in enumerate(fk.sources):  # Σ b bᵀ of the node's in-views: S is read off it
+            for w in fk.sources[i:]:
+                self.add_value_pair(u, w, order)
         self.values.update(fk.sources)
         self.values.update(fk.target_sources)
         self.full_kernels[fk.key] = fk
@@ -111,7 +118,8 @@ class StatisticsPlan:
     def add_expansion(self, graph: "Graph", sources: Sequence[str], targets: Sequence[str],
                       order: dict[str, int]) -> None:
         """Moments for new neurons reading ``sources`` (view keys; a vector node's name is its
-        plain view) and writing into the vector nodes ``targets``."""
+        plain view) and writing into ``targets`` (vector nodes, or image/sequence nodes for new
+        conv nodes and edges: their N is a residual pair)."""
         for u in sources:
             if u not in self.views:
                 self.views[u] = node_view(graph, u.removesuffix("|flatten"))
@@ -125,8 +133,16 @@ class StatisticsPlan:
             self._sources[v] = in_v
             for u in sources:
                 self.grad_pairs.add((u, v))
+                if graph.node(v).spatial:
+                    self.residual_pairs.add((u, v))
+                    continue
                 for w in in_v:
                     self.add_value_pair(u, w, order)
+
+    @property
+    def second_pass(self) -> bool:
+        """Whether the plan has sums projected with a δW* the first pass solves."""
+        return bool(self.full_kernels or self.residual_pairs)
 
 
 def plan_for(graph: "Graph", expansions: Iterable[tuple[Sequence[str], Sequence[str]]] = (),

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from ..solve import BestUpdate
 
 Pair = tuple[str, str]
-SUMS = ("h", "hh", "v", "vv", "hv", "expansion")
+SUMS = ("h", "hh", "v", "vv", "hv", "expansion", "hr", "vr")
+SECOND_PASS = ("expansion", "hr", "vr")  # sums projected with a δW* solved from the others
 
 
 @dataclass
@@ -55,6 +56,10 @@ class Statistics:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # candidates (``Candidate.where``) the memory planner left out of this pass
     left_out: set[str] = field(default_factory=set)
+    # second pass, v an image/sequence node: hr[u, v] = Σ h_u v⊥_vᵀ and vr[v] = Σ v⊥_v, with
+    # v⊥ = v − δW*_v b_in(v) the move after the best update of ``updates`` (docs/math.md §5)
+    hr: dict[Pair, torch.Tensor] = field(default_factory=dict)
+    vr: dict[str, torch.Tensor] = field(default_factory=dict)
     # (node, rel_tol) → δW* solved from these sums (:func:`daggrow.stats.updates.best_update_at`)
     updates: dict[tuple[str, float], "BestUpdate"] = field(default_factory=dict)
 
@@ -64,7 +69,7 @@ class Statistics:
             return NotImplemented
         if self._layout() != other._layout():
             raise StatisticsError("cannot merge statistics collected with different plans or widths")
-        if self.expansion or other.expansion:
+        if any(getattr(self, name) or getattr(other, name) for name in SECOND_PASS):
             raise StatisticsError("new-channel sums do not add: each pass projects them with the best update δW* "
                                   "solved from its own data; collect them in one pass over all the data")
         out = Statistics(widths=dict(self.widths), n=self.n + other.n, positions=dict(self.positions),
@@ -75,18 +80,18 @@ class Statistics:
         return out
 
     def all_reduce(self, group: object | None = None, exclude: Iterable[tuple[str, object]] = (),
-                   only: str | None = None) -> "Statistics":
+                   only: Sequence[str] | None = None) -> "Statistics":
         """Sum these statistics over every process of ``group`` (in place; returns self), in one
         float64 all-reduce. ``exclude``: ``(sum name, key)`` blocks left as they are, e.g. input
         moments copied from a pass that was already reduced (``collect_statistics(reuse=...)``):
         summing them again would count every sample ``world_size`` times. ``only``: reduce the
-        blocks of this one sum (e.g. ``"expansion"``, summed in a second pass) and leave ``n``.
+        blocks of these sums (e.g. ``SECOND_PASS``, summed in a second pass) and leave ``n``.
         Under a process group :func:`~daggrow.stats.collect_statistics` already calls this
         (``across_processes=True``)."""
         import torch.distributed as dist
 
         skip = set(exclude)
-        names = SUMS if only is None else (only,)
+        names = SUMS if only is None else tuple(only)
         # sorted keys: every process must flatten in the same order (set order depends on hash seeds)
         tensors = [getattr(self, name)[k] for name in names for k in sorted(getattr(self, name))
                    if (name, k) not in skip]
@@ -176,6 +181,20 @@ class Statistics:
             rows.append(torch.cat(blocks, 1))
         if bias:
             rows.append(torch.cat([self._grad_sum(t)[None, :] for t in T], 1))
+        return torch.cat(rows, 0) / self.n
+
+    def residual_moment(self, U: Sequence[str], T: Sequence[str], bias: bool = True) -> torch.Tensor:
+        """N_{U,T} = (1/n) B_U V⊥_Tᵀ, summed directly in the second pass (image/sequence targets)."""
+        self._check_n()
+        rows = []
+        for u in map(self.key, U):
+            missing = [t for t in T if (u, t) not in self.hr]
+            if missing:
+                raise StatisticsError(f"the residual moment between node {u!r} and the projected move of "
+                                      f"{missing[0]!r} was not collected; add the candidate that needs it to the plan")
+            rows.append(torch.cat([self.hr[(u, t)] for t in T], 1))
+        if bias:
+            rows.append(torch.cat([self.vr[t][None, :] for t in T], 1))
         return torch.cat(rows, 0) / self.n
 
     def _grad_sum(self, t: str) -> torch.Tensor:

@@ -110,6 +110,13 @@ class View:
             return h.flatten(1)
         if self.kind == "pooled":
             return self.pool(h).flatten(1)
+        if self.dim == 2:  # strided windows copied once into rows (unfold, then transposing, copies twice)
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+            x = F.pad(h, (pw, pw, ph, ph)) if ph or pw else h
+            windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)  # n, C, H', W', span²
+            if dh > 1 or dw > 1:
+                windows = windows[..., ::dh, ::dw]
+            return windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, h.shape[1] * kh * kw)
         return as_rows(self.signal(h))
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:

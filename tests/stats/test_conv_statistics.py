@@ -13,7 +13,7 @@ from daggrow.grow.candidates import enumerate_candidates, statistics_plan
 from daggrow.grow.propose import node_update, propose
 from daggrow.stats import collect_statistics
 from daggrow.stats.plan import full_kernel
-from daggrow.stats.views import View, edge_view
+from daggrow.stats.views import View, block_view, edge_view
 
 from ..graphs import conv_dag
 
@@ -66,7 +66,8 @@ def explicit_patches(h: torch.Tensor, kernel, stride, padding, dilation) -> torc
 
 
 @pytest.mark.parametrize("dim,kernel,stride,padding,dilation", [
-    (1, (3,), (2,), (1,), (1,)), (1, (2,), (1,), (2,), (2,)), (2, (3, 2), (2, 1), (1, 0), (1, 1))])
+    (1, (3,), (2,), (1,), (1,)), (1, (2,), (1,), (2,), (2,)), (2, (3, 2), (2, 1), (1, 0), (1, 1)),
+    (2, (3, 3), (1, 2), (2, 1), (2, 1))])
 def test_patch_rows_equal_explicit_loops(dim, kernel, stride, padding, dilation):
     h = torch.randn(3, 2, *((7,) if dim == 1 else (6, 5)), dtype=F64)
     view = View("u", "patches", dim, kernel, stride, padding, dilation)
@@ -118,11 +119,15 @@ def shifted(b: torch.Tensor, shape, view: View, out_shape):
 
 
 @pytest.mark.parametrize("dim", [1, 2])
-@pytest.mark.parametrize("out", ["conv", "flatten"])
-def test_new_channel_sums_equal_explicit_shifted_patches(dim, out):
+@pytest.mark.parametrize("out,psi", [("conv", True), ("conv3", True), ("conv3", False), ("flatten", True)])
+def test_new_channel_sums_equal_explicit_shifted_patches(dim, out, psi):
+    """S (c_max·Σ b bᵀ of the first pass less its border part), M and N against explicit loops;
+    ``psi=False``: without δW* at c itself, the plan still sums what S is read off."""
     g = conv_dag(dim=dim)
-    if out == "conv":  # a conv node between c and y, so c's out-edge is a conv
+    if out.startswith("conv"):  # a conv node between c and y, so c's out-edge is a conv
         block = dg.ConvBlock(dim=dim, kernel_size=2, stride=2, padding=1 if dim == 1 else 0)
+        if out == "conv3":  # the common case: border positions are read by fewer offsets
+            block = dg.ConvBlock(dim=dim, kernel_size=3, padding=1)
         g.add_node("d", 2, "tanh", shape=block.output_shape(g.node("c").shape))
         g.add_edge("c", "d", block)
         g.remove_edge("c_to_y")
@@ -133,7 +138,9 @@ def test_new_channel_sums_equal_explicit_shifted_patches(dim, out):
     vals, moves = values_and_moves(g, X, Y)
     (edge,) = [e.name for e in g.out_edges("c")]
     fk = full_kernel(g, "c", edge)
-    stats = collect_statistics(g, [(X, Y)], "mse", plan=dg.stats.plan_for(g, full_kernels=[fk]))
+    plan = dg.stats.plan_for(g, full_kernels=[fk], bottleneck_nodes=None if psi else [])
+    assert ("c" in plan.grads) == psi
+    stats = collect_statistics(g, [(X, Y)], "mse", plan=plan)
     S, M, N = stats.full_kernel_moments(fk.key)
     n = X.shape[0]
     # b(q): the fan-in view of new channels at c's positions, constant channel last
@@ -274,3 +281,46 @@ def test_channel_sums_are_read_with_the_best_update_they_were_projected_with():
     for p in kept:
         for v, upd in p.updates.items():
             assert upd.solution is stats.updates[(v, 1e-10)]
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_residual_moments_of_conv_candidates_equal_m_minus_p_delta(dim):
+    """A new conv node or edge u → v into an image node: N = (1/n) B_u V⊥ᵀ summed in the second
+    pass equals M − P δW*ᵀ built from explicit patches (δW* by lstsq), and its constant row is
+    Σ v⊥; P itself is not collected."""
+    from ..grow.test_conv_dag import cnn
+    from ..grow.test_conv_dag import data as cnn_data
+
+    g = cnn(dim=dim)
+    (X, Y), rest = cnn_data(dim)[0], cnn_data(dim)[1]
+    X, Y = torch.cat([X, rest[0]]), torch.cat([Y, rest[1]])
+    cands = [c for c in enumerate_candidates(g, ["new_node", "new_edge"]) if c.block is not None]
+    stats = collect_statistics(g, [(X, Y)], "mse", plan=statistics_plan(g, cands))
+    vals, moves = values_and_moves(g, X, Y)
+    n = X.shape[0]
+    checked = 0
+    for c in cands:
+        u, v = c.sources[0], c.targets[0]
+        key = block_view(u, c.block).key
+        b_u = explicit_patches(vals[u], c.block.kernel_size, c.block.stride, c.block.padding, c.block.dilation)
+        b_u = torch.cat([b_u, torch.ones(*b_u.shape[:2], 1, dtype=F64)], 2)  # n × P × (D_u + 1)
+        in_rows = []
+        for e in g.in_edges(v):
+            spec = e.block
+            in_rows.append(explicit_patches(vals[e.source], spec.kernel_size, spec.stride, spec.padding, spec.dilation))
+        b_in = torch.cat(in_rows + [torch.ones(n, in_rows[0].shape[1], 1, dtype=F64)], 2)
+        V = moves[v].flatten(2).transpose(1, 2)                                   # n × P × C_v
+        delta = torch.linalg.lstsq(b_in.reshape(-1, b_in.shape[-1]), V.reshape(-1, V.shape[-1])).solution.T
+        M_ref = torch.einsum("ipd,ipc->dc", b_u, V) / n
+        P_ref = torch.einsum("ipd,ipj->dj", b_u, b_in) / n
+        N_ref = M_ref - P_ref @ delta.T
+        assert torch.allclose(stats.residual_moment([key], [v]), N_ref, atol=1e-10)
+        assert torch.allclose(stats.grad_moment([key], [v]), M_ref, atol=1e-10)
+        assert not torch.allclose(N_ref, M_ref, atol=1e-6)
+        # the candidate's own plan sums N directly and never pairs its source with v's in-views
+        own = statistics_plan(g, [c])
+        assert (key, v) in own.residual_pairs
+        assert not any({key, w} <= set(pair) for pair in own.value_pairs for w in dg.stats.update_sources(g, v)
+                       if w != key)
+        checked += 1
+    assert checked >= 3
