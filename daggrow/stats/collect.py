@@ -444,9 +444,6 @@ def _add_gram(left: torch.Tensor, total: torch.Tensor) -> None:
     """total += leftᵀ left, computing only the block rows' upper part (≈ half the multiply-adds
     of one GEMM for wide inputs); :func:`_mirror_lower_blocks` fills the rest once per pass."""
     d = left.shape[1]
-    if d < 2 * GRAM_BLOCK:  # one block row would do nearly all of it: one GEMM is faster
-        total += left.T @ left
-        return
     for start in range(0, d, GRAM_BLOCK):
         stop = min(start + GRAM_BLOCK, d)
         total[start:stop, start:] += left[:, start:stop].T @ left[:, start:]
