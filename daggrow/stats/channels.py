@@ -22,6 +22,7 @@ A linear out-edge that flattens w is the same with one "kernel" covering every p
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,7 @@ class ChannelSums:
         self.border_weights = (self.c_max - counts[counts < self.c_max]).to(device)
         self.weight_grad = torch.nn.grad.conv1d_weight if ov.dim == 1 else torch.nn.grad.conv2d_weight
         self.delta: torch.Tensor | None = None
+        self.combined = _combined_geometry(graph, fk, views)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         self.S = stats.expansion[(fk.key, "S")] = z(d_in, d_in)  # E during the first pass
         self.M = stats.expansion[(fk.key, "M")] = z(graph.node(fk.target).width, d_in, *ov.kernel)
@@ -109,18 +111,83 @@ class ChannelSums:
         fk = self.fk
         move = moves[fk.target]
         move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
-        b = self._signal(values, move)
         if compute_dtype is not None:
-            b, move = b.to(compute_dtype), move.to(compute_dtype)
+            move = move.to(compute_dtype)
         projected = self.delta.shape[1] > 0
         if projected:  # [v; v⊥], v⊥ = v − δW* b_in at every target position
             move = torch.cat([move, projected_move(self.views, fk.target_sources, values, self.delta, move)], 1)
+        channels = self.M.shape[0]
+        if self.combined is not None:
+            x = values[self.views[fk.sources[0]].node]
+            product = self._combined_sums(x.to(move.dtype), move)
+            self.M += product[:channels]
+            self.N += product[channels:] if projected else product
+            return
+        b = self._signal(values, move).to(move.dtype)
         kernel = tuple(self.M.shape[2:])
         if len(kernel) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:  # [v; v⊥]·windowsᵀ
             windows = as_rows(F.unfold(b, kernel, **self.geometry))              # (n·P_out) × (D·offsets)
             product = (as_rows(move).T @ windows).reshape(move.shape[1], *self.M.shape[1:])
         else:
             product = self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
-        channels = self.M.shape[0]
         self.M += product[:channels]
         self.N += product[channels:] if projected else product
+
+    def _combined_sums(self, x: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
+        """[M; N] (2C_v × D × *K2) over combined offsets: with one conv in-view (kernel K1,
+        stride s) of the source x and a same-size stride-1 out-edge (kernel K2, padding p2),
+        b_{ch,o1}(q) = x̃_ch(s·q + o1), so Σ_p v(p) b(p + o2 − p2) depends on t = s·o2 + o1 only:
+        one weight gradient with the kernel T = s·(K2 − 1) + K1 (5×5 for two 3×3 convs, not
+        the 81 offset pairs of the unfolded input), read at t, minus the terms of the positions
+        p whose p + o2 − p2 falls outside the node (b is zero there): a border strip per o2."""
+        view = self.views[self.fk.sources[0]]
+        T, P = self.combined
+        dim, K1, K2, s = view.dim, view.kernel, self.fk.out_view.kernel, view.stride
+        G = self.weight_grad(x, (move.shape[1], x.shape[1], *T), move, stride=s, padding=P)     # 2C × C_x × *T
+        # index t = s·o2 + o1 on each axis, arranged (*K1, *K2)
+        axes = []
+        for a in range(dim):
+            shape = [1] * (2 * dim)
+            o1 = torch.arange(K1[a], device=x.device).reshape(*[K1[a] if i == a else 1 for i in range(2 * dim)])
+            o2 = torch.arange(K2[a], device=x.device).reshape(*[K2[a] if i == dim + a else 1 for i in range(2 * dim)])
+            axes.append(s[a] * o2 + o1 + torch.zeros(shape, dtype=torch.long, device=x.device))
+        sums = G[(slice(None), slice(None), *axes)]                                            # 2C × C_x × *K1 × *K2
+        constant = move.flatten(2).sum((0, 2))[:, None].expand(-1, math.prod(K2)).clone()      # 2C × ΠK2
+        padded = F.pad(x, [p for a in reversed(range(dim)) for p in (P[a], P[a])])
+        p2, shape = self.fk.out_view.padding, self.node_shape
+        for flat, o2 in enumerate(itertools.product(*[range(k) for k in K2])):
+            shift = [o - p for o, p in zip(o2, p2)]
+            invalid = [(0, -d) if d < 0 else (n - d, n) for d, n in zip(shift, shape)]  # p + shift outside [0, n)
+            for axis in range(dim):  # the invalid p as disjoint boxes: axis 0 out; axis 1 out, axis 0 in; …
+                box = [(0, n) for n in shape]
+                for before in range(axis):
+                    lo, hi = invalid[before]
+                    box[before] = (hi, shape[before]) if lo == 0 else (0, lo)
+                box[axis] = invalid[axis]
+                if any(hi <= lo for lo, hi in box):
+                    continue
+                v_box = move[(slice(None), slice(None), *[slice(lo, hi) for lo, hi in box])]
+                x_box = padded[(slice(None), slice(None), *[slice(st * (lo + o), st * (hi - 1 + o) + k)
+                                                            for (lo, hi), o, st, k in zip(box, o2, s, K1)])]
+                sums[(..., *o2)] -= self.weight_grad(x_box, (move.shape[1], x.shape[1], *K1), v_box, stride=s)
+                constant[:, flat] -= v_box.sum([0, *range(2, 2 + dim)])
+        sums = sums.reshape(move.shape[1], -1, *K2)
+        return torch.cat([sums, constant.reshape(move.shape[1], 1, *K2)], 1)
+
+
+def _combined_geometry(graph: "Graph", fk: FullKernel, views: dict[str, View]) -> tuple | None:
+    """(T, P) of :meth:`ChannelSums._combined_sums` when it applies: one conv in-view (dilation 1),
+    a stride-1, dilation-1 out-edge that keeps the node's size; else None."""
+    if len(fk.sources) != 1 or views[fk.sources[0]].kind != "patches":
+        return None
+    view, ov = views[fk.sources[0]], fk.out_view
+    shape = graph.node(fk.node).shape
+    if (ov.kind != "patches" or any(d != 1 for d in (*view.dilation, *ov.dilation, *ov.stride))
+            or graph.node(fk.target).shape != shape or any(2 * p != k - 1 for p, k in zip(ov.padding, ov.kernel))):
+        return None
+    T = tuple(s * (k2 - 1) + k1 for s, k1, k2 in zip(view.stride, view.kernel, ov.kernel))
+    P = tuple(p1 + s * p2 for p1, s, p2 in zip(view.padding, view.stride, ov.padding))
+    source = graph.node(view.node).shape
+    if tuple((h + 2 * p - t) // s + 1 for h, p, t, s in zip(source, P, T, view.stride)) != tuple(shape):
+        return None
+    return T, P

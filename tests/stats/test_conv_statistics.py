@@ -324,3 +324,51 @@ def test_residual_moments_of_conv_candidates_equal_m_minus_p_delta(dim):
                        if w != key)
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("k1,stride,k2,size", [(3, 1, 3, 6), (3, 2, 3, 9), (5, 1, 3, 7), (3, 2, 5, 8), (1, 1, 3, 5)])
+def test_new_channel_sums_over_combined_offsets_equal_the_unfolded_ones(monkeypatch, dim, k1, stride, k2, size):
+    """One conv in-view and a same-size out-conv (a ResNet block's inner node): M and N summed
+    over the combined offsets s·o2 + o1 with border corrections equal the sums over the
+    unfolded input (themselves checked against explicit loops above), in float64."""
+    from daggrow.stats import channels
+
+    torch.manual_seed(0)
+    shape = (size,) * dim
+    g = dg.Graph()
+    g.add_input("x", 2, shape=shape)
+    first = dg.ConvBlock(dim=dim, kernel_size=k1, stride=stride, padding=k1 // 2)
+    g.add_node("a", 3, "tanh", shape=first.output_shape(shape))
+    g.add_node("b", 2, "relu", shape=first.output_shape(shape))
+    g.add_node("y", 3)
+    g.add_edge("x", "a", first)
+    g.add_edge("a", "b", dg.ConvBlock(dim=dim, kernel_size=k2, padding=k2 // 2))
+    g.add_edge("b", "y")
+    g.set_output("y")
+    for p in g.parameters():
+        p.data = p.data.to(F64)
+    gen = torch.Generator().manual_seed(2)
+    X = torch.randn(13, 2, *shape, generator=gen, dtype=F64)
+    Y = torch.randn(13, 3, generator=gen, dtype=F64)
+    fk = full_kernel(g, "a", "a_to_b")
+    plan = dg.stats.plan_for(g, full_kernels=[fk])
+    assert channels._combined_geometry(g, fk, plan.views) is not None
+    combined = collect_statistics(g, [(X[:6], Y[:6]), (X[6:], Y[6:])], "mse", plan=plan)
+    monkeypatch.setattr(channels, "_combined_geometry", lambda *a: None)
+    unfolded = collect_statistics(g, [(X[:6], Y[:6]), (X[6:], Y[6:])], "mse", plan=plan)
+    for part, a, b in zip("SMN", combined.full_kernel_moments(fk.key), unfolded.full_kernel_moments(fk.key)):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), part
+
+
+def test_combined_offsets_apply_only_where_the_sums_depend_on_s_o2_plus_o1():
+    from daggrow.stats import channels
+
+    g = conv_dag(dim=2)  # c reads two in-views: not one conv
+    (edge,) = [e.name for e in g.out_edges("c")]
+    fk = full_kernel(g, "c", edge)
+    assert channels._combined_geometry(g, fk, dg.stats.plan_for(g, full_kernels=[fk]).views) is None
+    g = conv_dag(dim=2)
+    (edge,) = [e.name for e in g.out_edges("a")]
+    fk = full_kernel(g, "a", "a_to_c")  # a stride-2 out-edge: the target is half the size
+    assert channels._combined_geometry(g, fk, dg.stats.plan_for(g, full_kernels=[fk]).views) is None
