@@ -31,7 +31,13 @@ from daggrow.grow.candidates import enumerate_candidates
 from daggrow.grow.line_search import BatchEvaluator, golden_section, line_search_many
 from daggrow.grow.propose import apply
 
-GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
+# gromo's line search: its factor γ ∈ [0, GROMO_UPPER] scales the new neurons' fan-in and fan-out
+# by γ each, i.e. their contribution by γ² (and δW* by γ²). daggrow's amplitude scales the
+# contribution itself, so the same interval in daggrow's units is [0, GROMO_UPPER²] (an upper
+# bound of 4 for both would start daggrow's search on a quarter of gromo's interval and cost it
+# extra bound doublings; daggrow still doubles its bound while the bound wins, gromo does not)
+GROMO_UPPER = 4.0
+DAGGROW_UPPER = GROMO_UPPER ** 2
 
 
 def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None, bottleneck_nodes=()):
@@ -42,9 +48,9 @@ def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None, bottleneck_
     ev = BatchEvaluator(g, held_out, "cross_entropy")
     results = {"_stats": stats}
     # the shortlist in lockstep, as Grower.grow_step does (each round of both in one pass)
-    for p, r in zip(proposals, line_search_many(g, proposals, held_out, "cross_entropy", upper=4.0, grid=10,
+    for p, r in zip(proposals, line_search_many(g, proposals, held_out, "cross_entropy", upper=DAGGROW_UPPER, grid=10,
                                                 refine=8, evaluator=ev)):
-        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after, p)
+        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after, p, r.evaluations)
     return results
 
 
@@ -88,9 +94,9 @@ def gromo_step(model, batches, held_out, k: int):
                     other.output_extension_scaling = 0.0
             with torch.no_grad():
                 return float(nn.functional.cross_entropy(model.extended_forward(x), y))
-        gamma, loss, _ = golden_section(loss_at, upper=4.0, grid=10, refine=8)
+        gamma, loss, evaluations = golden_section(loss_at, upper=GROMO_UPPER, grid=10, refine=8)
         lam = layer.eigenvalues_extension
-        results[i] = ([float(v) for v in lam] if lam is not None else [], gamma, loss)
+        results[i] = ([float(v) for v in lam] if lam is not None else [], gamma, loss, evaluations)
     return results
 
 
@@ -170,7 +176,8 @@ def main() -> None:
             print(f"{'':>6}   {node}: λ gromo [{lam_g}] | daggrow [{lam_d}]")
             print(f"{'':>6}     gromo γ* {theirs[i][1]:.4g} = neurons at amplitude {a:.4g} + {a:.4g}·δW*: loss gromo "
                   f"{theirs[i][2]:.5f} | daggrow, same change {same:.5f};  daggrow γ* {ours[node][1]:.4g} "
-                  f"(neurons only): loss {ours[node][2]:.5f}")
+                  f"(neurons only): loss {ours[node][2]:.5f};  losses evaluated: gromo {theirs[i][3]}, "
+                  f"daggrow {ours[node][4]}")
 
 
 if __name__ == "__main__":
