@@ -93,6 +93,7 @@ def tiny_neurons_batched(problems: Sequence[WhitenedProblem], *, rel_threshold: 
 def _svds(matrices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Thin SVDs of same-shape matrices in one batched call (``None`` if it fails)."""
     try:
-        return torch.linalg.svd(torch.stack(matrices), full_matrices=False)
+        stacked = matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)  # one: no copy
+        return torch.linalg.svd(stacked, full_matrices=False)
     except RuntimeError:  # LinAlgError (no convergence) is a RuntimeError
         return None
