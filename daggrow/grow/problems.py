@@ -14,7 +14,7 @@ calls the solver; it does no linear algebra of its own beyond the products that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -197,7 +197,7 @@ class _Problem:
     max_neurons: int = 0
     activation: str = "identity"
     params: dict[str, float] = field(default_factory=dict)
-    existing: torch.Tensor | None = None
+    existing: Callable[[], torch.Tensor] | None = None  # the existing fan-in (NORTH only), on demand
     name: str | None = None
     FN: torch.Tensor | None = None  # F N when the blocks were whitened per (U, v)
     FM: torch.Tensor | None = None  # F M, only for the unprojected fallback
@@ -216,9 +216,9 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
     else:
         S, white = moment_and_decomposition(graph, stats, sources, bias, ctx.rel_tol, ctx.memo)
         blocks = [ctx.block(sources, bias, v) for v in targets]
-        M, N = torch.cat([b[0] for b in blocks], 1), torch.cat([b[1] for b in blocks], 1)
+        M, N = _side_by_side([b[0] for b in blocks]), _side_by_side([b[1] for b in blocks])
         if (tuple(sources), bias) in ctx.groups and cand.kind != "new_edge":
-            FN = torch.cat([ctx.whitened(sources, bias, v) for v in targets], 1)
+            FN = _side_by_side([ctx.whitened(sources, bias, v) for v in targets])
     updates = {v: ctx.update(v) for v in dict.fromkeys(targets)}
     # below this bottleneck decrease a direction is float64 round-off, not a real gain
     min_decrease = ROUND_OFF * sum(stats.grad_energy(v) for v in targets)
@@ -230,7 +230,7 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
         prob.activation, prob.params = spec.activation, dict(spec.activation_params)
         if cand.activation is not None:  # as the readers see it (through a concatenation's activation)
             prob.activation, prob.params = cand.activation, dict(cand.activation_params)
-        prob.existing = _stacked_fan_in(graph, cand, bias)
+        prob.existing = lambda: _stacked_fan_in(graph, cand, bias)  # a float64 copy of W: only NORTH reads it
     else:
         prob.activation, prob.name = new_node_activation, name
     if cand.room is not None:  # max_width: whole directions (a ReLU pair is two neurons) that fit
@@ -241,12 +241,19 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
     return prob
 
 
+def _side_by_side(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The blocks' columns side by side; a lone block as it is (a view of the group's block: no
+    copy, nothing writes into it)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+
+
 def solve_one(prob: _Problem, init, rel_threshold, rel_tol, generator, unprojected_fallback):
     """The reference path: one candidate, one solver call (and the unprojected fallback)."""
     if prob.cand.kind == "new_edge":
         return solve_new_edge(prob.S, prob.N, prob.M, rel_tol=rel_tol, decomposition=prob.white), True
     sol = solve_neurons(init, S=prob.S, N=prob.N, M=prob.M, max_neurons=prob.max_neurons,
-                        existing_fan_in=prob.existing, rel_threshold=rel_threshold, rel_tol=rel_tol,
+                        existing_fan_in=prob.existing() if init == "north" and prob.existing else None,
+                        rel_threshold=rel_threshold, rel_tol=rel_tol,
                         min_decrease=prob.min_decrease, generator=generator, decomposition=prob.white)
     if sol.fan_in.shape[1] == 0 and init == "tiny" and unprojected_fallback:
         # V⊥ is orthogonal to B_U when the targets already read U linearly (e.g. a skip u→v):
