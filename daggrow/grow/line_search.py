@@ -8,10 +8,13 @@ both by √γ, so
     Δz_t(γ) = √γ · W_t^out σ_w(√γ · t₁)        t₁ = the new neurons' pre-activations at γ = 1
 
 (σ_w: the widened node's activation after its norm's map on new entries; a new node has no
-norm), and a new edge adds Δz_v(γ) = γ · W [h_u; 1]. t₁ is computed once from the cached values
-of the unchanged graph; every amplitude of a round is then evaluated in one batched pass: the
-held-out batch is stacked once per amplitude, and only the targets and their descendants are
-recomputed (with the unchanged graph's modules), from cached values everywhere else.
+norm), and a new edge adds Δz_v(γ) = γ · W [h_u; 1]. t₁ (or W [h_u; 1]) is computed once per
+search from the cached values of the unchanged graph; every amplitude of a round is then
+evaluated in batched passes: the held-out batch is stacked once per amplitude, and only the
+targets and their descendants are recomputed (with the unchanged graph's modules), from cached
+values everywhere else. Changes that reach different nodes take different passes (a pass
+recomputes the union of its changes' nodes for every copy), and a pass stacks at most
+:func:`stacked_values` values per node tensor.
 
 Search: γ = 0 (the unchanged loss), a geometric grid u·2^-j (j < grid) in one pass; while the
 best point is the bound u, the bound doubles (four doublings per pass) up to ``max_upper``, so
