@@ -31,20 +31,38 @@ from daggrow.grow.candidates import enumerate_candidates
 from daggrow.grow.line_search import BatchEvaluator, golden_section, line_search_many
 from daggrow.grow.propose import apply
 
-GRID = [0.0] + [4.0 * 2.0 ** -j for j in reversed(range(10))]
+# gromo's line search: its factor γ ∈ [0, GROMO_UPPER] scales the new neurons' fan-in and fan-out
+# by γ each, i.e. their contribution by γ² (and δW* by γ²). daggrow's amplitude scales the
+# contribution itself, so the same interval in daggrow's units is [0, GROMO_UPPER²] (an upper
+# bound of 4 for both would start daggrow's search on a quarter of gromo's interval and cost it
+# extra bound doublings; daggrow still doubles its bound while the bound wins, gromo does not)
+GROMO_UPPER = 4.0
+DAGGROW_UPPER = GROMO_UPPER ** 2
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
 
 
-def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None, bottleneck_nodes=()):
+def record(phases: dict | None, **times: float) -> None:
+    """Append each phase's time to ``phases[name]`` (when phases are recorded)."""
+    if phases is not None:
+        for name, t in times.items():
+            phases.setdefault(name, []).append(t)
+
+
+def daggrow_step(g: dg.Graph, batches, held_out, k: int, reuse=None, bottleneck_nodes=(), phases=None):
+    t0 = CLOCK()
     cands = enumerate_candidates(g, ["expand_node"])
     stats = dg.collect_statistics(g, batches, "cross_entropy", candidates=cands, reuse=reuse,
                                   bottleneck_nodes=bottleneck_nodes)
+    t1 = CLOCK()
     proposals = dg.propose(g, stats, max_neurons=k, candidates=cands, rel_threshold=0.0)
+    t2 = CLOCK()
     ev = BatchEvaluator(g, held_out, "cross_entropy")
     results = {"_stats": stats}
     # the shortlist in lockstep, as Grower.grow_step does (each round of both in one pass)
-    for p, r in zip(proposals, line_search_many(g, proposals, held_out, "cross_entropy", upper=4.0, grid=10,
+    for p, r in zip(proposals, line_search_many(g, proposals, held_out, "cross_entropy", upper=DAGGROW_UPPER, grid=10,
                                                 refine=8, evaluator=ev)):
-        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after, p)
+        results[p.candidate.node] = (p.eigenvalues, r.amplitude, r.loss_after, p, r.evaluations)
+    record(phases, statistics=t1 - t0, solve=t2 - t1, search=CLOCK() - t2)
     return results
 
 
@@ -69,13 +87,16 @@ def gromo_statistics(model, batches) -> None:
     model.reset_computation()
 
 
-def gromo_step(model, batches, held_out, k: int):
+def gromo_step(model, batches, held_out, k: int, phases=None):
     from gromo.utils.training_utils import compute_statistics
 
+    t0 = CLOCK()
     loss_sum = nn.CrossEntropyLoss(reduction="sum")
     compute_statistics(model, batches, loss_function=loss_sum)
+    t1 = CLOCK()
     model.compute_optimal_updates(maximum_added_neurons=k, statistical_threshold=0.0, compute_delta=True)
     model.reset_computation()
+    t2 = CLOCK()
     x, y = held_out
     results = {}
     layers = list(model._growing_layers)
@@ -88,9 +109,10 @@ def gromo_step(model, batches, held_out, k: int):
                     other.output_extension_scaling = 0.0
             with torch.no_grad():
                 return float(nn.functional.cross_entropy(model.extended_forward(x), y))
-        gamma, loss, _ = golden_section(loss_at, upper=4.0, grid=10, refine=8)
+        gamma, loss, evaluations = golden_section(loss_at, upper=GROMO_UPPER, grid=10, refine=8)
         lam = layer.eigenvalues_extension
-        results[i] = ([float(v) for v in lam] if lam is not None else [], gamma, loss)
+        results[i] = ([float(v) for v in lam] if lam is not None else [], gamma, loss, evaluations)
+    record(phases, statistics=t1 - t0, solve=t2 - t1, search=CLOCK() - t2)
     return results
 
 
@@ -120,7 +142,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--neurons", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: time.perf_counter; cpu: this process's CPU time (time.process_time), "
+                         "steadier on a shared machine (both libraries run single-threaded here)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.manual_seed(0)
     X = torch.randn(args.samples, 784)
     teacher = nn.Sequential(nn.Linear(784, 32), nn.Tanh(), nn.Linear(32, 10))
@@ -129,36 +156,40 @@ def main() -> None:
     batches = [(X[i:i + args.batch], Y[i:i + args.batch]) for i in range(0, args.samples, args.batch)]
     held_out = batches[0]
     print(f"threads={torch.get_num_threads()} samples={args.samples} batch={args.batch} neurons={args.neurons} "
-          f"torch={torch.__version__}")
+          f"torch={torch.__version__} clock={args.clock}")
     print(f"{'width':>6} {'gromo s':>9} {'daggrow s':>10} {'speed-up':>9} {'daggrow +Ψ all s':>17} {'speed-up':>9} "
           f"{'daggrow in loop s':>18} {'speed-up':>9} {'stats only: gromo s':>20} {'daggrow s':>10}")
     for w in args.widths:
         g, gm = build(w, seed=1)
         t_d, t_p, t_g, t_r, s_g, s_d = [], [], [], [], [], []
+        ph_d: dict[str, list[float]] = {}
+        ph_g: dict[str, list[float]] = {}
         for _ in range(args.repeats):
-            t = time.perf_counter()
+            t = clock()
             daggrow_statistics(g, batches)
-            s_d.append(time.perf_counter() - t)
+            s_d.append(clock() - t)
             _, gm = build(w, seed=1)
-            t = time.perf_counter()
+            t = clock()
             gromo_statistics(gm, batches)
-            s_g.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            s_g.append(clock() - t)
+            t = clock()
             ours = daggrow_step(g, batches, held_out, args.neurons)
-            t_d.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            t_d.append(clock() - t)
+            t = clock()
             daggrow_step(g, batches, held_out, args.neurons, bottleneck_nodes=None)
-            t_p.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            daggrow_step(g, batches, held_out, args.neurons, reuse=ours["_stats"])
-            t_r.append(time.perf_counter() - t)
+            t_p.append(clock() - t)
+            t = clock()
+            daggrow_step(g, batches, held_out, args.neurons, reuse=ours["_stats"], phases=ph_d)
+            t_r.append(clock() - t)
             _, gm = build(w, seed=1)
-            t = time.perf_counter()
-            theirs = gromo_step(gm, batches, held_out, args.neurons)
-            t_g.append(time.perf_counter() - t)
+            t = clock()
+            theirs = gromo_step(gm, batches, held_out, args.neurons, phases=ph_g)
+            t_g.append(clock() - t)
         d, p, gr, dr, sg, sd = (pystats.median(t) for t in (t_d, t_p, t_g, t_r, s_g, s_d))
         print(f"{w:>6} {gr:>9.3f} {d:>10.3f} {gr / d:>8.2f}× {p:>17.3f} {gr / p:>8.2f}× {dr:>18.3f} {gr / dr:>8.2f}× "
               f"{sg:>20.3f} {sd:>10.3f}")
+        parts = lambda ph: " / ".join(f"{k} {pystats.median(v):.3f}" for k, v in ph.items())  # noqa: E731
+        print(f"{'':>6}   phases (s, medians): daggrow in loop: {parts(ph_d)} | gromo: {parts(ph_g)}")
         for i, node in enumerate(("h1", "h2")):  # gromo's i-th growing layer widens our h_{i+1}
             lam_g = ", ".join(f"{v:.6g}" for v in theirs[i][0][:3])
             lam_d = ", ".join(f"{v:.6g}" for v in ours[node][0][:3])
@@ -170,7 +201,8 @@ def main() -> None:
             print(f"{'':>6}   {node}: λ gromo [{lam_g}] | daggrow [{lam_d}]")
             print(f"{'':>6}     gromo γ* {theirs[i][1]:.4g} = neurons at amplitude {a:.4g} + {a:.4g}·δW*: loss gromo "
                   f"{theirs[i][2]:.5f} | daggrow, same change {same:.5f};  daggrow γ* {ours[node][1]:.4g} "
-                  f"(neurons only): loss {ours[node][2]:.5f}")
+                  f"(neurons only): loss {ours[node][2]:.5f};  losses evaluated: gromo {theirs[i][3]}, "
+                  f"daggrow {ours[node][4]}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ both by √γ, so
     Δz_t(γ) = √γ · W_t^out σ_w(√γ · t₁)        t₁ = the new neurons' pre-activations at γ = 1
 
 (σ_w: the widened node's activation after its norm's map on new entries; a new node has no
-norm), and a new edge adds Δz_v(γ) = γ · W [h_u; 1]. t₁ is computed once from the cached values
-of the unchanged graph; every amplitude of a round is then evaluated in one batched pass: the
-held-out batch is stacked once per amplitude, and only the targets and their descendants are
-recomputed (with the unchanged graph's modules), from cached values everywhere else.
+norm), and a new edge adds Δz_v(γ) = γ · W [h_u; 1]. t₁ (or W [h_u; 1]) is computed once per
+search from the cached values of the unchanged graph; every amplitude of a round is then
+evaluated in batched passes: the held-out batch is stacked once per amplitude, and only the
+targets and their descendants are recomputed (with the unchanged graph's modules), from cached
+values everywhere else. Changes that reach different nodes take different passes (a pass
+recomputes the union of its changes' nodes for every copy), and a pass stacks at most
+:func:`stacked_values` values per node tensor.
 
 Search: γ = 0 (the unchanged loss), a geometric grid u·2^-j (j < grid) in one pass; while the
 best point is the bound u, the bound doubles (four doublings per pass) up to ``max_upper``, so
@@ -49,7 +52,16 @@ if TYPE_CHECKING:
     from .propose import Proposal
 
 REFINE_ROUND = 8          # refinement points evaluated per batched pass
-STACKED_VALUES = 1 << 24  # values per node tensor of one batched pass (64 MB in float32)
+STACKED_VALUES = 1 << 24      # values per node tensor of one batched pass on a GPU (64 MB in float32)
+CPU_STACKED_VALUES = 1 << 18  # on the CPU (1 MB): malloc maps every block of several MB afresh, and
+                              # page-faulting it in cost more than the whole pass's arithmetic (measured:
+                              # ~5,000 page faults and +30% time per search at 1 << 24); smaller passes
+                              # reuse freed memory and stay in cache
+
+
+def stacked_values(device: torch.device) -> int:
+    """Values per node tensor of one batched pass of the line search on ``device``."""
+    return CPU_STACKED_VALUES if device.type == "cpu" else STACKED_VALUES
 
 
 @dataclass(frozen=True)
@@ -115,25 +127,30 @@ class BatchEvaluator:
 
     def losses_many(self, requests: Sequence[tuple["Change", Sequence[float]]]) -> list[list[float]]:
         """L(γ) for several changes, each at its own amplitudes, in as few batched passes as fit
-        in :data:`STACKED_VALUES`: the held-out batch is stacked once per (change, γ) pair."""
-        pairs = [(i, float(gamma)) for i, (_, gammas) in enumerate(requests) for gamma in gammas]
+        in :func:`stacked_values`: the held-out batch is stacked once per (change, γ) pair."""
+        # changes that reach different nodes go to different passes: a pass recomputes the union
+        # of its changes' dirty nodes for every copy, so one with few dirty nodes (a change into
+        # the output) would otherwise pay for another's (a change deep in the graph)
+        passes: dict[frozenset, list[tuple[int, float]]] = {}
+        for i, (change, gammas) in enumerate(requests):
+            passes.setdefault(frozenset(change.dirty), []).extend((i, float(gamma)) for gamma in gammas)
         out: list[list[float]] = [[] for _ in requests]
-        dirty = set().union(*(change.dirty for change, _ in requests)) if requests else set()
-        per_copy = max([self.cache[v][0].numel() for v in dirty] + [1]) * self.n
-        step = max(1, STACKED_VALUES // per_copy)
         with torch.no_grad(), eval_mode(self.graph):
-            for lo in range(0, len(pairs), step):
-                part = pairs[lo: lo + step]
-                values = self.mean_losses(self._stacked_output([requests[i][0] for i, _ in part],
-                                                               [gamma for _, gamma in part]), len(part))
-                for (i, _), value in zip(part, values.tolist()):
-                    out[i].append(value)
+            for dirty, pairs in passes.items():
+                per_copy = max([self.cache[v][0].numel() for v in dirty] + [1]) * self.n
+                step = max(1, stacked_values(self.y.device) // per_copy)
+                for lo in range(0, len(pairs), step):
+                    part = pairs[lo: lo + step]
+                    values = self.mean_losses(self._stacked_output([requests[i][0] for i, _ in part],
+                                                                   [gamma for _, gamma in part]), len(part))
+                    for (i, _), value in zip(part, values.tolist()):
+                        out[i].append(value)
         return out
 
     def _stacked_output(self, changes: list["Change"], gammas: list[float]) -> torch.Tensor:
         """The output for the batch stacked once per pair (changes[j], gammas[j])."""
         graph, g, n = self.graph, len(gammas), self.n
-        added: dict[str, torch.Tensor] = {}
+        runs: dict[str, list[tuple[int, int, torch.Tensor]]] = {}
         start = 0
         while start < g:  # runs of one change: its terms at its amplitudes, zero elsewhere
             stop = start
@@ -141,10 +158,9 @@ class BatchEvaluator:
                 stop += 1
             terms = changes[start].terms(torch.tensor(gammas[start:stop], dtype=torch.float64), self.cache)
             for t, term in terms.items():
-                if t not in added:
-                    added[t] = term.new_zeros(g * n, *term.shape[1:])
-                added[t][start * n: stop * n] += term
+                runs.setdefault(t, []).append((start, stop, term))
             start = stop
+        added = {t: _stack_runs(parts, g, n) for t, parts in runs.items()}  # new tensors: added into in place
         dirty = set().union(*(c.dirty for c in changes))
         stacked: dict[str, torch.Tensor] = {}
 
@@ -168,8 +184,8 @@ class BatchEvaluator:
                     h = stacked.get(e.source, self.cache[e.source])
                     term = edge_forward(e.block, graph.module(e.name), graph.node(e.source), h, spec)
                     z = _add(z, term, g)
-            if name in added:
-                z = _add(z, added[name], g)
+            if name in added:  # (g·n, …), ours: z is added into it
+                z = added[name] if z is None else _add_into(added[name], z, g)
             if z.shape[0] != g * n:  # (g·n, …) from here on
                 z = z.expand(g, *z.shape).reshape(g * z.shape[0], *z.shape[1:])
             norm = graph.norm_module(name)
@@ -178,6 +194,30 @@ class BatchEvaluator:
             stacked[name] = get_activation(spec.activation).function(z, **spec.activation_params) \
                 if spec.activation != "identity" else z
         return value(graph.outputs[0])
+
+
+def _stack_runs(parts: list[tuple[int, int, torch.Tensor]], copies: int, n: int) -> torch.Tensor:
+    """One (copies·n, …) tensor holding each part's term at copies start:stop and zero at the
+    copies no part covers; a lone part that covers every copy is returned as it is."""
+    start, stop, term = parts[0]
+    if len(parts) == 1 and (start, stop) == (0, copies):
+        return term
+    out = term.new_empty(copies * n, *term.shape[1:])
+    at = 0
+    for start, stop, term in parts:
+        out[at * n: start * n].zero_()
+        out[start * n: stop * n].copy_(term)
+        at = stop
+    out[at * n:].zero_()
+    return out
+
+
+def _add_into(total: torch.Tensor, z: torch.Tensor, copies: int) -> torch.Tensor:
+    """total += z in place, ``total`` stacked (copies·n, …) and z stacked or per sample (n, …)."""
+    if z.shape[0] == total.shape[0]:
+        return total.add_(z)
+    total.view(copies, z.shape[0], *z.shape[1:]).add_(z)
+    return total
 
 
 def _add(z: torch.Tensor | None, term: torch.Tensor, copies: int) -> torch.Tensor:
@@ -207,6 +247,8 @@ class Change:
         from .propose import _split_expansion
 
         self.graph, self.proposal = graph, proposal
+        self._values: dict[str, torch.Tensor] | None = None  # the values _unit was computed from
+        self._unit_value: torch.Tensor | None = None
         c = proposal.candidate
         self.targets = list(dict.fromkeys(c.targets))
         self.dirty = set(self.targets)
@@ -233,35 +275,48 @@ class Change:
             self.norm, self.tokens = None, False
 
     def terms(self, gammas: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Δz_t for each target at each amplitude: (len(gammas)·n, …), amplitude-major."""
+        """Δz_t for each target at each amplitude: (len(gammas)·n, …), amplitude-major; new
+        tensors (the evaluator adds into them)."""
         graph, c, g = self.graph, self.proposal.candidate, gammas.numel()
+        unit = self._unit(values)  # the edge's term, or the new neurons' pre-activations, at γ = 1
         if c.kind == "new_edge":
-            u, v = c.sources[0], c.targets[0]
-            h = values[u]
-            h = torch.flatten(h, 1) if graph.node(u).spatial else h
-            unit = F.linear(h, self.weight[:, :-1], self.weight[:, -1])
             scale = gammas.to(unit)
-            return {v: (scale.reshape(g, *[1] * unit.ndim) * unit).reshape(g * unit.shape[0], *unit.shape[1:])}
-        t1 = None  # the new neurons' pre-activations at γ = 1
-        for edge, w, b in self.fan_in:
-            if edge is None:  # a new node: a linear edge from its source (flattened if an image)
-                h = values[c.sources[0]]
-                term = F.linear(torch.flatten(h, 1) if graph.node(c.sources[0]).spatial else h, w, b)
-            else:
-                term = rows_term(graph.module(edge.name), values[edge.source], w, b,
-                                 flattens_source(edge.block, graph.node(edge.source)))
-            t1 = term if t1 is None else t1 + term
-        root = gammas.sqrt().to(t1)
-        shape = (g, *[1] * t1.ndim)
-        z = (root.reshape(shape) * t1).reshape(g * t1.shape[0], *t1.shape[1:])
+            return {c.targets[0]: (scale.reshape(g, *[1] * unit.ndim) * unit).reshape(g * unit.shape[0], *unit.shape[1:])}
+        root = gammas.sqrt().to(unit).reshape(g, *[1] * unit.ndim)
+        z = (root * unit).reshape(g * unit.shape[0], *unit.shape[1:])
         a = self.activation.function(new_entries_norm(self.norm, z), **self.proposal.activation_params)
+        # the fan-out's √γ is applied to the new neurons' values (the readers' terms are linear in them)
+        a = (root * a.reshape(g, -1, *a.shape[1:])).reshape(a.shape)
         out = {}
         for edge, w in self.fan_out:
             target = c.targets[0] if edge is None else edge.target
             term = F.linear(a, w) if edge is None else columns_term(graph.module(edge.name), a, w, self.tokens)
-            term = (root.reshape(g, *[1] * (term.ndim)) * term.reshape(g, -1, *term.shape[1:])).reshape(term.shape)
             out[target] = term if target not in out else out[target] + term
         return out
+
+    def _unit(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the change adds at γ = 1 before any amplitude: a new edge's term W [h_u; 1], or
+        the new neurons' pre-activations t₁; computed once per ``values`` (every round of a
+        search reads the same cached values)."""
+        if self._values is values:
+            return self._unit_value
+        graph, c = self.graph, self.proposal.candidate
+        if c.kind == "new_edge":
+            h = values[c.sources[0]]
+            h = torch.flatten(h, 1) if graph.node(c.sources[0]).spatial else h
+            unit = F.linear(h, self.weight[:, :-1], self.weight[:, -1])
+        else:
+            unit = None
+            for edge, w, b in self.fan_in:
+                if edge is None:  # a new node: a linear edge from its source (flattened if an image)
+                    h = values[c.sources[0]]
+                    term = F.linear(torch.flatten(h, 1) if graph.node(c.sources[0]).spatial else h, w, b)
+                else:
+                    term = rows_term(graph.module(edge.name), values[edge.source], w, b,
+                                     flattens_source(edge.block, graph.node(edge.source)))
+                unit = term if unit is None else unit + term
+        self._values, self._unit_value = values, unit
+        return unit
 
 
 def reader_columns(graph: "Graph", node: str) -> list[tuple[str, int]]:

@@ -4,9 +4,9 @@ A candidate with fan-in sources U and targets T needs (docs/math.md §5)
 
     S = S_U,   M = M_{U,T},   N = M_{U,T} − [P_{U,in(v)} δW_v*ᵀ]_{v∈T}
 
-and, for TINY, the whitened F_U N and F_U M. Candidates share most of it: δW* per target, S_U
-and its whitening per source set, and (grouped) M_{U,T}, N_{U,T} and F_U [M N] per source set
-for all of U's targets at once; a candidate takes column slices. :func:`solve_batched` then
+and, for TINY, the whitened F_U N (F_U M only for the unprojected fallback). Candidates share
+most of it: δW* per target, S_U and its whitening per source set, and (grouped) M_{U,T}, N_{U,T}
+and F_U N per source set for all of U's targets at once; a candidate takes column slices. :func:`solve_batched` then
 solves every TINY problem with the SVDs of one shape in one call. This module reads blocks and
 calls the solver; it does no linear algebra of its own beyond the products that form N.
 """
@@ -14,7 +14,7 @@ calls the solver; it does no linear algebra of its own beyond the products that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -53,7 +53,7 @@ class SharedBlocks:
         self.graph, self.stats, self.rel_tol, self.shared = graph, stats, rel_tol, shared
         self.memo: dict = {}
         self.updates: dict[str, NodeUpdate] = {}
-        self.groups: dict[tuple, tuple] = {}  # (U, bias) → (target columns, (M, N, F M, F N))
+        self.groups: dict[tuple, tuple] = {}  # (U, bias) → (target columns, (M, N, F N))
         self.node_info: dict[str, tuple[list[str], bool]] = {}
 
     def update(self, v: str) -> NodeUpdate:
@@ -71,7 +71,7 @@ class SharedBlocks:
         """(M_{U,v}, N_{U,v} = M_{U,v} − P_{U,in(v)} δW_v*ᵀ), N summed directly for an image/sequence v."""
         key = (tuple(sources), bias)
         if self.shared and key in self.groups:
-            return self._columns(key, v, 0)
+            return self._columns(key, v)
         stats = self.stats
         M = stats.grad_moment(sources, [v], bias)
         if self.graph.node(v).spatial:
@@ -91,16 +91,18 @@ class SharedBlocks:
             self.update(v)  # δW* at the target, for the proposal (the one N was projected with)
         return self.stats.residual_moment(sources, targets, bias)
 
-    def whitened(self, sources: list[str], bias: bool, v: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F_U M_{U,v}, F_U N_{U,v}) from the whitened blocks of U's group."""
-        return self._columns((tuple(sources), bias), v, 2)
+    def whitened(self, sources: list[str], bias: bool, v: str) -> torch.Tensor:
+        """F_U N_{U,v} from the whitened block of U's group."""
+        columns, blocks = self.groups[(tuple(sources), bias)]
+        lo, hi = columns[v]
+        return blocks[2][:, lo:hi]
 
     def share(self, groups: dict[tuple, list[str]]) -> None:
         """Solve the blocks of every source set U (key ``(U, bias)``) for all its targets T_U at
         once: M_{U,T} in one read, N_{U,T} = M_{U,T} − P_{U,W} Δ_{W,T} with W the union of the
-        targets' in-views, then F_U [M N] in one triangular solve. Δ (Σd_w + 1 × Σd_v, built
+        targets' in-views, then F_U N in one triangular solve. Δ (Σd_w + 1 × Σd_v, built
         once for every target of the call) holds each δW_v*ᵀ in its in-views' rows, its
-        constant part in the last row."""
+        constant part in the last row. F_U M is not formed: the gains are α_kᵀ M ω_k."""
         targets = list(dict.fromkeys(v for ts in groups.values() for v in ts))
         try:
             self._build_delta(targets)
@@ -172,13 +174,12 @@ class SharedBlocks:
                     lo, hi = columns[v]
                     N[:, lo:hi] = self.residual(sources, [v], bias)
         _, white = moment_and_decomposition(self.graph, stats, sources, bias, self.rel_tol, self.memo)
-        both = white.whiten(torch.cat([M, N], 1))
-        return columns, (M, N, both[:, : M.shape[1]], both[:, M.shape[1]:])
+        return columns, (M, N, white.whiten(N))
 
-    def _columns(self, key: tuple, v: str, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _columns(self, key: tuple, v: str) -> tuple[torch.Tensor, torch.Tensor]:
         columns, blocks = self.groups[key]
         lo, hi = columns[v]
-        return blocks[first][:, lo:hi], blocks[first + 1][:, lo:hi]
+        return blocks[0][:, lo:hi], blocks[1][:, lo:hi]
 
 
 @dataclass
@@ -196,10 +197,10 @@ class _Problem:
     max_neurons: int = 0
     activation: str = "identity"
     params: dict[str, float] = field(default_factory=dict)
-    existing: torch.Tensor | None = None
+    existing: Callable[[], torch.Tensor] | None = None  # the existing fan-in (NORTH only), on demand
     name: str | None = None
-    FM: torch.Tensor | None = None  # F M and F N when the blocks were whitened per (U, v)
-    FN: torch.Tensor | None = None
+    FN: torch.Tensor | None = None  # F N when the blocks were whitened per (U, v)
+    FM: torch.Tensor | None = None  # F M, only for the unprojected fallback
     sources: list[str] = field(default_factory=list)  # the views the fan-in reads (for Statistics.lift)
 
 
@@ -209,20 +210,19 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
     graph, stats = ctx.graph, ctx.stats
     sources, targets = source_keys(graph, cand), list(cand.targets)
     bias = has_bias(graph, cand.node) if cand.kind == "expand_node" else True
-    FM = FN = None
+    FN = None
     if cand.kind == "expand_node" and graph.node(cand.node).spatial:
         S, white, M, N = channel_problem(graph, stats, cand, ctx.update, bias, ctx.rel_tol, ctx.memo)
     else:
         S, white = moment_and_decomposition(graph, stats, sources, bias, ctx.rel_tol, ctx.memo)
         blocks = [ctx.block(sources, bias, v) for v in targets]
-        M, N = torch.cat([b[0] for b in blocks], 1), torch.cat([b[1] for b in blocks], 1)
+        M, N = _side_by_side([b[0] for b in blocks]), _side_by_side([b[1] for b in blocks])
         if (tuple(sources), bias) in ctx.groups and cand.kind != "new_edge":
-            white_blocks = [ctx.whitened(sources, bias, v) for v in targets]
-            FM, FN = torch.cat([b[0] for b in white_blocks], 1), torch.cat([b[1] for b in white_blocks], 1)
+            FN = _side_by_side([ctx.whitened(sources, bias, v) for v in targets])
     updates = {v: ctx.update(v) for v in dict.fromkeys(targets)}
     # below this bottleneck decrease a direction is float64 round-off, not a real gain
     min_decrease = ROUND_OFF * sum(stats.grad_energy(v) for v in targets)
-    prob = _Problem(cand, S, white, M, N, bias, updates, min_decrease, FM=FM, FN=FN, sources=sources)
+    prob = _Problem(cand, S, white, M, N, bias, updates, min_decrease, FN=FN, sources=sources)
     if cand.kind == "new_edge":
         return prob
     if cand.kind == "expand_node":
@@ -230,7 +230,7 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
         prob.activation, prob.params = spec.activation, dict(spec.activation_params)
         if cand.activation is not None:  # as the readers see it (through a concatenation's activation)
             prob.activation, prob.params = cand.activation, dict(cand.activation_params)
-        prob.existing = _stacked_fan_in(graph, cand, bias)
+        prob.existing = lambda: _stacked_fan_in(graph, cand, bias)  # a float64 copy of W: only NORTH reads it
     else:
         prob.activation, prob.name = new_node_activation, name
     if cand.room is not None:  # max_width: whole directions (a ReLU pair is two neurons) that fit
@@ -241,12 +241,19 @@ def assemble(ctx: SharedBlocks, cand: Candidate, max_neurons: int, new_node_acti
     return prob
 
 
+def _side_by_side(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The blocks' columns side by side; a lone block as it is (a view of the group's block: no
+    copy, nothing writes into it)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+
+
 def solve_one(prob: _Problem, init, rel_threshold, rel_tol, generator, unprojected_fallback):
     """The reference path: one candidate, one solver call (and the unprojected fallback)."""
     if prob.cand.kind == "new_edge":
         return solve_new_edge(prob.S, prob.N, prob.M, rel_tol=rel_tol, decomposition=prob.white), True
     sol = solve_neurons(init, S=prob.S, N=prob.N, M=prob.M, max_neurons=prob.max_neurons,
-                        existing_fan_in=prob.existing, rel_threshold=rel_threshold, rel_tol=rel_tol,
+                        existing_fan_in=prob.existing() if init == "north" and prob.existing else None,
+                        rel_threshold=rel_threshold, rel_tol=rel_tol,
                         min_decrease=prob.min_decrease, generator=generator, decomposition=prob.white)
     if sol.fan_in.shape[1] == 0 and init == "tiny" and unprojected_fallback:
         # V⊥ is orthogonal to B_U when the targets already read U linearly (e.g. a skip u→v):
@@ -273,8 +280,8 @@ def solve_batched(problems: list[_Problem], rel_threshold: float, unprojected_fa
                 skipped.append((p.cand, f"{type(err).__name__}: {err}"))
 
     def run(index: list[int], unprojected: bool) -> None:
-        items = [WhitenedProblem(problems[i].white, problems[i].FM if unprojected else _fn(problems[i]),
-                                 _fm(problems[i]), problems[i].max_neurons, problems[i].min_decrease)
+        items = [WhitenedProblem(problems[i].white, _fm(problems[i]) if unprojected else _fn(problems[i]),
+                                 problems[i].M, problems[i].max_neurons, problems[i].min_decrease)
                  for i in index]
         for i, sol in zip(index, tiny_neurons_batched(items, rel_threshold=rel_threshold)):
             if isinstance(sol, DaggrowError):

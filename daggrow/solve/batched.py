@@ -1,11 +1,10 @@
 """TINY neurons for many candidates at once (docs/math.md §5): the SVDs of one shape in one call.
 
-Each problem comes already whitened, ``FN = F N`` and ``FM = F M`` (r × d) with its whitening
-F (several candidates share F and their targets' whitened blocks, see ``propose``). Then, as
-in :func:`~daggrow.solve.tiny_neurons`,
+Each problem comes with ``FN = F N`` (r × d) already whitened by its whitening F (several
+candidates share F and their targets' whitened blocks, see ``propose``) and its M (D × d).
+Then, as in :func:`~daggrow.solve.tiny_neurons`,
 
-    F N = Σ_k λ_k a_k c_kᵀ,   α_k = √λ_k Fᵀ a_k,   ω_k = √λ_k c_k,
-    first-order gain Σ_k α_kᵀ M ω_k = Σ_k λ_k a_kᵀ (F M) c_k,
+    F N = Σ_k λ_k a_k c_kᵀ,   α_k = √λ_k Fᵀ a_k,   ω_k = √λ_k c_k,   first-order gain Σ_k α_kᵀ M ω_k
 
 and the answers equal :func:`~daggrow.solve.tiny_neurons`'s to round-off (same SVD per matrix,
 same cuts, same signs). The fan-ins of all problems sharing one F are mapped back in one call.
@@ -28,7 +27,7 @@ from .neurons import ROUND_OFF_FRACTION, NeuronSolution, _empty
 class WhitenedProblem:
     white: Decomposition        # F (r × D) of S
     FN: torch.Tensor            # F N (r × d)
-    FM: torch.Tensor            # F M (r × d)
+    M: torch.Tensor             # M (D × d), for the gain α_kᵀ M ω_k of the kept directions
     max_neurons: int
     min_decrease: float = 0.0
 
@@ -68,16 +67,13 @@ def tiny_neurons_batched(problems: Sequence[WhitenedProblem], *, rel_threshold: 
         k = torch.minimum(keep.sum(1).cpu(), limit)
         used = torch.arange(lam.shape[1])[None, :] < k[:, None]
         used = used.to(lam.device)
-        fm = torch.stack([problems[i].FM for i in index])
-        term = torch.einsum("bik,bij,bkj->bk", a, fm, ct)  # a_kᵀ (F M) c_k
-        gains = (used * lam * term).sum(1).tolist()
         decreases = (used * lam ** 2).sum(1).tolist()
         # signs as _fix_signs: each ω_k's largest entry positive (ω_k ∝ c_k, √λ_k > 0)
         idx = ct.abs().argmax(2, keepdim=True)
         sign = torch.sign(ct.gather(2, idx))[..., 0]
         root = lam.sqrt() * torch.where(sign == 0, torch.ones_like(sign), sign)
         for j, (i, kk) in enumerate(zip(index, k.tolist())):
-            parts.append((i, a[j, :, :kk] * root[j, :kk], ct[j, :kk].T * root[j, :kk], lam[j], gains[j], decreases[j]))
+            parts.append((i, a[j, :, :kk] * root[j, :kk], ct[j, :kk].T * root[j, :kk], lam[j], decreases[j]))
     by_white: dict[int, list] = defaultdict(list)
     for part in parts:
         by_white[id(problems[part[0]].white)].append(part)
@@ -85,10 +81,11 @@ def tiny_neurons_batched(problems: Sequence[WhitenedProblem], *, rel_threshold: 
         white = problems[group[0][0]].white
         fan_ins = white.unwhiten(torch.cat([part[1] for part in group], 1))
         offset = 0
-        for i, a, fan_out, lam, gain, decrease in group:
+        for i, a, fan_out, lam, decrease in group:
             k = a.shape[1]
             fan_in = fan_ins[:, offset: offset + k]
             offset += k
+            gain = float(((fan_in.T @ problems[i].M) * fan_out.T).sum())  # Σ_k α_kᵀ M ω_k
             out[i] = NeuronSolution(fan_in, fan_out, lam[:k].clone(), lam, gain, decrease)
     return out
 
@@ -96,6 +93,7 @@ def tiny_neurons_batched(problems: Sequence[WhitenedProblem], *, rel_threshold: 
 def _svds(matrices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Thin SVDs of same-shape matrices in one batched call (``None`` if it fails)."""
     try:
-        return torch.linalg.svd(torch.stack(matrices), full_matrices=False)
+        stacked = matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)  # one: no copy
+        return torch.linalg.svd(stacked, full_matrices=False)
     except RuntimeError:  # LinAlgError (no convergence) is a RuntimeError
         return None

@@ -67,7 +67,10 @@ def test_chunked_passes_give_the_same_losses(monkeypatch):
     ev = BatchEvaluator(g, (X, Y), "mse")
     whole = ev.losses(Change(g, p), GAMMAS)
     import importlib
-    monkeypatch.setattr(importlib.import_module("daggrow.grow.line_search"), "STACKED_VALUES", 1)  # one amplitude per pass
+    module = importlib.import_module("daggrow.grow.line_search")
+    assert module.stacked_values(torch.device("cpu")) == module.CPU_STACKED_VALUES
+    assert module.stacked_values(torch.device("cuda")) == module.STACKED_VALUES
+    monkeypatch.setattr(module, "CPU_STACKED_VALUES", 1)  # one amplitude per pass
     assert ev.losses(Change(g, p), GAMMAS) == pytest.approx(whole, rel=1e-12)
 
 

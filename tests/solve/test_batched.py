@@ -29,7 +29,7 @@ def solved(problems, k, rel_threshold=1e-3, floor=0.0):
     items = []
     for S, N, M in problems:
         W = whitening(S, warn=False)
-        items.append(WhitenedProblem(W, W.whiten(N), W.whiten(M), k, floor))
+        items.append(WhitenedProblem(W, W.whiten(N), M, k, floor))
     return items
 
 
@@ -49,10 +49,10 @@ def test_batched_equals_one_at_a_time(k):
 def test_empty_problems_and_zero_neurons():
     S, N, M = problem(0)
     W = whitening(S, warn=False)
-    out = tiny_neurons_batched([WhitenedProblem(W, W.whiten(N)[:, :0], W.whiten(M)[:, :0], 2),
-                                WhitenedProblem(W, W.whiten(N), W.whiten(M), 0)])
+    out = tiny_neurons_batched([WhitenedProblem(W, W.whiten(N)[:, :0], M[:, :0], 2),
+                                WhitenedProblem(W, W.whiten(N), M, 0)])
     assert [s.num_neurons for s in out] == [0, 0]
-    zero = tiny_neurons_batched([WhitenedProblem(W, torch.zeros_like(W.whiten(N)), W.whiten(M), 2)])[0]
+    zero = tiny_neurons_batched([WhitenedProblem(W, torch.zeros_like(W.whiten(N)), M, 2)])[0]
     assert zero.num_neurons == 0 and zero.first_order_gain == 0.0
 
 
