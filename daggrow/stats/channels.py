@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from .plan import FullKernel
-from .residual import projected_move
+from .updates import projected_move
 from .statistics import Statistics
 from .views import View, as_rows
 

@@ -1,71 +1,34 @@
-"""One streaming pass: compile with taps, hook values and desired moves, accumulate sums.
+"""The statistics of a plan: a first streaming pass over the data sums the moments (values
+and desired moves from :func:`.stream.stream`), and, when the plan has sums projected with a
+best update, a second pass sums those (:func:`.residual.second_pass`).
 
-Per batch: forward through the compiled module (eval mode by default), per-sample losses ℓ_i,
-then ``torch.autograd.grad(Σ ℓ_i, [z_v …])`` gives ∂ℓ_i/∂z_v for every sample at once (no
-weight gradients are computed). v_goal = −∂ℓ_i/∂z_v (docs/math.md §2). Products are batched GEMMs in
-the model's dtype, added into float64 sums; nothing of a batch outlives its iteration.
+Products are batched GEMMs in the model's dtype, added into float64 sums, chunk by chunk within
+each group of views that share rows; nothing of a batch outlives its iteration.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
+import networkx as nx
 import torch
 
 from ..errors import StatisticsError
-from .losses import LossLike, per_sample_loss
 from .channels import ChannelSums
+from .losses import LossLike
 from .memory import ROWS_PER_CHUNK, format_bytes, plan_bytes, resolve_budget
-from .plan import StatisticsPlan, plan_for, update_sources
-from .residual import ResidualSums
-from .statistics import SECOND_PASS, Statistics, empty_statistics
-from .updates import best_update_at
-from .views import as_rows, positions, value_rows, view_positions
+from .plan import StatisticsPlan, plan_for
+from .residual import second_pass
+from .statistics import Statistics, empty_statistics
+from .stream import check_inputs, graph_device, split_batch, stream
+from .views import positions, value_rows, view_positions
+
+__all__ = ["check_inputs", "collect_statistics", "graph_device", "split_batch"]
 
 if TYPE_CHECKING:
     from ..graph import Graph
-
-
-def split_batch(batch: Any, graph: "Graph | None" = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """``(x, y)`` or ``((x1, x2), y)`` → (inputs tuple, targets); with ``graph``, the inputs are
-    checked against its input nodes (:func:`check_inputs`)."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise StatisticsError("each batch must be a pair (x, y), with x a tensor or a tuple of tensors")
-    x, y = batch
-    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    if graph is not None:
-        check_inputs(graph, xs)
-    if not isinstance(y, torch.Tensor):
-        raise StatisticsError(f"the targets y must be a tensor, got {type(y).__name__}")
-    return xs, y
-
-
-def check_inputs(graph: "Graph", xs: tuple[torch.Tensor, ...]) -> None:
-    """One tensor per input node, shaped (batch, *value shape) and of the parameters' dtype;
-    a :class:`StatisticsError` that names the input and the fix otherwise (before anything runs)."""
-    names = graph.inputs
-    if len(xs) != len(names):
-        raise StatisticsError(f"the graph has {len(names)} input(s) {names} but the batch gives {len(xs)} tensor(s)")
-    dtype = next((p.dtype for p in graph.parameters()), None)
-    for name, x in zip(names, xs):
-        spec = graph.node(name)
-        want = spec.value_shape
-        if not isinstance(x, torch.Tensor):
-            raise StatisticsError(f"input {name!r} must be a tensor, got {type(x).__name__}")
-        if want is not None and tuple(x.shape[1:]) != want:
-            raise StatisticsError(f"input {name!r}: got a batch of shape {tuple(x.shape)}, the graph expects "
-                                  f"(batch, {', '.join(map(str, want))})")
-        if dtype is not None and x.dtype != dtype:
-            raise StatisticsError(f"input {name!r} is {x.dtype} but the graph's parameters are {dtype}: convert the "
-                                  f"data (e.g. x.to({dtype})) or the parameters")
-
-
-def graph_device(graph: "Graph") -> torch.device:
-    for p in graph.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def collect_statistics(
@@ -184,7 +147,7 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
     flags = [(m, m.training) for m in module.modules()]
     module.train(train_mode)
     try:
-        seen = _stream(graph, module, loader, loss, device, {views[k].node for k in plan.values}, sorted(plan.grads),
+        seen = stream(graph, module, loader, loss, device, {views[k].node for k in plan.values}, sorted(plan.grads),
                        max_batches, "statistics", progress, moments)
         stats.n += seen
         for u in grams:
@@ -207,134 +170,12 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
         for sums in kernels:
             sums.finish_s(stats)
         if plan.second_pass:
-            _second_pass(graph, module, loader, loss, plan, stats, kernels, device, compute_dtype, max_batches,
+            second_pass(graph, module, loader, loss, plan, stats, kernels, device, compute_dtype, max_batches,
                          progress, seen, across_processes)
     finally:
         for m, flag in flags:
             m.training = flag
     return stats
-
-
-def _second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, plan: StatisticsPlan,
-                 stats: Statistics, kernels: list[ChannelSums], device: torch.device,
-                 compute_dtype: torch.dtype | None, max_batches: int | None, progress: bool, seen: int,
-                 across_processes: bool) -> None:
-    """The sums projected with a target's δW* (solved here from the first pass's reduced sums):
-    every new-channel expansion's M and N (:mod:`.channels`) and the residual pairs
-    (:mod:`.residual`), each summed over chunks of its own size."""
-    views, memo = plan.views, {}
-    targets = sorted({fk.target for fk in plan.full_kernels.values()} | {v for _, v in plan.residual_pairs})
-    deltas = {v: best_update_at(graph, stats, v, memo=memo).delta for v in targets}
-    in_keys = {v: update_sources(graph, v) for v in targets}
-    for kernel in kernels:
-        kernel.delta = deltas[kernel.fk.target].to(device)
-    sums: list = list(kernels)
-    sums += [ResidualSums(graph, pairs, views, in_keys, deltas, stats, device)
-             for pairs in _connected(plan.residual_pairs)]
-    keys = {k for fk in plan.full_kernels.values() for k in (*fk.sources, *fk.target_sources)}
-    keys |= {u for u, _ in plan.residual_pairs} | {k for v in targets for k in in_keys[v]}
-
-    def add(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
-        for part_sums in sums:
-            chunk = max(1, ROWS_PER_CHUNK // part_sums.values_per_sample())
-            for lo in range(0, n, chunk):
-                part = slice(lo, lo + chunk)
-                part_sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()},
-                              compute_dtype)
-
-    again = _stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets, max_batches,
-                    "statistics (projected)", progress, add)
-    if again != seen:
-        raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: candidates "
-                              "into image/sequence nodes need a loader that yields the same samples every time it "
-                              "is iterated")
-    if across_processes:
-        from ..distributed import reduce_statistics
-
-        # the new channels' S is read off the first pass, already reduced
-        reduce_statistics(stats, exclude=[("expansion", (k.fk.key, "S")) for k in kernels], only=SECOND_PASS)
-
-
-def _connected(pairs: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """``pairs`` split into the sets connected through a shared first or second element."""
-    parent: dict[tuple, tuple] = {}
-
-    def find(x: tuple) -> tuple:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    pairs = sorted(pairs)
-    for u, v in pairs:
-        parent[find(("u", u))] = find(("v", v))
-    groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
-    for u, v in pairs:
-        groups[find(("u", u))].append((u, v))
-    return list(groups.values())
-
-
-def _stream(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, device: torch.device,
-            value_nodes: set[str], grads_order: list[str], max_batches: int | None, desc: str, progress: bool,
-            consume: Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], None]) -> int:
-    """One pass over ``loader``: per batch a forward with hooks on the values of ``value_nodes`` and
-    on the pre-activations z_t of ``grads_order``, per-sample losses, one ``autograd.grad`` for the
-    desired moves −∂ℓ_i/∂z_t, then ``consume(samples, values, moves)``. Returns the number of
-    samples seen."""
-    values: dict[str, torch.Tensor] = {}
-    pre: dict[str, torch.Tensor] = {}
-
-    def value_hook(node: str):
-        def hook(_m, _inp, out):
-            values[node] = out.detach()
-        return hook
-
-    def pre_hook(node: str):
-        def hook(_m, _inp, out):
-            if not out.requires_grad:  # nothing upstream is trainable: make z a leaf
-                out = out.detach().requires_grad_()
-            pre[node] = out
-            return out
-        return hook
-
-    taps = module.daggrow_tap_attrs
-    handles = [module.get_submodule(taps[(node, "value")]).register_forward_hook(value_hook(node))
-               for node in value_nodes]
-    handles += [module.get_submodule(taps[(node, "pre")]).register_forward_hook(pre_hook(node))
-                for node in grads_order]
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(loader, desc=desc, unit="batch", leave=False)
-    seen = 0
-    try:
-        for index, batch in enumerate(batches):
-            if max_batches is not None and index >= max_batches:
-                break
-            xs, y = split_batch(batch, graph)
-            xs = tuple(x.to(device) for x in xs)
-            y = y.to(device)
-            for x in xs:
-                if not _finite(x):
-                    raise StatisticsError(f"batch {index}: the inputs contain NaN or infinite values")
-            if not _finite(y):
-                raise StatisticsError(f"batch {index}: the targets contain NaN or infinite values")
-            values.clear(), pre.clear()
-            with torch.enable_grad():
-                out = module(*xs)
-                losses = per_sample_loss(loss, out, y)
-                if not torch.isfinite(losses).all():
-                    raise StatisticsError(f"batch {index}: the loss is NaN or infinite")
-                zs = [pre[t] for t in grads_order]
-                grads = torch.autograd.grad(losses.sum(), zs, allow_unused=True) if zs else []
-            moves = {t: (-g if g is not None else torch.zeros_like(z)).detach()
-                     for t, z, g in zip(grads_order, zs, grads)}
-            n = xs[0].shape[0]
-            consume(n, values, moves)
-            seen += n
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 @dataclass
@@ -357,26 +198,12 @@ def _groups(plan: StatisticsPlan, stats: Statistics, grams: list[str], pairs_by_
     at most ROWS_PER_CHUNK values of its rows at a time. A deep stage's views (few positions)
     are then multiplied over many samples at once — not over the few samples that the widest
     stage's views allow (GEMMs of a few dozen rows run at a fraction of the machine's rate)."""
-    parent: dict[tuple, tuple] = {}
-
-    def find(x: tuple) -> tuple:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    for k in plan.values:
-        find(("h", k))
-    for t in plan.grads:
-        find(("v", t))
-    for u, w in plan.value_pairs:
-        parent[find(("h", u))] = find(("h", w))
-    for u, t in plan.grad_pairs:
-        parent[find(("h", u))] = find(("v", t))
-    members: dict[tuple, list[tuple]] = defaultdict(list)
-    for x in list(parent):
-        members[find(x)].append(x)
+    links = nx.Graph()
+    links.add_nodes_from([("h", k) for k in plan.values] + [("v", t) for t in plan.grads])
+    links.add_edges_from((("h", u), ("h", w)) for u, w in plan.value_pairs)
+    links.add_edges_from((("h", u), ("v", t)) for u, t in plan.grad_pairs)
     groups = []
-    for items in members.values():
+    for items in nx.connected_components(links):
         keys = sorted(k for kind, k in items if kind == "h")
         targets = sorted(t for kind, t in items if kind == "v")
         size = sum(stats.positions[k] * (stats.widths[k] + 1) for k in keys)
@@ -456,10 +283,3 @@ def _mirror_lower_blocks(total: torch.Tensor) -> None:
     """Copy the transposed upper blocks of a Gram sum built by :func:`_add_gram` below its diagonal."""
     for start in range(GRAM_BLOCK, total.shape[0], GRAM_BLOCK):
         total[start:, start - GRAM_BLOCK:start] = total[start - GRAM_BLOCK:start, start:].T
-
-
-def _finite(t: torch.Tensor) -> bool:
-    """No NaN or ±inf in ``t``: a NaN or inf makes the sum non-finite, so one reduction (no
-    boolean mask) settles the common case; only a non-finite sum (maybe an overflow) is checked
-    element-wise."""
-    return not t.is_floating_point() or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())

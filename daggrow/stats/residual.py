@@ -13,47 +13,25 @@ with v⊥(i, p) = v(i, p) − δW* b_in(i, p) at every position p of v (:func:`p
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable
 
+import networkx as nx
 import torch
-from torch.nn import functional as F
 
-from .statistics import Statistics
+from ..errors import StatisticsError
+from .channels import ChannelSums
+from .losses import LossLike
+from .memory import ROWS_PER_CHUNK
+from .plan import StatisticsPlan, update_sources
+from .statistics import SECOND_PASS, Statistics
+from .stream import stream
+from .updates import best_update_at, projected_move
 from .views import View, value_rows
 
 if TYPE_CHECKING:
     from ..graph import Graph
 
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight}
-
-
-def projected_move(views: dict[str, View], in_keys: Sequence[str], values: dict[str, torch.Tensor],
-                   delta: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
-    """v⊥ = v − δW* b_in at every position of the target, shaped like ``move`` (n, C_v, *shape).
-
-    ``in_keys``: the target's in-views (the columns of δW*, then its bias column if it has one).
-    A patch view's part δW*_k b_k is the conv of its node's value with δW*_k as the kernel (the
-    patches are never unfolded)."""
-    if delta.shape[1] == 0:
-        return move
-    delta = delta.to(move.dtype)
-    fit, at = move.new_zeros(move.shape[0], move.shape[1], math.prod(move.shape[2:])), 0
-    for k in in_keys:
-        view, h = views[k], values[views[k].node].to(move.dtype)
-        if view.kind == "patches":
-            kernel = delta[:, at: at + h.shape[1] * math.prod(view.kernel)].reshape(move.shape[1], h.shape[1],
-                                                                                    *view.kernel)
-            conv = F.conv1d if view.dim == 1 else F.conv2d
-            part = conv(h, kernel, stride=view.stride, padding=view.padding, dilation=view.dilation)
-            fit += part.flatten(2)
-            at += kernel[0].numel()
-        else:
-            signal = view.signal(h).flatten(2)                                          # (n, d_k, P)
-            fit += torch.matmul(delta[:, at: at + signal.shape[1]], signal)
-            at += signal.shape[1]
-    if delta.shape[1] > at:  # the bias column, against the constant 1
-        fit += delta[:, at, None]
-    return move - fit.reshape(move.shape)
 
 
 class ResidualSums:
@@ -109,3 +87,55 @@ class ResidualSums:
                 block = self.stats.hr[(u, v)]
                 block += product[:, offset: offset + block.shape[1]]
                 offset += block.shape[1]
+
+
+def second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, plan: StatisticsPlan,
+                 stats: Statistics, kernels: list[ChannelSums], device: torch.device,
+                 compute_dtype: torch.dtype | None, max_batches: int | None, progress: bool, seen: int,
+                 across_processes: bool) -> None:
+    """The sums projected with a target's δW* (solved here from the first pass's reduced sums):
+    every new-channel expansion's M and N (:mod:`.channels`) and the residual pairs
+    (:mod:`.residual`), each summed over chunks of its own size."""
+    views, memo = plan.views, {}
+    targets = sorted({fk.target for fk in plan.full_kernels.values()} | {v for _, v in plan.residual_pairs})
+    deltas = {v: best_update_at(graph, stats, v, memo=memo).delta for v in targets}
+    in_keys = {v: update_sources(graph, v) for v in targets}
+    for kernel in kernels:
+        kernel.delta = deltas[kernel.fk.target].to(device)
+    sums: list = list(kernels)
+    sums += [ResidualSums(graph, pairs, views, in_keys, deltas, stats, device)
+             for pairs in _connected(plan.residual_pairs)]
+    keys = {k for fk in plan.full_kernels.values() for k in (*fk.sources, *fk.target_sources)}
+    keys |= {u for u, _ in plan.residual_pairs} | {k for v in targets for k in in_keys[v]}
+
+    def add(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
+        for part_sums in sums:
+            chunk = max(1, ROWS_PER_CHUNK // part_sums.values_per_sample())
+            for lo in range(0, n, chunk):
+                part = slice(lo, lo + chunk)
+                part_sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()},
+                              compute_dtype)
+
+    again = stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets, max_batches,
+                    "statistics (projected)", progress, add)
+    if again != seen:
+        raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: candidates "
+                              "into image/sequence nodes need a loader that yields the same samples every time it "
+                              "is iterated")
+    if across_processes:
+        from ..distributed import reduce_statistics
+
+        # the new channels' S is read off the first pass, already reduced
+        reduce_statistics(stats, exclude=[("expansion", (k.fk.key, "S")) for k in kernels], only=SECOND_PASS)
+
+
+def _connected(pairs: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """``pairs`` (source, target) split into the sets connected through a shared source or target."""
+    pairs = sorted(pairs)
+    links = nx.Graph()
+    links.add_edges_from((("u", u), ("v", v)) for u, v in pairs)
+    part_of = {node: i for i, part in enumerate(nx.connected_components(links)) for node in part}
+    groups: dict[int, list[tuple[str, str]]] = {}
+    for u, v in pairs:
+        groups.setdefault(part_of[("u", u)], []).append((u, v))
+    return list(groups.values())

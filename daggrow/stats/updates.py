@@ -11,14 +11,17 @@ answers are kept in ``stats.updates`` (pure functions of sums that no longer cha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from ..graph.spec import is_growable
 from ..solve import BestUpdate, Decomposition, best_update, whitening
 from .plan import update_sources
 from .statistics import Statistics
+from .views import View
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -65,3 +68,32 @@ def best_update_at(graph: "Graph", stats: Statistics, node: str, rel_tol: float 
         sol = best_update(S, M, g, rel_tol=rel_tol, decomposition=decomposition)
     stats.updates[key] = sol
     return sol
+
+
+def projected_move(views: dict[str, View], in_keys: Sequence[str], values: dict[str, torch.Tensor],
+                   delta: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
+    """v⊥ = v − δW* b_in at every position of the target, shaped like ``move`` (n, C_v, *shape).
+
+    ``in_keys``: the target's in-views (the columns of δW*, then its bias column if it has one).
+    A patch view's part δW*_k b_k is the conv of its node's value with δW*_k as the kernel (the
+    patches are never unfolded)."""
+    if delta.shape[1] == 0:
+        return move
+    delta = delta.to(move.dtype)
+    fit, at = move.new_zeros(move.shape[0], move.shape[1], math.prod(move.shape[2:])), 0
+    for k in in_keys:
+        view, h = views[k], values[views[k].node].to(move.dtype)
+        if view.kind == "patches":
+            kernel = delta[:, at: at + h.shape[1] * math.prod(view.kernel)].reshape(move.shape[1], h.shape[1],
+                                                                                    *view.kernel)
+            conv = F.conv1d if view.dim == 1 else F.conv2d
+            part = conv(h, kernel, stride=view.stride, padding=view.padding, dilation=view.dilation)
+            fit += part.flatten(2)
+            at += kernel[0].numel()
+        else:
+            signal = view.signal(h).flatten(2)                                          # (n, d_k, P)
+            fit += torch.matmul(delta[:, at: at + signal.shape[1]], signal)
+            at += signal.shape[1]
+    if delta.shape[1] > at:  # the bias column, against the constant 1
+        fit += delta[:, at, None]
+    return move - fit.reshape(move.shape)

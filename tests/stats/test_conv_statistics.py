@@ -228,14 +228,17 @@ def test_conv_statistics_stream_equal_one_shot():
 
 def test_conv_statistics_chunked_equal_unchunked(monkeypatch):
     from daggrow.stats import collect as collect_module
+    from daggrow.stats import residual as residual_module
 
     g = conv_dag()
     X, Y = data(g, n=17)
-    plan = statistics_plan(g, enumerate_candidates(g, ["expand_node"]))
+    plan = statistics_plan(g, enumerate_candidates(g))
+    assert plan.full_kernels and plan.residual_pairs
     whole = collect_statistics(g, [(X, Y)], "mse", plan=plan)
-    monkeypatch.setattr(collect_module, "ROWS_PER_CHUNK", 200)  # a few samples per chunk
+    for module in (collect_module, residual_module):  # both passes: a few samples per chunk
+        monkeypatch.setattr(module, "ROWS_PER_CHUNK", 200)
     chunked = collect_statistics(g, [(X, Y)], "mse", plan=plan)
-    for name in ("hh", "hv", "expansion"):
+    for name in ("hh", "hv", "expansion", "hr", "vr"):
         for k, t in getattr(whole, name).items():
             assert torch.allclose(getattr(chunked, name)[k], t, atol=1e-10)
 
