@@ -73,8 +73,9 @@ def _channel_statistics(rank: int, world: int) -> dict:
     x = torch.randn(24, 2, 5, 4, generator=gen, dtype=torch.float64)
     y = torch.randn(24, 3, generator=gen, dtype=torch.float64)
     batches = [(x[i: i + 6][rank::world], y[i: i + 6][rank::world]) for i in range(0, 24, 6)]
-    stats = dg.collect_statistics(g, batches, "mse", kinds=["expand_node"])
-    return {"n": stats.n, "expansion": stats.expansion, "hh": stats.hh, "hv": stats.hv}
+    stats = dg.collect_statistics(g, batches, "mse")  # new channels, conv nodes and edges: both passes
+    return {"n": stats.n, "expansion": stats.expansion, "hh": stats.hh, "hv": stats.hv, "hr": stats.hr,
+            "vr": stats.vr}
 
 
 def _worker(rank: int, world: int, port: int, folder: str, task: str) -> None:
@@ -132,13 +133,15 @@ def test_two_processes_grow_what_one_process_grows(tmp_path, mode):
 
 
 def test_new_channel_sums_of_two_processes_equal_one_process(tmp_path):
-    """The second pass (N projected with δW* of the reduced first pass) is reduced once, alone."""
+    """The second pass (new-channel M and N, residual moments: projected with δW* of the reduced
+    first pass) is reduced once, alone; the new channels' S, read off the first pass, is not
+    reduced again."""
     ranks = _spawn(tmp_path, "channels")
     single = _channel_statistics(0, 1)
-    assert any(part == "N" for _, part in single["expansion"])
+    assert any(part == "N" for _, part in single["expansion"]) and single["hr"]
     for result in ranks:
         assert result["n"] == single["n"] == 24
-        for name in ("expansion", "hh", "hv"):
+        for name in ("expansion", "hh", "hv", "hr", "vr"):
             assert result[name].keys() == single[name].keys()
             for key, t in single[name].items():
                 torch.testing.assert_close(result[name][key], t, rtol=1e-10, atol=1e-12)
