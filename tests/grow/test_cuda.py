@@ -73,3 +73,24 @@ def test_whitening_on_cuda_matches_cpu():
     cpu, gpu = whitening(S, warn=False), whitening(S.cuda(), warn=False)
     assert cpu.method == gpu.method == "cholesky" and gpu.factor.device.type == "cuda"
     torch.testing.assert_close(gpu.solve(M.cuda()).cpu(), cpu.solve(M), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_second_pass_sums_on_cuda_match_cpu(dim):
+    """New channels over combined offsets and residual moments of conv nodes and edges, float64."""
+    from ..grow.test_conv_dag import cnn, data
+
+    g, batches = cnn(dim=dim), data(dim)
+    cpu = dg.collect_statistics(g, batches, "mse")
+    gpu_graph = g.copy()
+    gpu_graph.compile(device="cuda")
+    gpu = dg.collect_statistics(gpu_graph, [(x.cuda(), y.cuda()) for x, y in batches], "mse")
+    assert cpu.hr and cpu.expansion
+    for name in ("expansion", "hr", "vr"):
+        for key, t in getattr(cpu, name).items():
+            torch.testing.assert_close(getattr(gpu, name)[key].cpu(), t, rtol=1e-9, atol=1e-10)
+    on_gpu = {p.where: p.eigenvalues for p in dg.propose(gpu_graph, gpu, max_neurons=2)}
+    on_cpu = {p.where: p.eigenvalues for p in dg.propose(g, cpu, max_neurons=2)}
+    assert on_gpu.keys() == on_cpu.keys()
+    for where, lam in on_cpu.items():
+        assert on_gpu[where] == pytest.approx(lam, rel=1e-6)
