@@ -74,7 +74,7 @@ class SharedBlocks:
             return self._columns(key, v)
         stats = self.stats
         M = stats.grad_moment(sources, [v], bias)
-        if self.graph.node(v).spatial:
+        if self.summed_directly(sources, v):
             return M, self.residual(sources, [v], bias)
         upd = self.update(v)
         if upd.solution.delta.shape[1] == 0:
@@ -82,6 +82,11 @@ class SharedBlocks:
         in_sources, v_bias = self.info(v)
         P = stats.moment(sources, in_sources, bias, v_bias)
         return M, M - P @ upd.solution.delta.T.to(P.dtype)
+
+    def summed_directly(self, sources: list[str], v: str) -> bool:
+        """Whether the pass summed N_{U,v} itself (a conv into an image node, the plan's residual
+        pairs) rather than the P_{U,in(v)} that N = M − P δW*ᵀ needs."""
+        return bool(sources) and all((self.stats.key(u), v) in self.stats.hr for u in sources)
 
     def residual(self, sources: list[str], targets: list[str], bias: bool) -> torch.Tensor:
         """N_{U,T} of image/sequence targets, summed in the statistics' second pass against the
@@ -150,7 +155,7 @@ class SharedBlocks:
         for v in targets:
             columns[v] = (offset, offset + stats.widths[v])
             offset += stats.widths[v]
-        plain = [v for v in targets if not self.graph.node(v).spatial]
+        plain = [v for v in targets if not self.summed_directly(sources, v)]
         W = list(dict.fromkeys(w for v in plain if self.update(v).solution.delta.shape[1] for w in self.info(v)[0]))
         N = M
         if W or any(self.info(v)[1] for v in plain):
@@ -159,20 +164,16 @@ class SharedBlocks:
             rows = torch.tensor([r for w in W for r in range(*self.rows[w])] + [last], device=M.device)
             cols = torch.tensor([c for v in plain for c in range(*self.cols[v])], device=M.device)
             correction = P @ self.delta.index_select(0, rows).index_select(1, cols)  # the plain targets' columns
-            if len(plain) == len(targets):
-                N = M - correction
-            else:
-                N, at = M.clone(), 0
-                for v in plain:
-                    lo, hi = columns[v]
-                    N[:, lo:hi] -= correction[:, at: at + hi - lo]
-                    at += hi - lo
-        if len(plain) < len(targets):  # image/sequence targets: N summed in the second pass
-            N = M.clone() if N is M else N
-            for v in targets:
-                if self.graph.node(v).spatial:
-                    lo, hi = columns[v]
-                    N[:, lo:hi] = self.residual(sources, [v], bias)
+            N, at = M.clone(), 0
+            for v in plain:
+                lo, hi = columns[v]
+                N[:, lo:hi] -= correction[:, at: at + hi - lo]
+                at += hi - lo
+        for v in targets:  # convs into image nodes: N summed in the second pass
+            if v not in plain:
+                N = M.clone() if N is M else N
+                lo, hi = columns[v]
+                N[:, lo:hi] = self.residual(sources, [v], bias)
         _, white = moment_and_decomposition(self.graph, stats, sources, bias, self.rel_tol, self.memo)
         return columns, (M, N, white.whiten(N))
 

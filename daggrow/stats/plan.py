@@ -133,7 +133,7 @@ class StatisticsPlan:
             self._sources[v] = in_v
             for u in sources:
                 self.grad_pairs.add((u, v))
-                if graph.node(v).spatial:
+                if graph.node(v).spatial and self.views[u].kind == "patches":  # a conv into an image node
                     self.residual_pairs.add((u, v))
                     continue
                 for w in in_v:

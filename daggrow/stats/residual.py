@@ -26,7 +26,7 @@ from .plan import StatisticsPlan, update_sources
 from .statistics import SECOND_PASS, Statistics
 from .stream import stream
 from .updates import best_update_at, projected_move
-from .views import View, value_rows
+from .views import View
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -35,8 +35,8 @@ _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight}
 
 
 class ResidualSums:
-    """The residual pairs of one set of image/sequence targets (connected by shared sources):
-    hr[u, v] and vr[v] (the module docstring), streamed chunk by chunk."""
+    """The residual pairs of one set of image/sequence targets (connected by shared sources, each
+    a patch view): hr[u, v] and vr[v] (the module docstring), streamed chunk by chunk."""
 
     def __init__(self, graph: "Graph", pairs: Iterable[tuple[str, str]], views: dict[str, View],
                  in_keys: dict[str, list[str]], deltas: dict[str, torch.Tensor], stats: Statistics,
@@ -60,28 +60,24 @@ class ResidualSums:
         stats, graph = self.stats, self.graph
         total = sum(stats.positions[u] * (stats.widths[u] + 1) for u in self.by_source)
         for v in self.targets:
-            total += math.prod(graph.node(v).shape) * (sum(stats.widths[k] for k in self.in_keys[v]) + 2 * graph.node(v).width)
+            in_width = sum(stats.widths[k] for k in self.in_keys[v])
+            total += math.prod(graph.node(v).shape) * (in_width + 2 * graph.node(v).width)
         return total
 
     def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
             compute_dtype: torch.dtype | None) -> None:
         """Add one chunk of samples: ``values`` of the nodes the views read, ``moves`` of the targets."""
         cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)  # noqa: E731
-        perp, residual = {}, {}
-        for v in self.targets:
-            perp[v] = projected_move(self.views, self.in_keys[v], values, self.deltas[v], cast(moves[v]))
-            residual[v] = value_rows(self.graph, v, perp[v])
-            self.stats.vr[v] += residual[v].sum(0)
-        for u, vs in self.by_source.items():
+        perp = {v: projected_move(self.views, self.in_keys[v], values, self.deltas[v], cast(moves[v]))
+                for v in self.targets}
+        for v, t in perp.items():
+            self.stats.vr[v] += t.flatten(2).sum((0, 2))
+        for u, vs in self.by_source.items():  # Σ patches·v⊥ᵀ: the weight gradient of a conv u → [vs]
             view, h = self.views[u], cast(values[self.views[u].node])
-            if view.kind == "patches":  # Σ patches·v⊥ᵀ is the weight gradient of a conv u → [vs]
-                moves_u = torch.cat([perp[v] for v in vs], 1) if len(vs) > 1 else perp[vs[0]]
-                grad = _WEIGHT_GRAD[view.dim](h, (moves_u.shape[1], h.shape[1], *view.kernel), moves_u,
-                                              stride=view.stride, padding=view.padding, dilation=view.dilation)
-                product = grad.flatten(1).T
-            else:
-                rows = view.rows(h)
-                product = rows.T @ (residual[vs[0]] if len(vs) == 1 else torch.cat([residual[v] for v in vs], 1))
+            moves_u = torch.cat([perp[v] for v in vs], 1) if len(vs) > 1 else perp[vs[0]]
+            grad = _WEIGHT_GRAD[view.dim](h, (moves_u.shape[1], h.shape[1], *view.kernel), moves_u,
+                                          stride=view.stride, padding=view.padding, dilation=view.dilation)
+            product = grad.flatten(1).T
             offset = 0
             for v in vs:
                 block = self.stats.hr[(u, v)]
@@ -117,7 +113,7 @@ def second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss:
                               compute_dtype)
 
     again = stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets, max_batches,
-                    "statistics (projected)", progress, add)
+                   "statistics (projected)", progress, add)
     if again != seen:
         raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: candidates "
                               "into image/sequence nodes need a loader that yields the same samples every time it "
