@@ -59,6 +59,10 @@ def collect_statistics(
     data (:mod:`daggrow.distributed`). The graph's modules are left exactly as they were (train/eval flags
     restored, no parameter or buffer changed in the default eval mode).
 
+    Candidates into image/sequence nodes (new channels, conv nodes and edges) read the loader
+    twice (docs/math.md §10): it must yield the same samples each time, in any order; an
+    iterator, or a second pass over other samples, raises :class:`StatisticsError`.
+
     ``memory_budget`` (bytes or a size such as ``"4GB"``; default: half the memory available now,
     :mod:`daggrow.stats.memory`): a plan that needs more raises :class:`StatisticsError` before
     anything is allocated (``fit_plan`` makes plans that fit), and running out of memory during
@@ -147,8 +151,8 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
     flags = [(m, m.training) for m in module.modules()]
     module.train(train_mode)
     try:
-        seen = stream(graph, module, loader, loss, device, {views[k].node for k in plan.values}, sorted(plan.grads),
-                       max_batches, "statistics", progress, moments)
+        seen, fingerprint = stream(graph, module, loader, loss, device, {views[k].node for k in plan.values},
+                                   sorted(plan.grads), max_batches, "statistics", progress, moments)
         stats.n += seen
         for u in grams:
             _mirror_lower_blocks(stats.hh[(u, u)])
@@ -171,7 +175,7 @@ def _collect(graph: "Graph", loader: Iterable, loss: LossLike, plan: StatisticsP
             sums.finish_s(stats)
         if plan.second_pass:
             second_pass(graph, module, loader, loss, plan, stats, kernels, device, compute_dtype, max_batches,
-                         progress, seen, across_processes)
+                        progress, (seen, fingerprint), across_processes)
     finally:
         for m, flag in flags:
             m.training = flag

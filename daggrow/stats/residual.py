@@ -86,12 +86,13 @@ class ResidualSums:
 
 
 def second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, plan: StatisticsPlan,
-                 stats: Statistics, kernels: list[ChannelSums], device: torch.device,
-                 compute_dtype: torch.dtype | None, max_batches: int | None, progress: bool, seen: int,
-                 across_processes: bool) -> None:
+                stats: Statistics, kernels: list[ChannelSums], device: torch.device,
+                compute_dtype: torch.dtype | None, max_batches: int | None, progress: bool,
+                first: tuple[int, tuple], across_processes: bool) -> None:
     """The sums projected with a target's δW* (solved here from the first pass's reduced sums):
     every new-channel expansion's M and N (:mod:`.channels`) and the residual pairs
-    (:mod:`.residual`), each summed over chunks of its own size."""
+    (:mod:`.residual`), each summed over chunks of its own size. ``first``: the first pass's
+    samples and fingerprint (:func:`.stream.stream`); the second must see the same samples."""
     views, memo = plan.views, {}
     targets = sorted({fk.target for fk in plan.full_kernels.values()} | {v for _, v in plan.residual_pairs})
     deltas = {v: best_update_at(graph, stats, v, memo=memo).delta for v in targets}
@@ -112,12 +113,14 @@ def second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss:
                 part_sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()},
                               compute_dtype)
 
-    again = stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets, max_batches,
-                   "statistics (projected)", progress, add)
-    if again != seen:
-        raise StatisticsError(f"the second pass over the loader saw {again} samples, the first {seen}: candidates "
-                              "into image/sequence nodes need a loader that yields the same samples every time it "
-                              "is iterated")
+    seen, fingerprint = stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets,
+                               max_batches, "statistics (projected)", progress, add)
+    same = all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(fingerprint, first[1]))
+    if seen != first[0] or not same:
+        what = f"{seen} samples, the first {first[0]}" if seen != first[0] else "other samples than the first"
+        raise StatisticsError(f"the second pass over the loader saw {what}: candidates into image/sequence nodes "
+                              "need a loader that yields the same samples every time it is iterated (a shuffled "
+                              "loader is fine when it yields all of them, not with max_batches)")
     if across_processes:
         from ..distributed import reduce_statistics
 

@@ -61,11 +61,13 @@ def graph_device(graph: "Graph") -> torch.device:
 
 def stream(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: LossLike, device: torch.device,
             value_nodes: set[str], grads_order: list[str], max_batches: int | None, desc: str, progress: bool,
-            consume: Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], None]) -> int:
+            consume: Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], None]) -> tuple[int, tuple]:
     """One pass over ``loader``: per batch a forward with hooks on the values of ``value_nodes`` and
     on the pre-activations z_t of ``grads_order``, per-sample losses, one ``autograd.grad`` for the
     desired moves −∂ℓ_i/∂z_t, then ``consume(samples, values, moves)``. Returns the number of
-    samples seen."""
+    samples seen and a fingerprint of them that does not depend on their order (float64 sums of
+    the inputs, their squares and the targets): two passes over the same samples agree on it
+    to round-off, two passes over different samples almost never do."""
     values: dict[str, torch.Tensor] = {}
     pre: dict[str, torch.Tensor] = {}
 
@@ -91,7 +93,7 @@ def stream(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: Loss
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(loader, desc=desc, unit="batch", leave=False)
-    seen = 0
+    seen, fingerprint = 0, torch.zeros(3, dtype=torch.float64, device=device)
     try:
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
@@ -117,10 +119,14 @@ def stream(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss: Loss
             n = xs[0].shape[0]
             consume(n, values, moves)
             seen += n
+            for x in xs:
+                fingerprint[0] += x.sum(dtype=torch.float64)
+                fingerprint[1] += x.to(torch.float64).square().sum()
+            fingerprint[2] += y.sum(dtype=torch.float64)
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return seen, tuple(fingerprint.tolist())
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -261,8 +261,28 @@ def test_new_channel_sums_need_a_loader_that_can_be_read_twice():
             self.reads += 1
             return iter([(X, Y)] if self.reads == 1 else [(X[:5], Y[:5])])
 
-    with pytest.raises(dg.StatisticsError, match="same samples every time"):
+    with pytest.raises(dg.StatisticsError, match="saw 5 samples, the first 23"):
         collect_statistics(g, Shrinking(), "mse", plan=plan)
+
+    class Reshuffled:
+        """Shuffles anew at each read: the same samples every time (fine) ..."""
+
+        def __init__(self, first: int | None = None) -> None:
+            self.reads, self.first = 0, first
+
+        def __iter__(self):
+            self.reads += 1
+            order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(self.reads))
+            batches = [(X[order[i: i + 5]], Y[order[i: i + 5]]) for i in range(0, X.shape[0], 5)]
+            return iter(batches[: self.first] if self.first else batches)
+
+    one = collect_statistics(g, [(X, Y)], "mse", plan=plan)
+    shuffled = collect_statistics(g, Reshuffled(), "mse", plan=plan)
+    for key, t in one.expansion.items():
+        assert torch.allclose(shuffled.expansion[key], t, atol=1e-10)
+    # ... but the first batches of two shuffles are other samples, of the same number
+    with pytest.raises(dg.StatisticsError, match="saw other samples than the first"):
+        collect_statistics(g, Reshuffled(first=2), "mse", plan=plan)
     # without new-channel sums one pass is enough: an iterator is fine
     assert collect_statistics(g, iter([(X, Y)]), "mse", plan=dg.stats.plan_for(g)).n == X.shape[0]
 
