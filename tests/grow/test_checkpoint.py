@@ -386,3 +386,40 @@ def test_trust_goes_with_resume_only(tmp_path, capsys):
     assert main(["grow", "--dataset", "digits", "--steps", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
     assert main(["grow", "--resume", str(tmp_path / "r"), "--trust", "--quiet"]) == 0
     assert "(resumed)" in capsys.readouterr().out
+
+
+def test_a_cnn_fit_stopped_at_a_checkpoint_resumes_into_the_same_run(small, tmp_path):
+    """New channels read the training loader twice per step (docs/math.md §10): a resumed CNN
+    run still draws the same shuffles and takes the same steps."""
+    from daggrow.grow.runner import starting_cnn
+
+    def loaders():
+        x, y, xv, yv = small
+        return (TensorLoader(x.reshape(-1, 1, 8, 8), y, 64, shuffle=True, seed=3),
+                TensorLoader(xv.reshape(-1, 1, 8, 8), yv, 32))
+
+    def fit(checkpoint_dir=None, copies=None) -> dg.Grower:
+        torch.manual_seed(0)
+        train, val = loaders()
+        grower = dg.Grower(starting_cnn(1, (8, 8), 10, [2]), kinds=["expand_node"], neurons_per_step=1, lr=1e-2)
+        seen = [0]
+
+        def copy(position):
+            seen[0] += 1
+            shutil.copytree(checkpoint_dir, copies / str(seen[0]))
+
+        grower.on_checkpoint = copy if copies is not None else None
+        grower.fit(train, val, growth_steps=2, epochs_between=1, checkpoint_dir=checkpoint_dir)
+        grower.checkpoints = seen[0]
+        return grower
+
+    reference = fit()
+    checkpointed = fit(tmp_path / "c", copies=tmp_path)
+    _assert_same_run(reference, checkpointed)
+    assert any(e.is_growth for e in reference.history) and checkpointed.checkpoints >= 3
+    for k in (1, checkpointed.checkpoints // 2, checkpointed.checkpoints):
+        torch.manual_seed(12345)
+        train, val = loaders()
+        grower = dg.Grower.from_checkpoint(tmp_path / str(k))
+        grower.resume(train, val)
+        _assert_same_run(reference, grower)
