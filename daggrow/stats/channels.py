@@ -144,13 +144,11 @@ class ChannelSums:
         T, P = self.combined
         dim, K1, K2, s = view.dim, view.kernel, self.fk.out_view.kernel, view.stride
         G = self.weight_grad(x, (move.shape[1], x.shape[1], *T), move, stride=s, padding=P)     # 2C × C_x × *T
-        # index t = s·o2 + o1 on each axis, arranged (*K1, *K2)
-        axes = []
-        for a in range(dim):
-            shape = [1] * (2 * dim)
-            o1 = torch.arange(K1[a], device=x.device).reshape(*[K1[a] if i == a else 1 for i in range(2 * dim)])
-            o2 = torch.arange(K2[a], device=x.device).reshape(*[K2[a] if i == dim + a else 1 for i in range(2 * dim)])
-            axes.append(s[a] * o2 + o1 + torch.zeros(shape, dtype=torch.long, device=x.device))
+        # index t = s·o2 + o1 on each axis, broadcast over (*K1, *K2)
+        def along(a: int, size: int, at: int) -> torch.Tensor:
+            return torch.arange(size, device=x.device).reshape([size if i == at else 1 for i in range(2 * dim)])
+
+        axes = [s[a] * along(a, K2[a], dim + a) + along(a, K1[a], a) for a in range(dim)]
         sums = G[(slice(None), slice(None), *axes)]                                            # 2C × C_x × *K1 × *K2
         constant = move.flatten(2).sum((0, 2))[:, None].expand(-1, math.prod(K2)).clone()      # 2C × ΠK2
         padded = F.pad(x, [p for a in reversed(range(dim)) for p in (P[a], P[a])])
