@@ -30,7 +30,6 @@ import torch
 from torch.nn import functional as F
 
 from .plan import FullKernel
-from .updates import projected_move
 from .statistics import Statistics
 from .views import View, as_rows
 
@@ -48,7 +47,7 @@ class ChannelSums:
     Σ_q b bᵀ the plain moments of the node's in-views (the pass sums them for δW* at the node
     anyway) and E = Σ_{q: c(q) < c_max} (c_max − c(q)) b bᵀ over the border positions only
     (:meth:`add_border`, :meth:`finish_s`). M and N come from the second pass (:meth:`add`),
-    once ``delta``, the target's δW* (C_v × (D_T [+1])), is set."""
+    from the target's moves before and after its best update."""
 
     def __init__(self, graph: "Graph", fk: FullKernel, views: dict[str, View], stats: Statistics,
                  device: torch.device) -> None:
@@ -59,7 +58,6 @@ class ChannelSums:
         self.geometry = dict(stride=ov.stride, padding=ov.padding, dilation=ov.dilation)
         self.out_positions = math.prod(self.out_shape)
         d_in = sum(stats.widths[k] for k in fk.sources) + 1
-        self.d_target = sum(stats.widths[k] for k in fk.target_sources) + 1
         grad_input = torch.nn.grad.conv1d_input if ov.dim == 1 else torch.nn.grad.conv2d_input
         # c(q): how many (target position, offset) pairs read node position q (border-aware)
         counts = grad_input((1, 1, *self.node_shape), torch.ones(1, 1, *ov.kernel, dtype=torch.float64),
@@ -68,7 +66,6 @@ class ChannelSums:
         self.border = torch.nonzero(counts < self.c_max).flatten().to(device)
         self.border_weights = (self.c_max - counts[counts < self.c_max]).to(device)
         self.weight_grad = torch.nn.grad.conv1d_weight if ov.dim == 1 else torch.nn.grad.conv2d_weight
-        self.delta: torch.Tensor | None = None
         self.combined = _combined_geometry(graph, fk, views)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         self.S = stats.expansion[(fk.key, "S")] = z(d_in, d_in)  # E during the first pass
@@ -91,10 +88,10 @@ class ChannelSums:
         self.S.mul_(-1).add_(plain, alpha=self.c_max)
 
     def values_per_sample(self) -> int:
-        """Values one sample adds to a chunk of the second pass: its signal b, the target's
-        in-views, [v; v⊥] and (small 2-d targets) the out-edge's windows."""
+        """Values one sample adds to a chunk of the second pass: its signal b, [v; v⊥] and (small
+        2-d targets) the out-edge's windows."""
         d_in, offsets = self.S.shape[0], math.prod(self.M.shape[2:])
-        rows = d_in * math.prod(self.node_shape) + (self.d_target + 2 * self.M.shape[0]) * self.out_positions
+        rows = d_in * math.prod(self.node_shape) + 2 * self.M.shape[0] * self.out_positions
         if len(self.M.shape[2:]) == 2 and self.out_positions <= WINDOWS_GEMM_POSITIONS:
             rows += d_in * offsets * self.out_positions
         return rows
@@ -105,23 +102,18 @@ class ChannelSums:
         return torch.cat([*parts, like.new_ones(like.shape[0], 1, *self.node_shape)], 1)
 
     def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
-            compute_dtype: torch.dtype | None) -> None:
+            perps: dict[str, torch.Tensor]) -> None:
         """Second pass: add one chunk of samples to M and N (``values`` of the nodes the views
-        read, ``moves`` of the target)."""
+        read; ``moves`` and ``perps`` of the target: v, and v⊥ = v − δW* b_in, in the product dtype)."""
         fk = self.fk
-        move = moves[fk.target]
+        move = torch.cat([moves[fk.target], perps[fk.target]], 1)                    # [v; v⊥]
         move = move.reshape(move.shape[0], move.shape[1], *self.out_shape)
-        if compute_dtype is not None:
-            move = move.to(compute_dtype)
-        projected = self.delta.shape[1] > 0
-        if projected:  # [v; v⊥], v⊥ = v − δW* b_in at every target position
-            move = torch.cat([move, projected_move(self.views, fk.target_sources, values, self.delta, move)], 1)
         channels = self.M.shape[0]
         if self.combined is not None:
             x = values[self.views[fk.sources[0]].node]
             product = self._combined_sums(x.to(move.dtype), move)
             self.M += product[:channels]
-            self.N += product[channels:] if projected else product
+            self.N += product[channels:]
             return
         b = self._signal(values, move).to(move.dtype)
         kernel = tuple(self.M.shape[2:])
@@ -131,7 +123,7 @@ class ChannelSums:
         else:
             product = self.weight_grad(b, (move.shape[1], b.shape[1], *kernel), move, **self.geometry)
         self.M += product[:channels]
-        self.N += product[channels:] if projected else product
+        self.N += product[channels:]
 
     def _combined_sums(self, x: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
         """[M; N] (2C_v × D × *K2) over combined offsets: with one conv in-view (kernel K1,

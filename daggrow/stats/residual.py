@@ -7,7 +7,8 @@ P = (1/n) B_U B_in(v)ᵀ; when v is an image or sequence node its in-views are c
 
     hr[u, v] = Σ_{i,p} b_u(i, p) v⊥(i, p)ᵀ,   vr[v] = Σ_{i,p} v⊥(i, p)   (the constant row of N)
 
-with v⊥(i, p) = v(i, p) − δW* b_in(i, p) at every position p of v (:func:`projected_move`).
+with v⊥(i, p) = v(i, p) − δW* b_in(i, p) at every position p of v (:func:`.updates.projected_move`),
+computed once per batch and target for every sum that reads it (new channels included).
 """
 
 from __future__ import annotations
@@ -38,15 +39,13 @@ class ResidualSums:
     """The residual pairs of one set of image/sequence targets (connected by shared sources, each
     a patch view): hr[u, v] and vr[v] (the module docstring), streamed chunk by chunk."""
 
-    def __init__(self, graph: "Graph", pairs: Iterable[tuple[str, str]], views: dict[str, View],
-                 in_keys: dict[str, list[str]], deltas: dict[str, torch.Tensor], stats: Statistics,
+    def __init__(self, graph: "Graph", pairs: Iterable[tuple[str, str]], views: dict[str, View], stats: Statistics,
                  device: torch.device) -> None:
-        self.graph, self.views, self.in_keys = graph, views, in_keys
+        self.graph, self.views = graph, views
         self.by_source: dict[str, list[str]] = {}
         for u, v in sorted(pairs):
             self.by_source.setdefault(u, []).append(v)
         self.targets = sorted({v for vs in self.by_source.values() for v in vs})
-        self.deltas = {v: deltas[v].to(device) for v in self.targets}
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         for u, vs in self.by_source.items():
             for v in vs:
@@ -56,25 +55,21 @@ class ResidualSums:
         self.stats = stats
 
     def values_per_sample(self) -> int:
-        """Values one sample adds to a chunk: the sources' rows, the targets' in-view signals and moves."""
+        """Values one sample adds to a chunk: the sources' rows and the targets' projected moves."""
         stats, graph = self.stats, self.graph
         total = sum(stats.positions[u] * (stats.widths[u] + 1) for u in self.by_source)
-        for v in self.targets:
-            in_width = sum(stats.widths[k] for k in self.in_keys[v])
-            total += math.prod(graph.node(v).shape) * (in_width + 2 * graph.node(v).width)
-        return total
+        return total + sum(math.prod(graph.node(v).shape) * graph.node(v).width for v in self.targets)
 
     def add(self, values: dict[str, torch.Tensor], moves: dict[str, torch.Tensor],
-            compute_dtype: torch.dtype | None) -> None:
-        """Add one chunk of samples: ``values`` of the nodes the views read, ``moves`` of the targets."""
-        cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)  # noqa: E731
-        perp = {v: projected_move(self.views, self.in_keys[v], values, self.deltas[v], cast(moves[v]))
-                for v in self.targets}
-        for v, t in perp.items():
-            self.stats.vr[v] += t.flatten(2).sum((0, 2))
+            perps: dict[str, torch.Tensor]) -> None:
+        """Add one chunk of samples: ``values`` of the nodes the views read, ``perps`` the targets'
+        moves after their best update (v⊥, in the product dtype); ``moves`` is not needed."""
+        for v in self.targets:
+            self.stats.vr[v] += perps[v].flatten(2).sum((0, 2))
         for u, vs in self.by_source.items():  # Σ patches·v⊥ᵀ: the weight gradient of a conv u → [vs]
-            view, h = self.views[u], cast(values[self.views[u].node])
-            moves_u = torch.cat([perp[v] for v in vs], 1) if len(vs) > 1 else perp[vs[0]]
+            view = self.views[u]
+            h = values[view.node].to(perps[vs[0]].dtype)
+            moves_u = torch.cat([perps[v] for v in vs], 1) if len(vs) > 1 else perps[vs[0]]
             grad = _WEIGHT_GRAD[view.dim](h, (moves_u.shape[1], h.shape[1], *view.kernel), moves_u,
                                           stride=view.stride, padding=view.padding, dilation=view.dilation)
             product = grad.flatten(1).T
@@ -97,21 +92,22 @@ def second_pass(graph: "Graph", module: torch.nn.Module, loader: Iterable, loss:
     targets = sorted({fk.target for fk in plan.full_kernels.values()} | {v for _, v in plan.residual_pairs})
     deltas = {v: best_update_at(graph, stats, v, memo=memo).delta for v in targets}
     in_keys = {v: update_sources(graph, v) for v in targets}
-    for kernel in kernels:
-        kernel.delta = deltas[kernel.fk.target].to(device)
     sums: list = list(kernels)
-    sums += [ResidualSums(graph, pairs, views, in_keys, deltas, stats, device)
-             for pairs in _connected(plan.residual_pairs)]
-    keys = {k for fk in plan.full_kernels.values() for k in (*fk.sources, *fk.target_sources)}
+    sums += [ResidualSums(graph, pairs, views, stats, device) for pairs in _connected(plan.residual_pairs)]
+    keys = {k for fk in plan.full_kernels.values() for k in fk.sources}
     keys |= {u for u, _ in plan.residual_pairs} | {k for v in targets for k in in_keys[v]}
 
     def add(n: int, vals: dict[str, torch.Tensor], moves: dict[str, torch.Tensor]) -> None:
+        if compute_dtype is not None:
+            moves = {t: m.to(compute_dtype) for t, m in moves.items()}
+        # v⊥ once per target and batch, for every sum that reads it
+        perps = {v: projected_move(views, in_keys[v], vals, deltas[v], moves[v]) for v in targets}
         for part_sums in sums:
             chunk = max(1, ROWS_PER_CHUNK // part_sums.values_per_sample())
             for lo in range(0, n, chunk):
                 part = slice(lo, lo + chunk)
                 part_sums.add({k: v[part] for k, v in vals.items()}, {t: m[part] for t, m in moves.items()},
-                              compute_dtype)
+                              {t: p[part] for t, p in perps.items()})
 
     seen, fingerprint = stream(graph, module, loader, loss, device, {views[k].node for k in keys}, targets,
                                max_batches, "statistics (projected)", progress, add)
