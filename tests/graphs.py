@@ -27,12 +27,12 @@ def skip_dag(widths: tuple[int, int, int, int], activations: tuple[str, str], se
     return g
 
 
-def one_hidden(widths: tuple[int, int, int], activation: str, seed: int = 0) -> dg.Graph:
-    """x → h → y (float32) with ``widths`` of x, h, y."""
+def one_hidden(widths: tuple[int, int, int], activation: str, seed: int = 0, **hidden) -> dg.Graph:
+    """x → h → y (float32) with ``widths`` of x, h, y; ``hidden``: more options of h (e.g. ``norm``)."""
     torch.manual_seed(seed)
     g = dg.Graph()
     g.add_input("x", widths[0])
-    g.add_node("h", widths[1], activation)
+    g.add_node("h", widths[1], activation, **hidden)
     g.add_node("y", widths[2])
     g.add_edge("x", "h")
     g.add_edge("h", "y")

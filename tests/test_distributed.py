@@ -274,15 +274,7 @@ def test_a_non_finite_loss_stops_every_process(group_of_one):
 
 def _batchnorm_graph() -> dg.Graph:
     """x (4) → h (3, relu, BatchNorm) → y (3): a graph with buffers besides its parameters."""
-    torch.manual_seed(0)
-    g = dg.Graph()
-    g.add_input("x", 4)
-    g.add_node("h", 3, "relu", norm="batchnorm")
-    g.add_node("y", 3)
-    g.add_edge("x", "h")
-    g.add_edge("h", "y")
-    g.set_output("y")
-    return g
+    return one_hidden((4, 3, 3), "relu", norm="batchnorm")
 
 
 def test_a_skipped_batch_still_takes_the_other_processes_step(group_of_one):
